@@ -61,7 +61,8 @@ class Artifact:
         """Arrays stored in one safetensors file of this artifact."""
         if file not in self.files:
             raise ArtifactError(f"artifact {self.name}/{self.version} has no file {file!r}")
-        return load_file(str(self.path / file))
+        arrays: dict[str, np.ndarray[Any, Any]] = load_file(str(self.path / file))
+        return arrays
 
     def file(self, name: str) -> Path:
         """Path of one verified file (e.g. a FAISS index)."""
@@ -100,8 +101,7 @@ def save_artifact(
             raise ArtifactError(f"{MANIFEST} is reserved")
         (tmp / _check_name("file name", fname)).write_bytes(data)
     checksums = {
-        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(tmp.iterdir())
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
     }
     manifest = {
         "name": name,
@@ -149,9 +149,15 @@ def load_artifact(path: Path) -> Artifact:
 def latest_version(root: Path, name: str) -> Path:
     """Directory of the newest complete version of ``name`` under ``root``."""
     base = Path(root) / _check_name("name", name)
-    versions = sorted(
-        p for p in base.glob("*") if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
-    ) if base.is_dir() else []
+    versions = (
+        sorted(
+            p
+            for p in base.glob("*")
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
+        if base.is_dir()
+        else []
+    )
     if not versions:
         raise ArtifactError(f"no versions of artifact {name!r} under {root}")
     return versions[-1]

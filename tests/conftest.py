@@ -8,10 +8,26 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from recsys.embedded import EmbeddedBroker, EmbeddedRedis
+from recsys.config import (
+    ArtifactSettings,
+    CandidateSettings,
+    CatalogSettings,
+    ServingSettings,
+    Settings,
+    StoreSettings,
+    StreamSettings,
+)
+from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from recsys.pipeline import SkeletonModels, train_skeleton
+from recsys.serving.wiring import seed_users
+from recsys.store import build_user_state_store
+from recsys.stream import ensure_topics
 
 _names = itertools.count()
 
@@ -34,3 +50,56 @@ def kafka_broker() -> Iterator[EmbeddedBroker]:
 def unique_name() -> str:
     """A name no other test in this session uses (for Redis key prefixes and Kafka topics)."""
     return f"t{next(_names)}"
+
+
+@dataclass(frozen=True)
+class ServingStack:
+    """A running service: Ray Serve over HTTP, real Redis and broker, trained skeleton models."""
+
+    url: str
+    settings: Settings
+    models: SkeletonModels
+
+
+def small_settings(root: Path, **updates: Any) -> Settings:
+    """Settings for a small, fast world (tests must stay quick on 2 cores)."""
+    base = Settings(
+        catalog=CatalogSettings(num_items=400, num_users=60, num_topics=8, seed=7),
+        candidates=CandidateSettings(dim=16, epochs=3, log_sessions=4000, default_k=100),
+        artifacts=ArtifactSettings(root=root),
+    )
+    return base.model_copy(update=updates)
+
+
+@pytest.fixture(scope="session")
+def serving_stack(
+    redis_server: EmbeddedRedis,
+    kafka_broker: EmbeddedBroker,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServingStack]:
+    """Ray Serve answering on a free loopback port, wired to the real Redis and broker."""
+    from recsys.serving.deployment import start_serving, stop_serving
+
+    root = tmp_path_factory.mktemp("artifacts")
+    settings = small_settings(
+        root,
+        store=StoreSettings(url=redis_server.url, key_prefix="serving"),
+        stream=StreamSettings(
+            bootstrap=kafka_broker.bootstrap,
+            impressions_topic="e2e-impressions",
+            feedback_topic="e2e-feedback",
+        ),
+        serving=ServingSettings(port=free_port(), max_slate_size=50, max_body_bytes=16 * 1024),
+    )
+    models = train_skeleton(settings)
+    store = build_user_state_store(settings.store)
+    seed_users(store, models.world.user_ids, models.model.user_embeddings)
+    store.close()
+    ensure_topics(
+        kafka_broker.bootstrap, [settings.stream.impressions_topic, settings.stream.feedback_topic]
+    )
+    url = start_serving(settings, num_cpus=2)
+    try:
+        yield ServingStack(url=url, settings=settings, models=models)
+    finally:
+        stop_serving()

@@ -1,0 +1,3 @@
+"""recsys: RL-based recommendation and ad-placement microservice."""
+
+__version__ = "0.1.0"

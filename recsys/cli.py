@@ -1,0 +1,175 @@
+"""``recsys`` command line: thin commands that parse options, build settings and call in.
+
+Settings come from ``RECSYS_*`` environment variables (see :mod:`recsys.config`); options
+given here override them. A bad setting stops with a message naming it, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from recsys.config import Settings, load_settings
+from recsys.types import ArtifactError, RecsysError
+
+app = typer.Typer(
+    name="recsys",
+    help="RL-based recommendation and ad-placement microservice.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train models and write versioned artifacts.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings(**sections: dict[str, Any]) -> Settings:
+    """Settings from the environment, with CLI overrides merged into their sections."""
+    try:
+        base = load_settings()
+        if not sections:
+            return base
+        merged = base.model_dump()
+        for name, values in sections.items():
+            merged[name].update({k: v for k, v in values.items() if v is not None})
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        err_console.print("[red]invalid configuration:[/]\n" + "\n".join(lines))
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+@app.command()
+def demo(
+    exit_after: Annotated[
+        float | None,
+        typer.Option(help="Stop this many seconds after serving starts (for scripts).", min=0),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds of simulated traffic.", min=0.1)
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="HTTP port (default: a free port).", min=1, max=65535)
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where to write artifacts (default: a temp dir).")
+    ] = None,
+) -> None:
+    """Run the whole loop on embedded Redis, Kafka-protocol broker and Ray Serve."""
+    from recsys.demo import run_demo
+
+    settings = _settings(demo={"duration_s": duration})
+    with tempfile.TemporaryDirectory(prefix="recsys-demo-") as tmp:
+        try:
+            summary = run_demo(
+                settings,
+                exit_after_s=exit_after,
+                workdir=workdir or Path(tmp),
+                port=port,
+                console=console,
+            )
+        except RecsysError as exc:
+            raise _fail(str(exc)) from None
+    if summary["recommend_requests"] == 0 or summary["errors"] > 0:
+        raise _fail(f"demo traffic was not clean: {json.dumps(summary)}")
+
+
+@train_app.command("candidates")
+def train_candidates(
+    artifacts: Annotated[
+        Path | None, typer.Option(help="Artifact root (default: settings.artifacts.root).")
+    ] = None,
+) -> None:
+    """Train the retrieval embeddings on simulated logs and save a versioned artifact."""
+    from recsys.pipeline import train_skeleton
+
+    settings = _settings(artifacts={"root": artifacts})
+    models = train_skeleton(settings, progress=True)
+    console.print(f"wrote {models.artifact.path}")
+    console.print_json(json.dumps(models.model.metrics))
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="HTTP port.", min=1, max=65535)] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+) -> None:
+    """Serve /recommend and /feedback with Ray Serve until Ctrl-C.
+
+    Uses the newest retrieval artifact under settings.artifacts.root; with the default
+    ``memory://`` store and no Kafka bootstrap, the replica keeps everything in process.
+    """
+    from recsys.serving.deployment import start_serving, stop_serving
+
+    settings = _settings(serving={"port": port, "host": host})
+    try:
+        url = start_serving(settings)
+    except ArtifactError as exc:
+        raise _fail(f"{exc}. Run `recsys train candidates` first.") from None
+    console.print(f"serving at {url} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_serving()
+
+
+@app.command()
+def updater(
+    max_seconds: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds.", min=0)
+    ] = None,
+) -> None:
+    """Consume impressions and feedback from Kafka and update user state in the store."""
+    from recsys.store import build_user_state_store
+    from recsys.stream import KafkaEventSource, OnlineUpdater
+
+    settings = _settings()
+    if not settings.stream.bootstrap:
+        raise _fail("set RECSYS_STREAM__BOOTSTRAP to the Kafka bootstrap servers")
+    store = build_user_state_store(settings.store)
+    source = KafkaEventSource(
+        settings.stream.bootstrap,
+        [settings.stream.impressions_topic, settings.stream.feedback_topic],
+    )
+    stop = threading.Event()
+    if max_seconds is not None:
+        threading.Timer(max_seconds, stop.set).start()
+    try:
+        OnlineUpdater(source, store, settings.stream.consumer_name).run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        source.close()
+        store.close()
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (environment + defaults) as JSON."""
+    console.print_json(_settings().model_dump_json())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,89 @@
+"""Wire schemas of the HTTP API (pydantic), converted to and from domain types at the edge.
+
+Limits here are the hard, configuration-independent ones (lengths, ranges, finiteness); limits
+that depend on the deployed catalog or settings (slate size vs. ``max_slate_size``, item ids vs.
+catalog size) are checked by :class:`recsys.serving.recommender.Recommender`, which raises
+:class:`recsys.types.InvalidRequestError` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from recsys.types import EventType
+
+UserId = Annotated[
+    str,
+    Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:@-]+$", examples=["u42"]),
+]
+RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+ItemId = Annotated[StrictInt, Field(ge=0, le=2**62)]
+ContextValue = str | float | bool | None
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors: a typo in a field name must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecommendRequest(_Strict):
+    """``POST /recommend`` body."""
+
+    user_id: UserId
+    slate_size: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
+    num_candidates: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = None
+    exclude: Annotated[list[ItemId], Field(max_length=100_000)] = []
+    context: Annotated[dict[str, ContextValue], Field(max_length=64)] | None = None
+
+
+class SlateItemOut(BaseModel):
+    """One slot of the returned slate."""
+
+    item_id: int
+    position: int
+    score: float
+    propensity: float
+
+
+class RecommendResponse(BaseModel):
+    """``POST /recommend`` answer: the slate with exact per-slot propensities."""
+
+    request_id: str
+    model_version: str
+    policy: str
+    items: list[SlateItemOut]
+
+
+class FeedbackRequest(_Strict):
+    """``POST /feedback`` body: one signal on an impressed item."""
+
+    request_id: RequestId
+    user_id: UserId
+    item_id: ItemId
+    event: EventType
+    value: Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)] | None = None
+    ts: Annotated[float, Field(allow_inf_nan=False, ge=0, le=1e11)] | None = None
+
+
+class FeedbackResponse(BaseModel):
+    """``POST /feedback`` answer (202): the event was handed to the stream."""
+
+    accepted: bool
+    request_id: str
+
+
+class ErrorDetail(BaseModel):
+    """Which input was wrong and why."""
+
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer."""
+
+    error: str
+    detail: list[ErrorDetail]

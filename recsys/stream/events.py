@@ -1,0 +1,199 @@
+"""Versioned wire codec for stream events (JSON, one object per message).
+
+Every message carries ``"v"`` (schema version) and ``"type"`` (``"impression"`` or
+``"feedback"``), so a consumer can refuse what it does not understand instead of guessing, and
+a later version can change the layout without breaking readers that are still running.
+
+Decoding is strict: a message that is not valid v1 raises :class:`EventDecodeError`. Consumers
+catch it, skip the record and count it (a poison message must never stop the online updater).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from recsys.config import StreamSettings
+from recsys.types import Event, EventType, FeedbackEvent, ImpressionEvent, SlateItem
+
+SCHEMA_VERSION = 1
+"""Version written by :func:`encode_event`; the only one :func:`decode_event` accepts."""
+
+IMPRESSION_TYPE = "impression"
+FEEDBACK_TYPE = "feedback"
+_INT64_LIMIT = 2**63
+
+
+class EventDecodeError(ValueError):
+    """Bytes from the stream are not a valid event of a known schema version."""
+
+
+class EventStreamError(RuntimeError):
+    """The stream backend is unreachable or misbehaving (not a problem with one event)."""
+
+
+class EventPublishError(EventStreamError):
+    """An event sink could not deliver events (broker unreachable, record rejected, timeout)."""
+
+
+def topic_for(event: Event, settings: StreamSettings) -> str:
+    """Topic an event belongs to: impressions and feedback live on separate topics."""
+    if isinstance(event, ImpressionEvent):
+        return settings.impressions_topic
+    if isinstance(event, FeedbackEvent):
+        return settings.feedback_topic
+    raise TypeError(f"not an event: {type(event).__name__}")
+
+
+def encode_event(event: Event) -> bytes:
+    """Serialize an event to compact UTF-8 JSON with the schema version and a type tag.
+
+    Raises ``ValueError`` for non-finite floats (JSON has no NaN/inf, and a NaN timestamp or
+    propensity would poison every consumer downstream).
+    """
+    payload: dict[str, Any]
+    if isinstance(event, ImpressionEvent):
+        payload = {
+            "v": SCHEMA_VERSION,
+            "type": IMPRESSION_TYPE,
+            "request_id": event.request_id,
+            "user_id": event.user_id,
+            "ts": event.ts,
+            "model_version": event.model_version,
+            "policy": event.policy,
+            "items": [
+                {
+                    "item_id": int(it.item_id),
+                    "position": int(it.position),
+                    "score": float(it.score),
+                    "propensity": float(it.propensity),
+                }
+                for it in event.items
+            ],
+        }
+    elif isinstance(event, FeedbackEvent):
+        payload = {
+            "v": SCHEMA_VERSION,
+            "type": FEEDBACK_TYPE,
+            "request_id": event.request_id,
+            "user_id": event.user_id,
+            "item_id": int(event.item_id),
+            "event": EventType(event.event).value,
+            "value": float(event.value),
+            "ts": event.ts,
+        }
+    else:
+        raise TypeError(f"not an event: {type(event).__name__}")
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except ValueError as exc:
+        raise ValueError(f"cannot encode {type(event).__name__}: {exc}") from exc
+    return text.encode("utf-8")
+
+
+def decode_event(data: bytes) -> Event:
+    """Parse bytes produced by :func:`encode_event` back into an event.
+
+    Raises :class:`EventDecodeError` (never anything else) for bytes that are not UTF-8 JSON,
+    carry an unknown version or type, or miss or mistype a field.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        # Kafka tombstones arrive as None; anything that is not bytes is not an event.
+        raise EventDecodeError(f"event payload must be bytes, got {type(data).__name__}")
+    try:
+        obj = json.loads(bytes(data), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise EventDecodeError(f"not a JSON event: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise EventDecodeError(f"event must be a JSON object, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise EventDecodeError(f"unsupported event schema version {version!r}")
+    kind = obj.get("type")
+    if kind == IMPRESSION_TYPE:
+        return _decode_impression(obj)
+    if kind == FEEDBACK_TYPE:
+        return _decode_feedback(obj)
+    raise EventDecodeError(f"unknown event type {kind!r}")
+
+
+def _reject_constant(name: str) -> float:
+    raise EventDecodeError(f"non-finite number {name} in event")
+
+
+def _decode_impression(obj: dict[str, Any]) -> ImpressionEvent:
+    raw_items = obj.get("items")
+    if not isinstance(raw_items, list):
+        raise EventDecodeError("impression field 'items' must be a list")
+    items: list[SlateItem] = []
+    for i, raw in enumerate(raw_items):
+        if not isinstance(raw, dict):
+            raise EventDecodeError(f"impression items[{i}] must be an object")
+        where = f"items[{i}]."
+        items.append(
+            SlateItem(
+                item_id=_int(raw, "item_id", where),
+                position=_int(raw, "position", where),
+                score=_float(raw, "score", where),
+                propensity=_float(raw, "propensity", where),
+            )
+        )
+    return ImpressionEvent(
+        request_id=_str(obj, "request_id"),
+        user_id=_str(obj, "user_id"),
+        ts=_float(obj, "ts"),
+        model_version=_str(obj, "model_version"),
+        policy=_str(obj, "policy"),
+        items=tuple(items),
+    )
+
+
+def _decode_feedback(obj: dict[str, Any]) -> FeedbackEvent:
+    raw_event = _str(obj, "event")
+    try:
+        event = EventType(raw_event)
+    except ValueError:
+        raise EventDecodeError(f"unknown feedback event {raw_event!r}") from None
+    return FeedbackEvent(
+        request_id=_str(obj, "request_id"),
+        user_id=_str(obj, "user_id"),
+        item_id=_int(obj, "item_id"),
+        event=event,
+        value=_float(obj, "value"),
+        ts=_float(obj, "ts"),
+    )
+
+
+def _field(obj: dict[str, Any], key: str, where: str) -> Any:
+    if key not in obj:
+        raise EventDecodeError(f"missing field '{where}{key}'")
+    return obj[key]
+
+
+def _str(obj: dict[str, Any], key: str, where: str = "") -> str:
+    value = _field(obj, key, where)
+    if not isinstance(value, str):
+        raise EventDecodeError(f"field '{where}{key}' must be a string")
+    return value
+
+
+def _int(obj: dict[str, Any], key: str, where: str = "") -> int:
+    value = _field(obj, key, where)
+    # bool is an int subclass in Python; ``true`` is never a valid id or position.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _INT64_LIMIT:
+        raise EventDecodeError(f"field '{where}{key}' must be a non-negative int64")
+    return value
+
+
+def _float(obj: dict[str, Any], key: str, where: str = "") -> float:
+    value = _field(obj, key, where)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise EventDecodeError(f"field '{where}{key}' must be a number")
+    try:
+        result = float(value)
+    except OverflowError:  # an int too large for a double
+        result = math.inf
+    if not math.isfinite(result):
+        raise EventDecodeError(f"field '{where}{key}' must be finite")
+    return result
