@@ -31,7 +31,7 @@ train_app = typer.Typer(help="Train models and write versioned artifacts.", no_a
 app.add_typer(train_app, name="train")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _settings(**sections: dict[str, Any]) -> Settings:
@@ -118,13 +118,16 @@ def serve(
     Uses the newest retrieval artifact under settings.artifacts.root; with the default
     ``memory://`` store and no Kafka bootstrap, the replica keeps everything in process.
     """
+    from recsys.artifacts import latest_version
+    from recsys.candidates import RETRIEVAL_ARTIFACT
     from recsys.serving.deployment import start_serving, stop_serving
 
     settings = _settings(serving={"port": port, "host": host})
-    try:
-        url = start_serving(settings)
+    try:  # fail before starting Ray, with a hint, rather than inside a replica
+        latest_version(settings.artifacts.root, RETRIEVAL_ARTIFACT)
     except ArtifactError as exc:
         raise _fail(f"{exc}. Run `recsys train candidates` first.") from None
+    url = start_serving(settings)
     console.print(f"serving at {url} (Ctrl-C to stop)")
     try:
         while True:
@@ -143,16 +146,13 @@ def updater(
 ) -> None:
     """Consume impressions and feedback from Kafka and update user state in the store."""
     from recsys.store import build_user_state_store
-    from recsys.stream import KafkaEventSource, OnlineUpdater
+    from recsys.stream import OnlineUpdater, build_event_source
 
     settings = _settings()
     if not settings.stream.bootstrap:
         raise _fail("set RECSYS_STREAM__BOOTSTRAP to the Kafka bootstrap servers")
     store = build_user_state_store(settings.store)
-    source = KafkaEventSource(
-        settings.stream.bootstrap,
-        [settings.stream.impressions_topic, settings.stream.feedback_topic],
-    )
+    source = build_event_source(settings.stream)
     stop = threading.Event()
     if max_seconds is not None:
         threading.Timer(max_seconds, stop.set).start()

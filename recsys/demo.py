@@ -28,7 +28,7 @@ from recsys.protocols import UserStateStore
 from recsys.serving.deployment import start_serving, stop_serving
 from recsys.serving.wiring import seed_users
 from recsys.store import build_user_state_store
-from recsys.stream import KafkaEventSource, OnlineUpdater, ensure_topics
+from recsys.stream import OnlineUpdater, build_event_source, ensure_topics
 
 
 @dataclass
@@ -137,19 +137,13 @@ def drive_users(
 
 @contextmanager
 def _updater_thread(store: UserStateStore, settings: Settings) -> Iterator[OnlineUpdater]:
-    source = KafkaEventSource(
-        settings.stream.bootstrap,
-        [settings.stream.impressions_topic, settings.stream.feedback_topic],
-    )
+    source = build_event_source(settings.stream)
     updater = OnlineUpdater(source, store, settings.stream.consumer_name)
-    stop = threading.Event()
-    thread = threading.Thread(target=updater.run, args=(stop,), daemon=True, name="updater")
-    thread.start()
+    updater.start_in_thread(timeout_s=settings.stream.poll_timeout_s)
     try:
         yield updater
     finally:
-        stop.set()
-        thread.join(timeout=10)
+        updater.stop()
         source.close()
 
 

@@ -89,6 +89,7 @@ class Recommender:
         model_version: str,
         seed: int = 0,
         clock: Callable[[], float] = time.time,
+        on_close: Sequence[Callable[[], None]] = (),
     ) -> None:
         self._store = store
         self._candidates = candidates
@@ -101,6 +102,7 @@ class Recommender:
         self._counter = itertools.count()
         self._counter_lock = threading.Lock()
         self._clock = clock
+        self._on_close = tuple(on_close)
         self.metrics = RecommenderMetrics()
 
     @property
@@ -212,6 +214,8 @@ class Recommender:
         return self._store.ping()
 
     def close(self) -> None:
-        """Flush the stream and release connections."""
+        """Stop background work, flush the stream and release connections."""
+        for stop in self._on_close:
+            stop()
         self._sink.close()
         self._store.close()

@@ -6,7 +6,7 @@ whether a Kafka bootstrap is configured (stream).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from recsys.policy import MyopicPolicy
 from recsys.protocols import UserStateStore
 from recsys.serving.recommender import Recommender
 from recsys.store import build_user_state_store
-from recsys.stream import build_event_sink
+from recsys.stream import OnlineUpdater, build_event_sink, build_event_source
 from recsys.types import FloatArray, UserState
 
 
@@ -51,9 +51,18 @@ def build_recommender(settings: Settings) -> Recommender:
         latest_version(settings.artifacts.root, RETRIEVAL_ARTIFACT)
     )
     store = build_user_state_store(settings.store)
+    on_close: list[Callable[[], None]] = []
     if settings.store.url.startswith("memory://"):
         # An in-memory store starts empty in every process: give it the trained users.
         seed_users(store, list(artifact.metadata["user_ids"]), model.user_embeddings)
+        if not settings.stream.bootstrap:
+            # Store and stream both live in this process, so nobody else can close the loop:
+            # run the online updater here (the zero-configuration `recsys serve`).
+            updater = OnlineUpdater(
+                build_event_source(settings.stream), store, settings.stream.consumer_name
+            )
+            updater.start_in_thread(timeout_s=settings.stream.poll_timeout_s)
+            on_close.append(updater.stop)
     return Recommender(
         store=store,
         candidates=retriever,
@@ -63,4 +72,5 @@ def build_recommender(settings: Settings) -> Recommender:
         default_k=settings.candidates.default_k,
         model_version=artifact.version,
         seed=settings.policy.seed,
+        on_close=on_close,
     )

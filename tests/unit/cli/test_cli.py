@@ -1,0 +1,76 @@
+"""The ``recsys`` CLI: every command has --help; bad configuration is a message, not a trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from recsys.cli import app
+
+runner = CliRunner()
+
+
+def _command_paths() -> list[list[str]]:
+    root = typer.main.get_command(app)
+    paths: list[list[str]] = [[]]
+
+    def walk(cmd: Any, prefix: list[str]) -> None:
+        # typer vendors its own click, so duck-type groups by their ``commands`` mapping.
+        for name, sub in getattr(cmd, "commands", {}).items():
+            paths.append([*prefix, name])
+            walk(sub, [*prefix, name])
+
+    walk(root, [])
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "recsys")
+def test_every_command_has_help(path: list[str]) -> None:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_expected_commands_exist() -> None:
+    names = {" ".join(p) for p in _command_paths()}
+    assert {"demo", "serve", "updater", "config", "train", "train candidates"} <= names
+
+
+def test_bad_environment_setting_is_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_SERVING__PORT", "not-a-port")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "invalid configuration" in result.output
+    assert "serving.port" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_prints_effective_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_STORE__URL", "redis://127.0.0.1:1/0")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0
+    assert "redis://127.0.0.1:1/0" in result.output
+
+
+def test_serve_without_artifacts_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSYS_ARTIFACTS__ROOT", str(tmp_path))
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 1
+    assert "recsys train candidates" in " ".join(result.output.split())
+
+
+def test_updater_without_bootstrap_says_what_to_set() -> None:
+    result = runner.invoke(app, ["updater"])
+    assert result.exit_code == 1
+    assert "RECSYS_STREAM__BOOTSTRAP" in result.output
+
+
+def test_demo_rejects_negative_exit_after() -> None:
+    result = runner.invoke(app, ["demo", "--exit-after", "-1"])
+    assert result.exit_code == 2
