@@ -22,6 +22,8 @@ position               int16        slot, 0 = top
 slate_size             int16        slots in this slate
 propensity             float32      P(item at this slot | items above), logging policy
 slate_log_propensity   float32      log P(whole ordered slate), same for every slot
+position_propensity    float32      marginal P(this item at this position), logging policy
+                                    (for item-position estimators; exact or Monte Carlo)
 policy                 string       logging policy name and version
 is_ad                  bool         the item is an ad
 click                  bool         clicked
@@ -67,6 +69,7 @@ _SCALARS: dict[str, pa.DataType] = {
     "slate_size": pa.int16(),
     "propensity": pa.float32(),
     "slate_log_propensity": pa.float32(),
+    "position_propensity": pa.float32(),
     "policy": pa.string(),
     "is_ad": pa.bool_(),
     "click": pa.bool_(),
@@ -110,6 +113,7 @@ class LoggedFeedback:
     slate_size: npt.NDArray[np.int16]
     propensity: npt.NDArray[np.float32]
     slate_log_propensity: npt.NDArray[np.float32]
+    position_propensity: npt.NDArray[np.float32]
     policy: npt.NDArray[np.str_]
     is_ad: npt.NDArray[np.bool_]
     click: npt.NDArray[np.bool_]
@@ -134,8 +138,10 @@ class LoggedFeedback:
                     f"{f.name} must have shape ({n}{', d' if want_ndim == 2 else ''}), "
                     f"got {value.shape}"
                 )
-        if n and not np.all((self.propensity > 0) & (self.propensity <= 1)):
-            raise LoggedFeedbackError("propensity must lie in (0, 1] for every logged slot")
+        for name in ("propensity", "position_propensity"):
+            p = getattr(self, name)
+            if n and not np.all((p > 0) & (p <= 1)):
+                raise LoggedFeedbackError(f"{name} must lie in (0, 1] for every logged slot")
         if n and (self.position.min() < 0 or np.any(self.position >= self.slate_size)):
             raise LoggedFeedbackError("position must lie in [0, slate_size)")
 

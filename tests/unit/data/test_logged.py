@@ -35,6 +35,7 @@ def make_batch(n_slates: int = 3, slate: int = 4, seed: int = 0, **override: Any
         "slate_size": np.full(n, slate, dtype=np.int16),
         "propensity": rng.uniform(0.05, 1.0, n).astype(np.float32),
         "slate_log_propensity": np.full(n, -3.0, dtype=np.float32),
+        "position_propensity": rng.uniform(0.01, 1.0, n).astype(np.float32),
         "policy": np.full(n, "random-0"),
         "is_ad": rng.random(n) < 0.1,
         "click": click,
@@ -77,6 +78,7 @@ def test_streaming_writer_appends_row_groups(tmp_path: Path) -> None:
     [
         ({"propensity": np.zeros(12, dtype=np.float32)}, "propensity"),
         ({"position": np.full(12, 9, dtype=np.int16)}, "position"),
+        ({"position_propensity": np.full(12, 1.5, dtype=np.float32)}, "position_propensity"),
         ({"click": np.zeros(5, dtype=bool)}, "click"),
         ({"item_features": np.zeros(12, dtype=np.float32)}, "item_features"),
     ],
