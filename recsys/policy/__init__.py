@@ -1,15 +1,94 @@
-"""Slate policies and their exploration: the myopic Plackett-Luce baseline today."""
+"""Slate policies: learned reward and choice models, SlateQ, REINFORCE top-K, baselines.
 
+Every policy speaks the batch contract :class:`BatchSlatePolicy` (``act`` over ``[B, C]``
+candidates with exact per-slot propensities); :class:`ServingPolicy` serves any of them through
+the one-request :class:`recsys.protocols.SlatePolicy`. The myopic Plackett-Luce
+:class:`MyopicPolicy` remains the default serving policy.
+
+Ads: every policy builds its slate through a :class:`SlateSampler` (or a slate optimiser fed
+its ``max_ads``), so ``max_ads`` caps sponsored items per slate everywhere; the revenue
+objective enters through the per-slot reward the policies learn from,
+``LearnedRewardModel.slate_rewards(response, revenue_weight)`` = learned engagement reward
++ ``revenue_weight * revenue``. Ad fatigue is the simulator's business.
+"""
+
+from recsys.policy.base import (
+    BatchSlatePolicy,
+    ServingPolicy,
+    SlateSampler,
+    TrainableSlatePolicy,
+    embedding_features,
+)
+from recsys.policy.baselines import (
+    LinUCBPolicy,
+    MyopicGreedyPolicy,
+    PopularityPolicy,
+    RandomPolicy,
+)
+from recsys.policy.batch import (
+    SIGNAL_NAMES,
+    SlateAction,
+    SlateObs,
+    SlateResponse,
+    Transition,
+    concat_transitions,
+)
+from recsys.policy.choice_model import ConditionalLogitChoiceModel
 from recsys.policy.exploration import (
+    epsilon_greedy_log_propensities_batch,
+    epsilon_greedy_sample_batch,
+    greedy_slate_batch,
+    plackett_luce_log_propensities_batch,
     plackett_luce_propensities,
     plackett_luce_sample,
+    plackett_luce_sample_batch,
     slate_log_probability,
 )
 from recsys.policy.myopic import MyopicPolicy
+from recsys.policy.reinforce import (
+    ReinforceConfig,
+    ReinforceTopKPolicy,
+    capped_importance_weights,
+    top_k_multiplier,
+)
+from recsys.policy.reward import LearnedRewardModel, rank_correlation
+from recsys.policy.slate_optimization import optimize_slates, slate_values
+from recsys.policy.slateq import SlateQConfig, SlateQPolicy
 
 __all__ = [
+    "SIGNAL_NAMES",
+    "BatchSlatePolicy",
+    "ConditionalLogitChoiceModel",
+    "LearnedRewardModel",
+    "LinUCBPolicy",
+    "MyopicGreedyPolicy",
     "MyopicPolicy",
+    "PopularityPolicy",
+    "RandomPolicy",
+    "ReinforceConfig",
+    "ReinforceTopKPolicy",
+    "ServingPolicy",
+    "SlateAction",
+    "SlateObs",
+    "SlateQConfig",
+    "SlateQPolicy",
+    "SlateResponse",
+    "SlateSampler",
+    "TrainableSlatePolicy",
+    "Transition",
+    "capped_importance_weights",
+    "concat_transitions",
+    "embedding_features",
+    "epsilon_greedy_log_propensities_batch",
+    "epsilon_greedy_sample_batch",
+    "greedy_slate_batch",
+    "optimize_slates",
+    "plackett_luce_log_propensities_batch",
     "plackett_luce_propensities",
     "plackett_luce_sample",
+    "plackett_luce_sample_batch",
+    "rank_correlation",
     "slate_log_probability",
+    "slate_values",
+    "top_k_multiplier",
 ]

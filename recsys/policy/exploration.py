@@ -1,4 +1,4 @@
-"""Plackett-Luce slate sampling with exact per-slot propensities.
+"""Slate sampling with exact per-slot propensities: Plackett-Luce, epsilon-greedy, ads caps.
 
 A stochastic policy needs two things from its exploration step: a slate drawn from
 ``softmax(scores / T)`` without replacement, and the exact probability of every slot given the
@@ -6,9 +6,16 @@ slots above it, which off-policy evaluation divides by. The Gumbel-top-k trick g
 in one vectorized pass (perturb, partial sort); the second is computed in log space with
 per-slot normalizers built from non-negative sums only, so tiny temperatures (near-greedy)
 give propensities near 1 instead of ``0 / 0``.
+
+The ``*_batch`` functions do the same for ``[B, C]`` score matrices, with a candidate mask and
+an ads-per-slate cap, for Plackett-Luce (Boltzmann) and epsilon-greedy exploration, and
+evaluate the exact per-slot propensities of given slates under either (the target-policy side
+of off-policy evaluation). The single-row functions are the serving baseline's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -128,3 +135,279 @@ def slate_log_probability(scores: FloatArray, indices: IntArray, temperature: fl
     z = _scaled_logits(scores, temperature)
     order = _as_order(indices, z.shape[0])
     return float(_conditional_log_probs(z, order).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Batched slate construction: [B, C] scores, candidate masks and an ads-per-slate cap.
+#
+# Every sampler walks the S slots in order (a loop over slots, vectorized over users and
+# candidates) and records, for each slot, the exact conditional probability of what it put
+# there given the slots above. The candidates *available* at a slot are the valid ones not yet
+# chosen, minus every ad once the slate already holds ``max_ads`` ads. Because availability
+# depends only on which items were chosen (never on the random draws themselves), the masked
+# samplers are still exact: each slot is a draw from the policy's distribution restricted to the
+# available set, and that restricted distribution is what the propensity reports.
+# --------------------------------------------------------------------------------------------
+
+BoolArray = npt.NDArray[np.bool_]
+
+
+def _batch_scores(
+    scores: npt.ArrayLike,
+    slate_size: int,
+    mask: BoolArray | None,
+    is_ad: BoolArray | None,
+    max_ads: int | None,
+) -> tuple[Float64Array, BoolArray, BoolArray]:
+    """Validate a ``[B, C]`` problem; return float64 scores (0 where invalid), valid, ads."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] == 0:
+        raise ValueError(f"scores must be [B, C] with C >= 1, got shape {s.shape}")
+    valid = np.ones(s.shape, dtype=np.bool_) if mask is None else np.asarray(mask, np.bool_)
+    ads = np.zeros(s.shape, dtype=np.bool_) if is_ad is None else np.asarray(is_ad, np.bool_)
+    if valid.shape != s.shape or ads.shape != s.shape:
+        raise ValueError(f"mask and is_ad must have the shape of scores {s.shape}")
+    if not np.all(np.isfinite(s[valid])):
+        raise ValueError("scores must all be finite on valid candidates")
+    if max_ads is not None and max_ads < 0:
+        raise ValueError(f"max_ads must be >= 0 or None, got {max_ads}")
+    if slate_size < 1:
+        raise ValueError(f"slate_size must be >= 1, got {slate_size}")
+    fillable = valid.sum(axis=1)
+    if max_ads is not None:
+        fillable = (valid & ~ads).sum(axis=1) + np.minimum((valid & ads).sum(axis=1), max_ads)
+    if s.shape[0] and int(fillable.min()) < slate_size:
+        row = int(np.argmin(fillable))
+        raise ValueError(
+            f"slate_size {slate_size} cannot be filled: row {row} has only {int(fillable[row])} "
+            f"usable candidates (valid, at most max_ads={max_ads} of them ads)"
+        )
+    return np.where(valid, s, 0.0), valid, ads
+
+
+def _scaled_logits_batch(s: Float64Array, valid: BoolArray, temperature: float) -> Float64Array:
+    """Row-wise ``(s - max over valid) / T``, clamped below like the single-row version."""
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    peak = np.max(np.where(valid, s, -np.inf), axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = (s - peak) / temperature
+    out: Float64Array = np.where(valid, np.maximum(z, _LOGIT_FLOOR), _LOGIT_FLOOR)
+    return out
+
+
+def _available(
+    valid: BoolArray, taken: BoolArray, ads: BoolArray, ads_used: IntArray, max_ads: int | None
+) -> BoolArray:
+    avail = valid & ~taken
+    if max_ads is not None:
+        avail &= ~(ads & (ads_used >= max_ads)[:, None])
+    return avail
+
+
+def _masked_logsumexp(z: Float64Array, avail: BoolArray) -> Float64Array:
+    """``log sum_{avail} exp(z)`` per row; ``-inf`` for rows with nothing available."""
+    peak = np.max(np.where(avail, z, -np.inf), axis=1, keepdims=True)
+    safe_peak = np.where(np.isfinite(peak), peak, 0.0)
+    total = np.exp(np.where(avail, z - safe_peak, -np.inf)).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        out: Float64Array = safe_peak[:, 0] + np.log(total)
+    return out
+
+
+def _slot_log_prob_pl(z: Float64Array, avail: BoolArray, pick: IntArray) -> Float64Array:
+    rows = np.arange(z.shape[0])
+    lp = np.minimum(z[rows, pick] - _masked_logsumexp(z, avail), 0.0)
+    out: Float64Array = np.where(avail[rows, pick], lp, -np.inf)
+    return out
+
+
+def _slot_log_prob_eps(
+    s: Float64Array, avail: BoolArray, pick: IntArray, epsilon: float
+) -> tuple[Float64Array, IntArray]:
+    """Epsilon-greedy conditional at one slot; also returns the greedy pick."""
+    rows = np.arange(s.shape[0])
+    greedy = np.argmax(np.where(avail, s, -np.inf), axis=1)
+    n_avail = np.maximum(avail.sum(axis=1), 1)
+    p = (1.0 - epsilon) * (pick == greedy) + epsilon / n_avail
+    with np.errstate(divide="ignore"):
+        out: Float64Array = np.where(avail[rows, pick], np.log(np.minimum(p, 1.0)), -np.inf)
+    return out, greedy.astype(np.int64)
+
+
+def _finish(slates: IntArray, log_probs: Float64Array) -> tuple[IntArray, FloatArray, FloatArray]:
+    propensities = np.maximum(np.exp(log_probs).astype(np.float32), _F32_TINY)
+    return slates, propensities, log_probs.sum(axis=1).astype(np.float32)
+
+
+def plackett_luce_sample_batch(
+    scores: npt.ArrayLike,
+    slate_size: int,
+    temperature: float,
+    rng: np.random.Generator,
+    *,
+    mask: BoolArray | None = None,
+    is_ad: BoolArray | None = None,
+    max_ads: int | None = None,
+) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Sample ``B`` ordered slates from ``softmax(scores / T)`` without replacement.
+
+    Gumbel-top-k, batched: perturb every logit once, then fill each slot with the largest
+    perturbed logit among the available candidates. With a common set of perturbations the
+    argmax over *any* available subset is distributed as the softmax over that subset, so this
+    is an exact Plackett-Luce sample even when ads are masked out mid-slate.
+
+    Returns ``(slates [B, S] int64, propensities [B, S] float32, log_prob [B] float32)``;
+    ``propensities[b, s]`` is the softmax of slot ``s`` over the candidates available there.
+    """
+    s, valid, ads = _batch_scores(scores, slate_size, mask, is_ad, max_ads)
+    z = _scaled_logits_batch(s, valid, temperature)
+    b, c = z.shape
+    keys = z + rng.gumbel(size=(b, c))
+    rows = np.arange(b)
+    taken = np.zeros((b, c), dtype=np.bool_)
+    ads_used = np.zeros(b, dtype=np.int64)
+    slates = np.empty((b, slate_size), dtype=np.int64)
+    log_probs = np.empty((b, slate_size), dtype=np.float64)
+    for t in range(slate_size):
+        avail = _available(valid, taken, ads, ads_used, max_ads)
+        pick = np.argmax(np.where(avail, keys, -np.inf), axis=1)
+        slates[:, t] = pick
+        log_probs[:, t] = _slot_log_prob_pl(z, avail, pick)
+        taken[rows, pick] = True
+        ads_used += ads[rows, pick]
+    return _finish(slates, log_probs)
+
+
+def _walk_log_probs(
+    slates: npt.ArrayLike,
+    valid: BoolArray,
+    ads: BoolArray,
+    max_ads: int | None,
+    slot_log_prob: Callable[[BoolArray, IntArray], Float64Array],
+) -> Float64Array:
+    """Per-slot log-probabilities of given slates (``-inf`` where a slot was impossible)."""
+    order = np.asarray(slates)
+    if order.ndim != 2 or order.shape[0] != valid.shape[0]:
+        raise ValueError(f"slates must be [B, S] with B={valid.shape[0]}, got {order.shape}")
+    if order.size and order.dtype.kind not in "iu":
+        raise ValueError(f"slates must hold integers, got dtype {order.dtype}")
+    order = order.astype(np.int64)
+    if order.size and (order.min() < 0 or order.max() >= valid.shape[1]):
+        raise ValueError(f"slates must index candidates in [0, {valid.shape[1]})")
+    b = valid.shape[0]
+    rows = np.arange(b)
+    taken = np.zeros(valid.shape, dtype=np.bool_)
+    ads_used = np.zeros(b, dtype=np.int64)
+    out = np.empty(order.shape, dtype=np.float64)
+    for t in range(order.shape[1]):
+        avail = _available(valid, taken, ads, ads_used, max_ads)
+        out[:, t] = slot_log_prob(avail, order[:, t])
+        taken[rows, order[:, t]] = True
+        ads_used += ads[rows, order[:, t]]
+    return out
+
+
+def plackett_luce_log_propensities_batch(
+    scores: npt.ArrayLike,
+    slates: IntArray,
+    temperature: float,
+    *,
+    mask: BoolArray | None = None,
+    is_ad: BoolArray | None = None,
+    max_ads: int | None = None,
+) -> Float64Array:
+    """Exact per-slot log-propensities ``[B, S]`` (float64) of given slates under masked PL.
+
+    What a *target* policy assigns to logged slates (off-policy evaluation); ``-inf`` for slots
+    the policy could never fill that way (an invalid or repeated item, an ad past the cap).
+    """
+    s, valid, ads = _batch_scores(scores, 1, mask, is_ad, None)
+    z = _scaled_logits_batch(s, valid, temperature)
+    return _walk_log_probs(slates, valid, ads, max_ads, lambda a, p: _slot_log_prob_pl(z, a, p))
+
+
+def epsilon_greedy_sample_batch(
+    scores: npt.ArrayLike,
+    slate_size: int,
+    epsilon: float,
+    rng: np.random.Generator,
+    *,
+    mask: BoolArray | None = None,
+    is_ad: BoolArray | None = None,
+    max_ads: int | None = None,
+) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Epsilon-greedy slates: each slot is the best available item w.p. ``1 - epsilon``, else
+    a uniformly random available item (the greedy one included).
+
+    The conditional propensity of slot ``s`` is ``(1 - eps) * [item is greedy] + eps / n_s``,
+    ``n_s`` = candidates available at that slot, so every available item keeps a positive
+    probability. Ties in the scores go to the lowest candidate index (deterministic, so the
+    propensities stay exact). Returns ``(slates, propensities, log_prob)`` like
+    :func:`plackett_luce_sample_batch`.
+    """
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+    s, valid, ads = _batch_scores(scores, slate_size, mask, is_ad, max_ads)
+    b, c = s.shape
+    rows = np.arange(b)
+    taken = np.zeros((b, c), dtype=np.bool_)
+    ads_used = np.zeros(b, dtype=np.int64)
+    slates = np.empty((b, slate_size), dtype=np.int64)
+    log_probs = np.empty((b, slate_size), dtype=np.float64)
+    for t in range(slate_size):
+        avail = _available(valid, taken, ads, ads_used, max_ads)
+        greedy = np.argmax(np.where(avail, s, -np.inf), axis=1)
+        if epsilon > 0.0:
+            uniform = np.argmax(np.where(avail, rng.random((b, c)), -1.0), axis=1)
+            pick = np.where(rng.random(b) < epsilon, uniform, greedy)
+        else:
+            pick = greedy
+        slates[:, t] = pick
+        log_probs[:, t], _ = _slot_log_prob_eps(s, avail, pick, epsilon)
+        taken[rows, pick] = True
+        ads_used += ads[rows, pick]
+    return _finish(slates, log_probs)
+
+
+def epsilon_greedy_log_propensities_batch(
+    scores: npt.ArrayLike,
+    slates: IntArray,
+    epsilon: float,
+    *,
+    mask: BoolArray | None = None,
+    is_ad: BoolArray | None = None,
+    max_ads: int | None = None,
+) -> Float64Array:
+    """Exact per-slot log-propensities ``[B, S]`` of given slates under epsilon-greedy."""
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+    s, valid, ads = _batch_scores(scores, 1, mask, is_ad, None)
+    return _walk_log_probs(
+        slates, valid, ads, max_ads, lambda a, p: _slot_log_prob_eps(s, a, p, epsilon)[0]
+    )
+
+
+def greedy_slate_batch(
+    scores: npt.ArrayLike,
+    slate_size: int,
+    *,
+    mask: BoolArray | None = None,
+    is_ad: BoolArray | None = None,
+    max_ads: int | None = None,
+) -> IntArray:
+    """Deterministic top-``S`` by score under the mask and the ads cap (ties: lowest index).
+
+    Taking the best available item slot by slot is optimal for any additive score under the
+    cap, since "at most ``max_ads`` ads among ``S`` items" is a matroid.
+    """
+    slates, _, _ = epsilon_greedy_sample_batch(
+        scores,
+        slate_size,
+        0.0,
+        np.random.default_rng(0),
+        mask=mask,
+        is_ad=is_ad,
+        max_ads=max_ads,
+    )
+    return slates

@@ -1,0 +1,213 @@
+"""The batch policy contract, slate construction with exploration, and the serving adapter.
+
+Learned policies score ``[B, C]`` candidates at once (training and evaluation are batched); the
+serving path asks for one slate at a time through :class:`recsys.protocols.SlatePolicy`.
+:class:`ServingPolicy` bridges the two, so any :class:`BatchSlatePolicy` can be served.
+
+The Protocols live here rather than in :mod:`recsys.protocols` because they speak in the batch
+types of :mod:`recsys.policy.batch`, which only the policy package, its trainer and
+off-policy evaluation use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.policy.batch import SlateAction, SlateObs, Transition, gather_slots
+from recsys.policy.exploration import (
+    epsilon_greedy_log_propensities_batch,
+    epsilon_greedy_sample_batch,
+    greedy_slate_batch,
+    plackett_luce_log_propensities_batch,
+    plackett_luce_sample_batch,
+)
+from recsys.types import Candidates, InvalidRequestError, Slate, UserState
+
+Float64Array = npt.NDArray[np.float64]
+ExplorationKind = Literal["greedy", "epsilon", "boltzmann"]
+
+
+@runtime_checkable
+class BatchSlatePolicy(Protocol):
+    """Chooses a slate for each of ``B`` requests, reporting exact per-slot propensities."""
+
+    name: str
+
+    def act(
+        self,
+        obs: SlateObs,
+        slate_size: int,
+        rng: np.random.Generator,
+        explore: bool = True,
+    ) -> SlateAction:
+        """Slates ``[B, slate_size]`` of candidate indices with their propensities.
+
+        ``explore=False`` asks for the policy's deterministic best slate (propensity 1 per
+        slot); ``explore=True`` for its behaviour distribution, which is what gets logged.
+        """
+        ...
+
+
+@runtime_checkable
+class TrainableSlatePolicy(BatchSlatePolicy, Protocol):
+    """A batch policy that learns from experience (what the trainer drives)."""
+
+    def update(self, rollout: Sequence[Transition]) -> Mapping[str, float]:
+        """One learning step on a time-ordered rollout (``rollout[t]`` is step ``t`` of ``B``
+        parallel users); value-based and bandit policies ignore the order. Returns metrics."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SlateSampler:
+    """Turns per-candidate scores into slates: exploration kind and the ads-per-slate cap.
+
+    - ``greedy``: top-``S`` by score (deterministic, propensity 1).
+    - ``epsilon``: each slot is the best available item w.p. ``1 - epsilon``, else uniform
+      over the available ones (:func:`~recsys.policy.exploration.epsilon_greedy_sample_batch`).
+    - ``boltzmann``: Plackett-Luce over ``softmax(scores / temperature)``
+      (:func:`~recsys.policy.exploration.plackett_luce_sample_batch`).
+
+    ``max_ads`` limits sponsored candidates per slate (``None``: no cap); once a slate holds
+    that many, remaining ads are masked out and the propensities are those of the masked
+    distribution, so they stay exact for off-policy evaluation.
+    """
+
+    kind: ExplorationKind = "boltzmann"
+    epsilon: float = 0.1
+    temperature: float = 1.0
+    max_ads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("greedy", "epsilon", "boltzmann"):
+            raise ValueError(f"kind must be greedy, epsilon or boltzmann, got {self.kind!r}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must lie in [0, 1], got {self.epsilon}")
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+        if self.max_ads is not None and self.max_ads < 0:
+            raise ValueError(f"max_ads must be >= 0 or None, got {self.max_ads}")
+
+    def sample(
+        self,
+        scores: npt.ArrayLike,
+        obs: SlateObs,
+        slate_size: int,
+        rng: np.random.Generator,
+        explore: bool = True,
+    ) -> SlateAction:
+        """Build slates from ``[B, C]`` scores; ``explore=False`` always takes the top-``S``."""
+        mask, ads = obs.candidate_mask, obs.is_ad
+        s = np.asarray(scores, dtype=np.float64)
+        if not explore or self.kind == "greedy":
+            slates = greedy_slate_batch(s, slate_size, mask=mask, is_ad=ads, max_ads=self.max_ads)
+            b = slates.shape[0]
+            props = np.ones((b, slate_size), dtype=np.float32)
+            log_prob = np.zeros(b, dtype=np.float32)
+        elif self.kind == "epsilon":
+            slates, props, log_prob = epsilon_greedy_sample_batch(
+                s, slate_size, self.epsilon, rng, mask=mask, is_ad=ads, max_ads=self.max_ads
+            )
+        else:
+            slates, props, log_prob = plackett_luce_sample_batch(
+                s, slate_size, self.temperature, rng, mask=mask, is_ad=ads, max_ads=self.max_ads
+            )
+        chosen = gather_slots(s, slates).astype(np.float32)
+        return SlateAction(slates=slates, propensities=props, log_prob=log_prob, scores=chosen)
+
+    def log_propensities(
+        self, scores: npt.ArrayLike, obs: SlateObs, slates: npt.ArrayLike, explore: bool = True
+    ) -> Float64Array:
+        """Exact per-slot log-propensities ``[B, S]`` this sampler gives to given slates.
+
+        The target-policy side of off-policy evaluation; ``-inf`` where the sampler could
+        never produce that slot (for ``greedy``, anything but the top-``S`` path).
+        """
+        mask, ads, cap = obs.candidate_mask, obs.is_ad, self.max_ads
+        idx = np.asarray(slates, dtype=np.int64)
+        if self.kind == "boltzmann" and explore:
+            return plackett_luce_log_propensities_batch(
+                scores, idx, self.temperature, mask=mask, is_ad=ads, max_ads=cap
+            )
+        eps = self.epsilon if explore and self.kind == "epsilon" else 0.0
+        return epsilon_greedy_log_propensities_batch(
+            scores, idx, eps, mask=mask, is_ad=ads, max_ads=cap
+        )
+
+
+FeatureFn = Callable[[UserState, Candidates], SlateObs]
+
+
+def embedding_features(user: UserState, candidates: Candidates) -> SlateObs:
+    """The default serving features: user embedding and candidate embeddings, no ads."""
+    return SlateObs(
+        user_features=np.asarray(user.embedding, dtype=np.float32)[None, :],
+        item_features=np.asarray(candidates.embeddings, dtype=np.float32)[None, :, :],
+        candidate_ids=np.asarray(candidates.item_ids, dtype=np.int64)[None, :],
+        candidate_mask=None,
+        is_ad=None,
+    )
+
+
+class ServingPolicy:
+    """Serves any :class:`BatchSlatePolicy` through :class:`recsys.protocols.SlatePolicy`.
+
+    Builds a batch of one from the request (``feature_fn``, by default the user and candidate
+    embeddings), asks the batch policy for one slate and maps candidate indices back to
+    catalog ids. ``explore=True`` serves the policy's stochastic behaviour so the logged
+    propensities support off-policy evaluation.
+    """
+
+    def __init__(
+        self,
+        policy: BatchSlatePolicy,
+        feature_fn: FeatureFn = embedding_features,
+        version: str = "0",
+        explore: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.feature_fn = feature_fn
+        self.name = policy.name
+        self.version = version
+        self.explore = explore
+
+    def select(
+        self,
+        user: UserState,
+        candidates: Candidates,
+        slate_size: int,
+        rng: np.random.Generator,
+    ) -> Slate:
+        """One slate with exact propensities; bad ``slate_size`` → :class:`InvalidRequestError`."""
+        if isinstance(slate_size, bool) or not isinstance(slate_size, int | np.integer):
+            raise InvalidRequestError("slate_size", f"must be an integer, got {slate_size!r}")
+        if not 1 <= slate_size <= len(candidates):
+            raise InvalidRequestError(
+                "slate_size",
+                f"must be between 1 and the number of candidates ({len(candidates)}), "
+                f"got {slate_size}",
+            )
+        obs = self.feature_fn(user, candidates)
+        try:
+            action = self.policy.act(obs, int(slate_size), rng, explore=self.explore)
+        except ValueError as exc:  # e.g. the ads cap leaves too few eligible candidates
+            raise InvalidRequestError("slate_size", str(exc)) from exc
+        idx = action.slates[0]
+        scores = (
+            np.zeros(idx.shape[0], dtype=np.float32)
+            if action.scores is None
+            else action.scores[0].astype(np.float32)
+        )
+        return Slate(
+            item_ids=obs.candidate_ids[0, idx].astype(np.int64),
+            positions=np.arange(idx.shape[0], dtype=np.int64),
+            scores=scores,
+            propensities=action.propensities[0].astype(np.float32),
+            policy=self.name,
+            version=self.version,
+        )

@@ -1,0 +1,130 @@
+"""Batch types, the slate sampler and the serving adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.policy import (
+    SIGNAL_NAMES,
+    RandomPolicy,
+    ReinforceTopKPolicy,
+    ServingPolicy,
+    SlateObs,
+    SlateResponse,
+    SlateSampler,
+    concat_transitions,
+)
+from recsys.policy.batch import signals_array
+from recsys.policy.testing import TinySlateEnv, collect
+from recsys.protocols import SlatePolicy
+from recsys.types import Candidates, InvalidRequestError, Signals, UserState
+
+
+def _candidates(n: int = 12, dim: int = 4) -> Candidates:
+    rng = np.random.default_rng(0)
+    return Candidates(
+        item_ids=rng.choice(1000, size=n, replace=False).astype(np.int64),
+        scores=rng.normal(size=n).astype(np.float32),
+        embeddings=rng.normal(size=(n, dim)).astype(np.float32),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Small nets run fastest (and deterministically) on one thread; restore the caller's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+USER = UserState(user_id="u", embedding=np.ones(4, dtype=np.float32))
+
+
+def test_signal_order_matches_the_signals_type() -> None:
+    assert tuple(Signals.__dataclass_fields__) == SIGNAL_NAMES
+    sig = signals_array(
+        Signals(click=1.0, dwell_s=2.0, like=3.0, conversion=4.0, revenue=5.0, skip=6.0)
+    )
+    np.testing.assert_array_equal(sig, [1, 2, 3, 4, 5, 6])
+
+
+def test_response_round_trip_and_choice() -> None:
+    sig = np.zeros((3, 2, 6), dtype=np.float32)
+    sig[0, 1, 0] = 1.0  # user 0 clicked slot 1
+    sig[2, 0, 0] = 1.0  # user 2 clicked slot 0
+    response = SlateResponse.from_signals(sig)
+    np.testing.assert_array_equal(response.signals(), sig)
+    np.testing.assert_array_equal(response.choice(), [1, 2, 0])  # 2 = slate size = no click
+
+
+def test_concat_and_take_transitions() -> None:
+    env = TinySlateEnv(batch_size=4)
+    transitions, _ = collect(env, RandomPolicy(), env.reset(), 3, np.random.default_rng(0))
+    batch = concat_transitions(transitions)
+    assert batch.batch_size == 12
+    assert batch.next_action is not None
+    part = batch.take(np.array([5, 0]))
+    np.testing.assert_array_equal(part.action.slates, batch.action.slates[[5, 0]])
+    np.testing.assert_array_equal(part.obs.ads(), batch.obs.ads()[[5, 0]])
+
+
+def test_obs_validate_rejects_mismatched_shapes() -> None:
+    obs = SlateObs(
+        np.zeros((2, 3), np.float32), np.zeros((2, 4, 5), np.float32), np.zeros((3, 4), np.int64)
+    )
+    with pytest.raises(ValueError, match="batch shapes"):
+        obs.validate()
+
+
+def test_sampler_greedy_is_deterministic_with_unit_propensities() -> None:
+    obs = TinySlateEnv(batch_size=3).reset()
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 9.0]] * 3)
+    action = SlateSampler("greedy", max_ads=0).sample(scores, obs, 2, np.random.default_rng(0))
+    np.testing.assert_array_equal(action.slates, [[0, 1]] * 3)  # item 4 is an ad, capped out
+    np.testing.assert_array_equal(action.propensities, 1.0)
+    np.testing.assert_array_equal(action.scores, [[5.0, 4.0]] * 3)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [({"kind": "softmax"}, "kind"), ({"epsilon": 1.5}, "epsilon"), ({"temperature": 0.0}, "temp")],
+)
+def test_sampler_validates(bad: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SlateSampler(**bad)  # type: ignore[arg-type]
+
+
+def test_serving_adapter_serves_a_learned_policy() -> None:
+    policy = ReinforceTopKPolicy(user_dim=4, item_dim=4, seed=0)
+    served = ServingPolicy(policy, version="v3")
+    assert isinstance(served, SlatePolicy)
+    cands = _candidates()
+    slate = served.select(USER, cands, 5, np.random.default_rng(0))
+    assert slate.policy == "reinforce_topk"
+    assert slate.version == "v3"
+    assert len(slate) == 5
+    assert set(slate.item_ids.tolist()) <= set(cands.item_ids.tolist())
+    assert len(set(slate.item_ids.tolist())) == 5
+    np.testing.assert_array_equal(slate.positions, np.arange(5))
+    assert slate.propensities.dtype == slate.scores.dtype == np.float32
+    # The propensities are those of the policy's Plackett-Luce over its logits.
+    obs = served.feature_fn(USER, cands)
+    with torch.no_grad():
+        logits, _ = policy.logits(obs)
+    where = {int(i): k for k, i in enumerate(cands.item_ids)}
+    idx = np.array([[where[int(i)] for i in slate.item_ids]])
+    expected = policy.config.sampler.log_propensities(logits.double().numpy(), obs, idx)
+    np.testing.assert_allclose(slate.propensities, np.exp(expected[0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("slate_size", [0, 13, 2.0, True])
+def test_serving_adapter_rejects_bad_slate_size(slate_size: object) -> None:
+    served = ServingPolicy(RandomPolicy())
+    with pytest.raises(InvalidRequestError) as info:
+        served.select(USER, _candidates(), slate_size, np.random.default_rng(0))  # type: ignore[arg-type]
+    assert info.value.field == "slate_size"

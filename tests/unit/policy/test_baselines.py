@@ -1,0 +1,145 @@
+"""Baselines share the batch interface, honour the ads cap, and behave as their names say."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.policy import (
+    BatchSlatePolicy,
+    LinUCBPolicy,
+    MyopicGreedyPolicy,
+    PopularityPolicy,
+    RandomPolicy,
+    SlateObs,
+    SlateSampler,
+    TrainableSlatePolicy,
+)
+from recsys.policy.batch import SlateResponse, Transition, gather_slots
+from recsys.policy.testing import TinySlateEnv, collect, greedy_slates
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Small nets run fastest (and deterministically) on one thread; restore the caller's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _obs(b: int = 32, c: int = 8, seed: int = 0) -> SlateObs:
+    rng = np.random.default_rng(seed)
+    is_ad = rng.random((b, c)) < 0.4
+    is_ad[:, :3] = False
+    return SlateObs(
+        user_features=rng.normal(size=(b, 3)).astype(np.float32),
+        item_features=rng.normal(size=(b, c, 4)).astype(np.float32),
+        candidate_ids=rng.integers(0, 100, size=(b, c)),
+        candidate_mask=None,
+        is_ad=is_ad,
+    )
+
+
+def _all_baselines(max_ads: int | None) -> list[BatchSlatePolicy]:
+    env = TinySlateEnv()
+    sampler = SlateSampler("epsilon", epsilon=0.3, max_ads=max_ads)
+    return [
+        RandomPolicy(max_ads=max_ads),
+        PopularityPolicy(100, sampler=sampler),
+        MyopicGreedyPolicy(lambda o: o.item_features[..., 0], sampler=sampler),
+        MyopicGreedyPolicy(env.immediate_click_reward, env.oracle_choice_model(), sampler=sampler),
+        LinUCBPolicy(3, 4, sampler=sampler),
+    ]
+
+
+@pytest.mark.parametrize("max_ads", [None, 0, 1])
+def test_every_baseline_is_a_valid_batch_policy(max_ads: int | None) -> None:
+    for policy in _all_baselines(max_ads):
+        assert isinstance(policy, BatchSlatePolicy)
+        obs = _obs()
+        if isinstance(policy, MyopicGreedyPolicy) and policy.choice_model is not None:
+            obs = TinySlateEnv(batch_size=32).reset()
+        action = policy.act(obs, 3, np.random.default_rng(0))
+        b = obs.batch_size
+        assert action.slates.shape == action.propensities.shape == (b, 3)
+        assert all(len(set(row.tolist())) == 3 for row in action.slates)
+        assert np.all((action.propensities > 0) & (action.propensities <= 1))
+        np.testing.assert_allclose(
+            np.exp(action.log_prob), np.prod(action.propensities.astype(np.float64), 1), rtol=1e-5
+        )
+        if max_ads is not None:
+            ads = gather_slots(obs.ads(), action.slates)
+            assert (ads.sum(1) <= max_ads).all(), policy.name
+
+
+def test_random_policy_is_uniform() -> None:
+    obs = _obs(b=1, c=4)._replace(is_ad=None)
+    action = RandomPolicy().act(obs, 2, np.random.default_rng(0))
+    np.testing.assert_allclose(action.propensities, [[1 / 4, 1 / 3]], rtol=1e-6)
+    counts: dict[tuple[int, ...], int] = {}
+    rng = np.random.default_rng(1)
+    big = SlateObs(
+        np.repeat(obs.user_features, 12_000, 0),
+        np.repeat(obs.item_features, 12_000, 0),
+        np.repeat(obs.candidate_ids, 12_000, 0),
+    )
+    for row in RandomPolicy().act(big, 2, rng).slates.tolist():
+        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+    assert set(counts) == set(itertools.permutations(range(4), 2))
+    assert max(abs(n / 12_000 - 1 / 12) for n in counts.values()) < 0.01
+
+
+def test_myopic_greedy_takes_the_clickbait_in_the_tiny_env() -> None:
+    """The premise of the learning tests: the immediate-reward optimum is the trap."""
+    env = TinySlateEnv()
+    policy = MyopicGreedyPolicy(env.immediate_click_reward, env.oracle_choice_model())
+    solution = env.solve()
+    assert greedy_slates(env, policy) == solution.myopic
+    assert solution.myopic != solution.optimal
+
+
+def test_popularity_counts_clicks() -> None:
+    env = TinySlateEnv(batch_size=64)
+    policy = PopularityPolicy(env.num_items)
+    assert isinstance(policy, TrainableSlatePolicy)
+    transitions, _ = collect(env, RandomPolicy(), env.reset(), 20, np.random.default_rng(0))
+    metrics = policy.update(transitions)
+    assert policy.counts.sum() == metrics["clicks"] > 0
+    # The clickbait items (0 and 2) are clicked most under random slates.
+    assert set(np.argsort(-policy.counts)[:2].tolist()) == {0, 2}
+    assert set(policy.act(env.reset(), 2, np.random.default_rng(0), explore=False).slates[0]) == {
+        0,
+        2,
+    }
+
+
+def test_linucb_learns_a_linear_bandit() -> None:
+    rng = np.random.default_rng(0)
+    theta_user = rng.normal(size=(3, 4))
+    policy = LinUCBPolicy(3, 4, alpha=0.5)
+    assert isinstance(policy, TrainableSlatePolicy)
+    for _ in range(30):
+        obs = _obs(b=64, seed=int(rng.integers(1 << 30)))._replace(is_ad=None)
+        action = policy.act(obs, 2, rng)
+        true = np.einsum("bu,ui,bci->bc", obs.user_features, theta_user, obs.item_features)
+        reward = np.asarray(gather_slots(true, action.slates), np.float64)
+        reward += rng.normal(0, 0.1, (64, 2))
+        none = np.zeros((64, 2), np.float32)
+        tr = Transition(
+            obs,
+            action,
+            SlateResponse(none, none, none, none, none, none),
+            reward.astype(np.float32),
+            obs,
+            np.zeros(64, np.bool_),
+        )
+        policy.update([tr])
+    test = _obs(b=500, seed=123)._replace(is_ad=None)
+    true = np.einsum("bu,ui,bci->bc", test.user_features, theta_user, test.item_features)
+    picked = policy.act(test, 1, rng, explore=False).slates[:, 0]
+    assert (picked == true.argmax(1)).mean() > 0.9
