@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -92,6 +92,74 @@ class DemoSettings(BaseModel):
     slate_size: int = Field(10, ge=1, le=100)
 
 
+class SimulatorSettings(BaseModel):
+    """User-behavior simulator: sizes, choice model and user dynamics (see docs/simulator.md).
+
+    Every float must be finite (NaN or inf fails validation), so a typo in an env var cannot
+    silently turn the simulated users into NaN-producing ones. Defaults are tuned so that
+    long-term value and short-term clicks disagree: clickbait wins clicks but loses lifetime
+    engagement, quality content does the opposite.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    seed: int = 0
+    num_candidates: int = Field(100, ge=1, le=100_000, description="candidates per request")
+    slate_size: int = Field(10, ge=1, le=1000)
+    max_episode_steps: int = Field(1000, ge=1, description="Gymnasium truncation, in steps")
+    reward: Literal["engagement", "click", "revenue"] = "engagement"
+    # Choice model.
+    choice_model: Literal["mnl", "cascade"] = "mnl"
+    no_click_logit: float = Field(2.0, ge=-50.0, le=50.0)
+    position_bias: float = Field(0.5, ge=0.0, le=10.0)
+    affinity_scale: float = Field(4.0, ge=0.0, le=100.0)
+    # Click appeal (utility before the choice model's scale).
+    quality_weight: float = Field(0.5, ge=0.0, le=10.0)
+    clickbait_appeal: float = Field(1.0, ge=0.0, le=10.0)
+    ad_appeal: float = Field(-0.3, ge=-10.0, le=10.0)
+    fatigue_weight: float = Field(0.1, ge=0.0, le=10.0)
+    fatigue_gain: float = Field(1.0, ge=0.0, le=100.0)
+    fatigue_half_life_steps: float = Field(5.0, gt=0.0, le=1e6)
+    repeat_weight: float = Field(1.5, ge=0.0, le=10.0)
+    repeat_half_life_steps: float = Field(20.0, gt=0.0, le=1e6)
+    history_size: int = Field(5, ge=1, le=64)
+    ad_fatigue_weight: float = Field(0.1, ge=0.0, le=10.0)
+    ad_fatigue_gain: float = Field(0.2, ge=0.0, le=100.0)
+    ad_fatigue_half_life_steps: float = Field(10.0, gt=0.0, le=1e6)
+    # Satisfaction and the observable responses it drives.
+    satisfaction_quality_weight: float = Field(1.0, ge=0.0, le=10.0)
+    clickbait_penalty: float = Field(2.0, ge=0.0, le=10.0)
+    satisfaction_noise: float = Field(0.2, ge=0.0, le=10.0)
+    no_click_satisfaction: float = Field(-0.1, ge=-10.0, le=10.0)
+    dwell_sharpness: float = Field(2.5, ge=0.0, le=100.0)
+    dwell_bias: float = Field(0.0, ge=-20.0, le=20.0)
+    skip_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    like_threshold: float = Field(1.0, ge=-10.0, le=10.0)
+    like_sharpness: float = Field(4.0, ge=0.0, le=100.0)
+    conversion_rate: float = Field(0.1, ge=0.0, le=0.5)
+    # Time budget (seconds) and sessions.
+    session_budget_s: float = Field(1200.0, gt=0.0, le=1e7)
+    browse_cost_s: float = Field(10.0, gt=0.0, le=1e5)
+    no_click_cost_s: float = Field(20.0, ge=0.0, le=1e5)
+    extension_gain: float = Field(0.8, ge=0.0, lt=1.0)
+    bad_content_cost_s: float = Field(150.0, ge=0.0, le=1e6)
+    ad_cost_s: float = Field(10.0, ge=0.0, le=1e5)
+    interest_drift: float = Field(0.05, ge=0.0, le=1.0)
+    return_bias: float = Field(0.0, ge=-20.0, le=20.0)
+    return_satisfaction_weight: float = Field(3.0, ge=0.0, le=100.0)
+    return_max: float = Field(0.95, ge=0.0, le=1.0)
+    session_gap_steps: float = Field(20.0, ge=0.0, le=1e6)
+
+    @model_validator(mode="after")
+    def _check_slate_fits(self) -> Self:
+        if self.slate_size > self.num_candidates:
+            raise ValueError(
+                f"simulator.slate_size ({self.slate_size}) exceeds simulator.num_candidates "
+                f"({self.num_candidates}): a slate is chosen from the candidates"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Root settings; ``RECSYS_STORE__URL=redis://...`` sets ``settings.store.url``."""
 
@@ -110,6 +178,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     artifacts: ArtifactSettings = ArtifactSettings()
     demo: DemoSettings = DemoSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Self:

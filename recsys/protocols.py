@@ -12,9 +12,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from recsys.types import (
+    CandidateFilters,
     Candidates,
     Event,
     EventRecord,
+    FloatArray,
     IntArray,
     Signals,
     Slate,
@@ -32,10 +34,18 @@ class CandidateGenerator(Protocol):
         """Size of the catalog the generator retrieves from."""
         ...
 
-    def generate(self, user: UserState, k: int, exclude: IntArray) -> Candidates:
+    def generate(
+        self,
+        user: UserState,
+        k: int,
+        exclude: IntArray,
+        filters: CandidateFilters | None = None,
+    ) -> Candidates:
         """Return the ``k`` best items for ``user``, never any id in ``exclude``.
 
-        Raises :class:`recsys.types.InvalidRequestError` when ``k`` cannot be satisfied.
+        ``filters`` (categories, ads/organic) restrict the eligible items; still exactly
+        ``k`` come back when that many are eligible. Raises
+        :class:`recsys.types.InvalidRequestError` when ``k`` cannot be satisfied.
         """
         ...
 
@@ -151,4 +161,26 @@ class EventSource(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class ChoiceModel(Protocol):
+    """How a user picks at most one item from a shown slate, batched over users.
+
+    The simulator computes each slot's click appeal; a choice model turns it into a
+    distribution over "click slot s" plus a final "no click" outcome and samples from it.
+    Keeping it pluggable (as RecSim does) lets the simulator swap multinomial-logit for
+    cascade models, and lets a slate policy (SlateQ) reuse the same decomposition.
+    """
+
+    def probabilities(self, affinity: FloatArray) -> FloatArray:
+        """Choice probabilities ``[B, S + 1]`` for appeals ``[B, S]``; last column = no click.
+
+        Each row sums to 1. Column ``s`` is the probability of clicking the item in slot ``s``.
+        """
+        ...
+
+    def sample(self, probs: FloatArray, rng: np.random.Generator) -> IntArray:
+        """One choice per row of ``probs`` ``[B, S + 1]``: a slot in ``0..S-1``, or ``S``."""
         ...

@@ -8,7 +8,8 @@ into the catalog (0..num_items-1); user ids are opaque strings on the wire.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -189,3 +190,126 @@ class EventRecord:
     partition: str
     offset: int
     event: Event
+
+
+AdsFilter = Literal["any", "only", "exclude"]
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateFilters:
+    """Business filters a retriever applies without returning fewer than ``k`` items.
+
+    ``categories``: keep only items tagged with at least one of these category ids (``None``
+    keeps every category). ``ads``: ``"only"`` keeps sponsored items, ``"exclude"`` drops
+    them, ``"any"`` ignores the flag. Frozen and hashable, so a retriever can cache the item
+    mask of each distinct filter instead of recomputing it per request.
+    """
+
+    categories: tuple[int, ...] | None = None
+    ads: AdsFilter = "any"
+
+    def __post_init__(self) -> None:
+        if self.ads not in ("any", "only", "exclude"):
+            raise InvalidRequestError(
+                "filters", f"ads must be 'any', 'only' or 'exclude', got {self.ads!r}"
+            )
+        if self.categories is not None:
+            if not isinstance(self.categories, tuple) or not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in self.categories
+            ):
+                raise InvalidRequestError(
+                    "filters", f"categories must be a tuple of ints, got {self.categories!r}"
+                )
+            if not self.categories:
+                raise InvalidRequestError("filters", "categories must not be empty (use None)")
+
+    @property
+    def is_noop(self) -> bool:
+        """True when the filter keeps every item (so retrieval can skip masking)."""
+        return self.categories is None and self.ads == "any"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InteractionDataset:
+    """Implicit-feedback interactions plus side features, as loaded from any source.
+
+    One row per (user, item) event: ``user_idx``/``item_idx`` are dense ``int64`` indices,
+    ``rating`` float32 (1.0 for clicks) and ``timestamp`` float64 seconds (or any increasing
+    clock). ``item_features`` ``[num_items, F]`` and ``user_features`` ``[num_users, U]``
+    (``U`` may be 0) are float32 model inputs; ``item_categories`` ``[num_items, C]`` bool
+    tags items for category filters (genres for MovieLens). ``user_ids``/``item_ids`` map the
+    dense indices back to the source's raw tokens, in index order. Loaders (MovieLens,
+    logged-feedback files, the simulator) produce it; the candidate trainer consumes it.
+    """
+
+    name: str
+    user_idx: IntArray
+    item_idx: IntArray
+    rating: FloatArray
+    timestamp: npt.NDArray[np.float64]
+    user_ids: tuple[str, ...]
+    item_ids: tuple[str, ...]
+    item_features: FloatArray
+    user_features: FloatArray
+    item_categories: npt.NDArray[np.bool_]
+    item_feature_names: tuple[str, ...] = ()
+    user_feature_names: tuple[str, ...] = ()
+    category_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = self.user_idx.shape[0]
+        for name, arr in (
+            ("user_idx", self.user_idx),
+            ("item_idx", self.item_idx),
+            ("rating", self.rating),
+            ("timestamp", self.timestamp),
+        ):
+            if arr.shape != (n,):
+                raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")
+        if self.user_idx.dtype != np.int64 or self.item_idx.dtype != np.int64:
+            raise ValueError("user_idx and item_idx must be int64")
+        num_users, num_items = len(self.user_ids), len(self.item_ids)
+        for name, arr, bound in (
+            ("user_idx", self.user_idx, num_users),
+            ("item_idx", self.item_idx, num_items),
+        ):
+            if n and (int(arr.min()) < 0 or int(arr.max()) >= bound):
+                raise ValueError(f"{name} has ids outside [0, {bound})")
+        for name, shape, rows in (
+            ("item_features", self.item_features.shape, num_items),
+            ("user_features", self.user_features.shape, num_users),
+            ("item_categories", self.item_categories.shape, num_items),
+        ):
+            if len(shape) != 2 or shape[0] != rows:
+                raise ValueError(f"{name} has shape {shape}, expected ({rows}, width)")
+        if self.item_features.dtype != np.float32 or self.user_features.dtype != np.float32:
+            raise ValueError("item_features and user_features must be float32")
+        if self.item_categories.dtype != np.bool_:
+            raise ValueError("item_categories must be bool")
+        if not (np.isfinite(self.item_features).all() and np.isfinite(self.user_features).all()):
+            raise ValueError("features contain NaN or inf")
+
+    @property
+    def num_users(self) -> int:
+        """Users in the id map (some may have no interactions)."""
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        """Items in the id map, i.e. the full catalog a ranking is computed over."""
+        return len(self.item_ids)
+
+    @property
+    def num_interactions(self) -> int:
+        """Rows of the interaction arrays."""
+        return int(self.user_idx.shape[0])
+
+    def subset(self, rows: IntArray) -> InteractionDataset:
+        """The same catalog and users with only the given interaction rows (for splits)."""
+        return replace(
+            self,
+            user_idx=self.user_idx[rows],
+            item_idx=self.item_idx[rows],
+            rating=self.rating[rows],
+            timestamp=self.timestamp[rows],
+        )

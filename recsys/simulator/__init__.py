@@ -1,16 +1,75 @@
-"""User-behavior simulator: choice models, a batched slate environment and logged feedback."""
+"""User-behavior simulator: user dynamics, choice models, a batched slate env, Gymnasium wrappers.
 
-from recsys.simulator.choice import ChoiceModel, MultinomialLogitChoice
-from recsys.simulator.env import SlateEnv, SlateObservation, StepResult
+Importing this package registers the Gymnasium ids ``recsys/SlateEnv-v0`` (one user) and
+``recsys/SlateVectorEnv-v0`` (a batch of users), idempotently.
+"""
+
+from recsys.simulator.candidates import CandidateSampler, UniformCandidateSampler
+from recsys.simulator.choice import (
+    CascadeChoice,
+    ChoiceModel,
+    MultinomialLogitChoice,
+    make_choice_model,
+)
+from recsys.simulator.env import SlateEnv, SlateObservation
+from recsys.simulator.gym_env import (
+    SLATE_ENV_ID,
+    SLATE_VECTOR_ENV_ID,
+    SlateGymEnv,
+    SlateVectorEnv,
+    register_envs,
+)
 from recsys.simulator.logs import LoggedClicks, simulate_logs, uniform_random_slates
+from recsys.simulator.policies import REFERENCE_POLICIES, ReferencePolicy, top_k_slates
+from recsys.simulator.results import (
+    REWARDS,
+    HiddenTruth,
+    ObservableResponses,
+    RewardFn,
+    SessionInfo,
+    SlotSignals,
+    StepResult,
+    click_reward,
+    engagement_reward,
+    revenue_reward,
+)
+from recsys.simulator.rollout import LifetimeSummary, rollout_lifetimes
+from recsys.simulator.user import LatentUserState, UserModel
+
+register_envs()
 
 __all__ = [
+    "REFERENCE_POLICIES",
+    "REWARDS",
+    "SLATE_ENV_ID",
+    "SLATE_VECTOR_ENV_ID",
+    "CandidateSampler",
+    "CascadeChoice",
     "ChoiceModel",
+    "HiddenTruth",
+    "LatentUserState",
+    "LifetimeSummary",
     "LoggedClicks",
     "MultinomialLogitChoice",
+    "ObservableResponses",
+    "ReferencePolicy",
+    "RewardFn",
+    "SessionInfo",
     "SlateEnv",
+    "SlateGymEnv",
     "SlateObservation",
+    "SlateVectorEnv",
+    "SlotSignals",
     "StepResult",
+    "UniformCandidateSampler",
+    "UserModel",
+    "click_reward",
+    "engagement_reward",
+    "make_choice_model",
+    "register_envs",
+    "revenue_reward",
+    "rollout_lifetimes",
     "simulate_logs",
+    "top_k_slates",
     "uniform_random_slates",
 ]

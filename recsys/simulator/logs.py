@@ -73,6 +73,10 @@ def simulate_logs(
 
     An impression is one served slate, so the result has ``num_impressions * slate_size`` rows.
     ``rng`` drives the logging policy (users and slates); the env's own RNG drives the clicks.
+    All impressions go through one batched :meth:`SlateEnv.step`, so each sees its user's
+    state before the call (parallel impressions): the logs sample the users' current
+    preferences without fatigue or drift from the logging itself. For sequential sessions
+    with dynamics, step the env repeatedly instead (``StepResult`` carries every signal).
     """
     if env.num_items != world.num_items or env.num_users != world.num_users:
         raise ValueError(
