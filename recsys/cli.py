@@ -198,6 +198,10 @@ def simulate(
     ] = "random",
     temperature: Annotated[float, typer.Option(help="Boltzmann temperature.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the logging policy.")] = 0,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(help="Fit the world to a real log first: ml-100k (fetched if missing)."),
+    ] = None,
 ) -> None:
     """Simulate user sessions and write them as logged feedback (Parquet)."""
     from recsys.data.synthetic import make_world
@@ -214,8 +218,11 @@ def simulate(
             seed=seed,
             num_users=users,
         )
-        world = make_world(settings.catalog)
-        env = SlateEnv(world, seed=settings.simulator.seed, settings=settings.simulator)
+        if calibrate is None:
+            world = make_world(settings.catalog)
+            env = SlateEnv(world, seed=settings.simulator.seed, settings=settings.simulator)
+        else:
+            env = _calibrated_env(calibrate, settings)
         logs = write_sessions(out, env, cfg, progress=True)
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -224,6 +231,23 @@ def simulate(
         f"wrote {len(logs)} rows ({slates} slates) to {out}; "
         f"click rate per slate {logs.click.sum() / max(slates, 1):.3f}"
     )
+
+
+def _calibrated_env(dataset: str, settings: Settings) -> Any:
+    """A simulator whose world is fitted to a real interaction log (MovieLens-100K)."""
+    from recsys.data.movielens import load_ml100k
+    from recsys.simulator import calibrated_env, calibrated_world, fit_calibration
+
+    if dataset != "ml-100k":
+        raise ValueError(f"--calibrate supports 'ml-100k', got {dataset!r}")
+    with console.status("fitting the simulator to MovieLens-100K"):
+        profile = fit_calibration(load_ml100k(), affinity_scale=settings.simulator.affinity_scale)
+        world = calibrated_world(profile, seed=settings.catalog.seed)
+    console.print(
+        f"calibrated world: {world.num_items} items, {world.num_users} users, "
+        f"{world.num_topics} genres"
+    )
+    return calibrated_env(world, settings.simulator, settings.simulator.seed)
 
 
 @bench_app.command("simulator")

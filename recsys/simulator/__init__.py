@@ -4,6 +4,18 @@ Importing this package registers the Gymnasium ids ``recsys/SlateEnv-v0`` (one u
 ``recsys/SlateVectorEnv-v0`` (a batch of users), idempotently.
 """
 
+from recsys.simulator.calibration import (
+    CalibrationProfile,
+    SimulatedClickLog,
+    calibrated_env,
+    calibrated_world,
+    calibration_report,
+    compare_statistics,
+    exposure_weights,
+    fit_calibration,
+    run_calibration_report,
+    simulate_click_log,
+)
 from recsys.simulator.candidates import CandidateSampler, UniformCandidateSampler
 from recsys.simulator.choice import (
     CascadeChoice,
@@ -34,6 +46,7 @@ from recsys.simulator.results import (
     revenue_reward,
 )
 from recsys.simulator.rollout import LifetimeSummary, rollout_lifetimes
+from recsys.simulator.sampling import PopularityCandidateSampler
 from recsys.simulator.user import LatentUserState, UserModel
 
 register_envs()
@@ -43,6 +56,7 @@ __all__ = [
     "REWARDS",
     "SLATE_ENV_ID",
     "SLATE_VECTOR_ENV_ID",
+    "CalibrationProfile",
     "CandidateSampler",
     "CascadeChoice",
     "ChoiceModel",
@@ -52,9 +66,11 @@ __all__ = [
     "LoggedClicks",
     "MultinomialLogitChoice",
     "ObservableResponses",
+    "PopularityCandidateSampler",
     "ReferencePolicy",
     "RewardFn",
     "SessionInfo",
+    "SimulatedClickLog",
     "SlateEnv",
     "SlateGymEnv",
     "SlateObservation",
@@ -63,12 +79,20 @@ __all__ = [
     "StepResult",
     "UniformCandidateSampler",
     "UserModel",
+    "calibrated_env",
+    "calibrated_world",
+    "calibration_report",
     "click_reward",
+    "compare_statistics",
     "engagement_reward",
+    "exposure_weights",
+    "fit_calibration",
     "make_choice_model",
     "register_envs",
     "revenue_reward",
     "rollout_lifetimes",
+    "run_calibration_report",
+    "simulate_click_log",
     "simulate_logs",
     "top_k_slates",
     "uniform_random_slates",
