@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,41 @@ def test_updater_without_bootstrap_says_what_to_set() -> None:
 def test_demo_rejects_negative_exit_after() -> None:
     result = runner.invoke(app, ["demo", "--exit-after", "-1"])
     assert result.exit_code == 2
+
+
+def test_simulate_writes_logged_feedback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys.data.logged import read_logged_feedback
+
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_USERS", "20")
+    monkeypatch.setenv("RECSYS_SIMULATOR__NUM_CANDIDATES", "40")
+    out = tmp_path / "logs.parquet"
+    result = runner.invoke(app, ["simulate", "--out", str(out), "--steps", "3", "--slate", "4"])
+    assert result.exit_code == 0, result.output
+    logs = read_logged_feedback(out)
+    assert len(logs) == 3 * 20 * 4
+    assert set(logs.slate_size.tolist()) == {4}
+
+
+def test_simulate_bad_options_are_clear(tmp_path: Path) -> None:
+    out = str(tmp_path / "x.parquet")
+    bad_policy = runner.invoke(app, ["simulate", "--out", out, "--policy", "nope"])
+    assert bad_policy.exit_code == 1
+    assert "policy must be" in bad_policy.output
+    too_big = runner.invoke(app, ["simulate", "--out", out, "--slate", "500"])
+    assert too_big.exit_code == 2
+    assert "exceeds" in too_big.output
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_bench_simulator_prints_json_with_throughput(tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    result = runner.invoke(
+        app,
+        ["bench", "simulator", "--users", "64", "--candidates", "20", "--slate", "5",
+         "--steps", "3", "--repeats", "1", "--json", "--output", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["user_steps_per_s"] > 0
+    assert json.loads(out.read_text())["user_steps_per_s"] == data["user_steps_per_s"]
