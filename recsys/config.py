@@ -24,12 +24,20 @@ class CatalogSettings(BaseModel):
 
 
 class CandidateSettings(BaseModel):
-    """Two-tower-lite embeddings and the FAISS retriever."""
+    """Two-tower retrieval model, its FAISS index and the datasets it trains on."""
 
     dim: int = Field(32, ge=2, le=1024)
-    epochs: int = Field(8, ge=1, le=1000)
+    epochs: int = Field(
+        40, ge=1, le=1000, description="maximum epochs; training early-stops on validation"
+    )
     log_sessions: int = Field(20_000, ge=100, description="simulated impressions to train on")
     default_k: int = Field(200, ge=1, le=10_000)
+    recall_target: float = Field(
+        0.95, gt=0.0, le=1.0, description="recall@100 vs exact search the ANN index is tuned to"
+    )
+    data_dir: Path = Field(
+        Path("~/.cache/recsys"), description="cache root for datasets (ml-100k lands in it)"
+    )
 
 
 class PolicySettings(BaseModel):

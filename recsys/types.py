@@ -237,7 +237,8 @@ class InteractionDataset:
     ``rating`` float32 (1.0 for clicks) and ``timestamp`` float64 seconds (or any increasing
     clock). ``item_features`` ``[num_items, F]`` and ``user_features`` ``[num_users, U]``
     (``U`` may be 0) are float32 model inputs; ``item_categories`` ``[num_items, C]`` bool
-    tags items for category filters (genres for MovieLens). ``user_ids``/``item_ids`` map the
+    tags items for category filters (genres for MovieLens) and ``item_is_ad`` (optional)
+    marks sponsored items for the ads filter. ``user_ids``/``item_ids`` map the
     dense indices back to the source's raw tokens, in index order. Loaders (MovieLens,
     logged-feedback files, the simulator) produce it; the candidate trainer consumes it.
     """
@@ -255,6 +256,7 @@ class InteractionDataset:
     item_feature_names: tuple[str, ...] = ()
     user_feature_names: tuple[str, ...] = ()
     category_names: tuple[str, ...] = ()
+    item_is_ad: npt.NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         n = self.user_idx.shape[0]
@@ -286,6 +288,10 @@ class InteractionDataset:
             raise ValueError("item_features and user_features must be float32")
         if self.item_categories.dtype != np.bool_:
             raise ValueError("item_categories must be bool")
+        if self.item_is_ad is not None and (
+            self.item_is_ad.dtype != np.bool_ or self.item_is_ad.shape != (num_items,)
+        ):
+            raise ValueError(f"item_is_ad must be bool with shape ({num_items},)")
         if not (np.isfinite(self.item_features).all() and np.isfinite(self.user_features).all()):
             raise ValueError("features contain NaN or inf")
 

@@ -1,11 +1,12 @@
 """User and item embeddings for retrieval, learned from logged impressions.
 
-This is the walking skeleton of the two-tower model: each tower is a plain embedding table
+This was the walking skeleton of the two-tower model: each tower is a plain embedding table
 (a matrix factorisation), trained with binary cross-entropy on (user, item, clicked) triples.
 The logs come from a uniformly random logging policy, so clicks are unbiased and no
-propensity correction is needed here; the later two-tower model replaces the tables with
-feature towers and the pointwise loss with sampled softmax + log-Q correction, but keeps the
-:class:`EmbeddingModel` output so the retriever and artifact code do not change.
+propensity correction is needed here. The production model is now
+:mod:`recsys.candidates.two_tower` (feature towers, sampled softmax with log-Q correction);
+this MF stays as a baseline and keeps :class:`EmbeddingModel`, the tables both export, so
+the retriever, artifact and serving code are shared.
 
 Bias folding: the model is ``logit(u, i) = <p_u, q_i> + b_i + b``. To keep retrieval an exact
 maximum-inner-product search, the item bias ``b_i`` is stored as the last coordinate of each
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -220,6 +222,21 @@ def _validate_logs(
     return users.astype(np.int64), items.astype(np.int64), y
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Cap torch's intra-op threads for a block, restoring the previous count after.
+
+    The candidate models' matrices are small: a second thread gains little, and when the
+    cores are shared, oversubscribed threads made training epochs 5-14x slower here.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_embeddings(
     user_idx: IntArray,
     item_idx: IntArray,
@@ -240,6 +257,21 @@ def train_embeddings(
     """
     opts = options or TrainingOptions()
     users, items, y = _validate_logs(user_idx, item_idx, labels, num_users, num_items)
+    with torch_threads(1):
+        return _fit(users, items, y, num_users, num_items, settings, seed, progress, opts)
+
+
+def _fit(
+    users: IntArray,
+    items: IntArray,
+    y: FloatArray,
+    num_users: int,
+    num_items: int,
+    settings: CandidateSettings,
+    seed: int,
+    progress: bool,
+    opts: TrainingOptions,
+) -> EmbeddingModel:
     started = time.perf_counter()
 
     n = users.shape[0]

@@ -390,16 +390,10 @@ def _build(
     )
 
 
-def default_data_dir(configured: Path | None = None) -> Path:
-    """The cache root to use: ``configured`` (a setting) or ``~/.cache/recsys``, expanded."""
-    return Path(configured if configured is not None else DEFAULT_DATA_DIR).expanduser()
-
-
 __all__ = [
     "GENRES",
     "ML100K_FILES",
     "DatasetError",
-    "default_data_dir",
     "ensure_ml100k",
     "load_grouplens",
     "load_ml100k",

@@ -1,4 +1,8 @@
-"""Shared fixtures: planted low-rank click logs and a model trained on them once per session."""
+"""Shared fixtures: planted click logs (MF), and a small real ML-100K split (two-tower).
+
+The real-data fixtures fetch MovieLens-100K once into the configured cache
+(``RECSYS_CANDIDATES__DATA_DIR``, default ``~/.cache/recsys``), so re-runs are offline.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,17 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from recsys.candidates import EmbeddingModel, train_embeddings
-from recsys.config import CandidateSettings
-from recsys.types import FloatArray, IntArray
+from recsys.candidates import (
+    EmbeddingModel,
+    Split,
+    TwoTowerModel,
+    random_split,
+    train_embeddings,
+    train_two_tower,
+)
+from recsys.config import CandidateSettings, load_settings
+from recsys.data.movielens import load_ml100k
+from recsys.types import FloatArray, IntArray, InteractionDataset
 
 
 @dataclass(frozen=True)
@@ -57,8 +69,8 @@ def planted() -> PlantedLogs:
 
 @pytest.fixture(scope="session")
 def settings() -> CandidateSettings:
-    """Production defaults: dim 32, 8 epochs."""
-    return CandidateSettings()
+    """The MF skeleton's tuned budget: dim 32, 8 epochs."""
+    return CandidateSettings(dim=32, epochs=8)
 
 
 @pytest.fixture(scope="session")
@@ -72,4 +84,42 @@ def trained(planted: PlantedLogs, settings: CandidateSettings) -> EmbeddingModel
         planted.num_items,
         settings,
         seed=0,
+    )
+
+
+SMALL_USERS = 250
+
+
+@pytest.fixture(scope="session")
+def ml100k() -> InteractionDataset:
+    """All of MovieLens-100K (downloaded from the recbole wheel on first use, then cached)."""
+    return load_ml100k(load_settings().candidates.data_dir)
+
+
+@dataclass(frozen=True)
+class SmallSplit:
+    """The first 250 users of ML-100K with RecBole's random 80/10/10 split."""
+
+    dataset: InteractionDataset
+    split: Split
+
+
+@pytest.fixture(scope="session")
+def small_split(ml100k: InteractionDataset) -> SmallSplit:
+    """A small real split: 250 users (~26k ratings), the full 1682-item catalog."""
+    subset = ml100k.subset(np.flatnonzero(ml100k.user_idx < SMALL_USERS))
+    return SmallSplit(subset, random_split(subset, seed=0))
+
+
+@pytest.fixture(scope="session")
+def small_two_tower(small_split: SmallSplit) -> TwoTowerModel:
+    """A two-tower model trained once on the small split (train rows, early stop on valid)."""
+    split = small_split.split
+    return train_two_tower(
+        small_split.dataset,
+        CandidateSettings(dim=32, epochs=8),
+        seed=0,
+        train_rows=split.train,
+        valid_rows=split.valid,
+        history_rows=split.train,
     )

@@ -1,4 +1,5 @@
-"""FaissRetriever: exact top-k, exclusion that never leaks and never short-changes, errors."""
+"""FaissRetriever: exact and approximate top-k, exclusion and filters that never leak and never
+short-change, the cold-user fallback, batched retrieval, errors."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from recsys.candidates import FaissRetriever
+from recsys.candidates import FaissRetriever, IndexSpec, ItemCatalog
 from recsys.protocols import CandidateGenerator
-from recsys.types import FloatArray, IntArray, InvalidRequestError, UserState
+from recsys.types import (
+    CandidateFilters,
+    FloatArray,
+    IntArray,
+    InvalidRequestError,
+    UserState,
+)
 
 NUM_ITEMS, DIM = 60, 8
 NONE: IntArray = np.zeros(0, dtype=np.int64)
@@ -218,3 +225,191 @@ def test_deserialize_rejects_mismatched_or_garbage_index() -> None:
         FaissRetriever.deserialize(data, _items()[:-1])
     with pytest.raises(ValueError, match="not a readable FAISS index"):
         FaissRetriever.deserialize(b"garbage!" * 8, _items())
+
+
+# --------------------------------------------------------------------------------------------
+# Approximate indexes, filters, cold users, batches.
+
+N_BIG, DIM_BIG = 3000, 8
+
+
+@cache
+def _catalog() -> ItemCatalog:
+    rng = np.random.default_rng(5)
+    categories = np.zeros((N_BIG, 4), dtype=np.bool_)
+    categories[np.arange(N_BIG), rng.integers(0, 4, N_BIG)] = True
+    categories[:, 3] = False  # category 3 stays empty
+    categories[rng.random(N_BIG) < 0.2, 1] = True  # some items carry two categories
+    popularity = rng.pareto(1.0, N_BIG).astype(np.float32)
+    fresh = np.zeros(N_BIG, dtype=np.bool_)
+    fresh[rng.choice(N_BIG, 50, replace=False)] = True
+    popularity[fresh] = 0.0
+    is_ad = rng.random(N_BIG) < 0.1
+    return ItemCatalog(popularity, fresh, categories, is_ad, fresh_fraction=0.2)
+
+
+@cache
+def _ann(kind: str) -> FaissRetriever:
+    items = np.random.default_rng(6).normal(size=(N_BIG, DIM_BIG)).astype(np.float32)
+    # nprobe=1 over 64 lists: each search sees ~2% of the catalog, so exclusions and
+    # filters routinely leave fewer than k survivors and the refill path must kick in.
+    spec = {
+        "ivf": IndexSpec(kind="ivf_flat", nlist=64, nprobe=1),
+        "hnsw": IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=20, ef_search=8),
+        "flat": IndexSpec(kind="flat"),
+    }[kind]
+    return FaissRetriever(items, spec=spec, catalog=_catalog())
+
+
+def _eligible(filters: CandidateFilters | None) -> np.ndarray:
+    cat = _catalog()
+    mask = np.ones(N_BIG, dtype=np.bool_)
+    if filters is not None and filters.categories is not None:
+        mask &= cat.categories[:, list(filters.categories)].any(axis=1)
+    if filters is not None and filters.ads == "only":
+        mask &= cat.is_ad
+    if filters is not None and filters.ads == "exclude":
+        mask &= ~cat.is_ad
+    return mask
+
+
+_FILTERS = st.one_of(
+    st.none(),
+    st.builds(
+        CandidateFilters,
+        categories=st.one_of(st.none(), st.sets(st.integers(0, 3), min_size=1).map(tuple)),
+        ads=st.sampled_from(["any", "only", "exclude"]),
+    ),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    kind=st.sampled_from(["ivf", "hnsw", "flat"]),
+    exclude=st.lists(st.integers(0, N_BIG - 1), max_size=400),
+    filters=_FILTERS,
+    query_seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_approximate_indexes_never_leak_and_always_return_k(
+    kind: str,
+    exclude: list[int],
+    filters: CandidateFilters | None,
+    query_seed: int,
+    data: st.DataObject,
+) -> None:
+    retriever = _ann(kind)
+    excluded = np.array(exclude, dtype=np.int64)
+    eligible = _eligible(filters)
+    eligible[excluded] = False
+    assume(eligible.sum() > 0)
+    k = data.draw(st.integers(1, min(int(eligible.sum()), 300)), label="k")
+    query = np.random.default_rng(query_seed).normal(size=DIM_BIG).astype(np.float32)
+
+    got = retriever.generate(UserState("u", query), k, excluded, filters)
+
+    assert len(got) == k
+    assert np.unique(got.item_ids).size == k
+    assert eligible[got.item_ids].all(), "returned an excluded or filtered-out item"
+    np.testing.assert_allclose(
+        got.scores, retriever.item_embeddings[got.item_ids] @ query, rtol=1e-4, atol=1e-5
+    )
+    assert np.all(np.diff(got.scores) <= 1e-5), "best first"
+    if kind == "flat":
+        truth = np.sort(np.where(eligible, retriever.item_embeddings @ query, -np.inf))[::-1][:k]
+        np.testing.assert_allclose(got.scores, truth, rtol=1e-4, atol=1e-5)
+
+
+def test_filters_that_leave_too_few_items_name_the_filters_field() -> None:
+    retriever = _ann("flat")
+    with pytest.raises(InvalidRequestError) as info:
+        retriever.generate(UserState("u", _query(0)[:DIM_BIG]), 5, NONE, CandidateFilters((3,)))
+    assert info.value.field == "filters"
+    for bad in (CandidateFilters((7,)), CandidateFilters((-1,))):
+        with pytest.raises(InvalidRequestError, match="unknown category") as info:
+            retriever.generate(UserState("u", _query(0)[:DIM_BIG]), 5, NONE, bad)
+        assert info.value.field == "filters"
+    with pytest.raises(InvalidRequestError) as info:
+        CandidateFilters(ads="sometimes")  # type: ignore[arg-type]
+    assert info.value.field == "filters"
+    with pytest.raises(InvalidRequestError) as info:
+        CandidateFilters(categories=())
+    assert info.value.field == "filters"
+    # A catalog without categories cannot be filtered by category.
+    with pytest.raises(InvalidRequestError, match="no categories"):
+        _retriever("random").generate(_user(_query(0)), 3, NONE, CandidateFilters((0,)))
+
+
+def test_cold_user_gets_popularity_with_fresh_items_mixed_in() -> None:
+    retriever, cat = _ann("flat"), _catalog()
+    k = 50
+    got = retriever.generate(UserState("new", np.zeros(DIM_BIG, np.float32)), k, NONE)
+    assert len(got) == k
+    n_fresh = int(cat.fresh[got.item_ids].sum())
+    assert n_fresh == pytest.approx(0.2 * k, abs=2)
+    popular = got.item_ids[~cat.fresh[got.item_ids]]
+    top = np.argsort(-np.where(cat.fresh, -1.0, cat.popularity), kind="stable")[: popular.size]
+    np.testing.assert_array_equal(popular, top)
+    # Scores: popularity relative to the most popular item (0 for fresh items).
+    np.testing.assert_allclose(got.scores, cat.popularity[got.item_ids] / cat.popularity.max())
+    # Exclusions and filters apply to the fallback as well.
+    excluded = got.item_ids[:10]
+    again = retriever.generate(
+        UserState("new", np.zeros(0, np.float32)), k, excluded, CandidateFilters(ads="exclude")
+    )
+    assert not np.isin(again.item_ids, excluded).any()
+    assert not cat.is_ad[again.item_ids].any()
+    assert len(again) == k
+
+
+def test_user_without_vector_but_with_clicks_blends_encoder_and_fallback() -> None:
+    items = _ann("flat").item_embeddings
+    target = items[7] / np.linalg.norm(items[7])
+    calls: list[np.ndarray] = []
+
+    def encoder(history: np.ndarray) -> np.ndarray:
+        calls.append(history)
+        return target
+
+    retriever = FaissRetriever(items, catalog=_catalog(), user_encoder=encoder, blend_history=5)
+    clicked = np.array([11, 12, 13, 14, 15], dtype=np.int64)  # 5 clicks: half personal
+    user = UserState("warming", np.zeros(DIM_BIG, np.float32), clicked=clicked)
+    got = retriever.generate(user, 20, clicked)
+    np.testing.assert_array_equal(calls[0], clicked)
+    personal = FaissRetriever(items).generate(UserState("x", target), 20, clicked).item_ids
+    assert np.isin(got.item_ids, personal).sum() == 10
+    assert not np.isin(got.item_ids, clicked).any()
+    np.testing.assert_allclose(got.scores, items[got.item_ids] @ target, rtol=1e-5)
+
+
+def test_generate_many_and_batch_agree_with_single_requests() -> None:
+    retriever = _ann("ivf")
+    rng = np.random.default_rng(9)
+    queries = rng.normal(size=(6, DIM_BIG)).astype(np.float32)
+    excludes = [rng.choice(N_BIG, size, replace=False) for size in (0, 5, 50, 500, 5, 0)]
+    filters = CandidateFilters(categories=(0, 1), ads="exclude")
+    users = [UserState(f"u{i}", q) for i, q in enumerate(queries)]
+    users[5] = UserState("cold", np.zeros(DIM_BIG, np.float32))
+    many = retriever.generate_many(users, 40, excludes, filters)
+    ids, scores = retriever.generate_batch(queries[:5], 40, excludes[:5], filters)
+    assert ids.shape == scores.shape == (5, 40)
+    for i, user in enumerate(users):
+        single = retriever.generate(user, 40, excludes[i], filters)
+        np.testing.assert_array_equal(many[i].item_ids, single.item_ids)
+        if i < 5:
+            np.testing.assert_array_equal(ids[i], single.item_ids)
+    with pytest.raises(InvalidRequestError) as info:
+        retriever.generate_many(users, 40, excludes[:2])
+    assert info.value.field == "exclude"
+
+
+def test_loaded_catalog_shape_must_match() -> None:
+    with pytest.raises(ValueError, match="catalog describes"):
+        FaissRetriever(_items(), catalog=_catalog())
+    with pytest.raises(ValueError, match="non-negative"):
+        ItemCatalog(
+            np.array([-1.0], np.float32),
+            np.zeros(1, np.bool_),
+            np.zeros((1, 0), np.bool_),
+            np.zeros(1, np.bool_),
+        )

@@ -1,4 +1,5 @@
-"""Retrieval artifacts: round trip through safetensors + FAISS bytes, tamper detection."""
+"""Retrieval artifacts: round trip through safetensors + FAISS bytes, recall in the manifest,
+the two-tower towers, tamper detection."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ from recsys.candidates import (
     RETRIEVAL_ARTIFACT,
     EmbeddingModel,
     FaissRetriever,
+    IndexSpec,
+    TwoTowerModel,
+    catalog_from_dataset,
     load_retrieval_artifact,
+    load_two_tower,
     save_retrieval_artifact,
 )
-from recsys.types import ArtifactError, UserState
+from recsys.types import ArtifactError, CandidateFilters, UserState
+from tests.unit.candidates.conftest import SmallSplit
 
 
 @pytest.fixture
@@ -133,3 +139,69 @@ def test_saving_a_prebuilt_retriever_checks_it_matches(
     same = FaissRetriever(model.item_embeddings)
     saved = save_retrieval_artifact(tmp_path, model, {}, retriever=same, version="v1")
     assert saved.version == "v1"
+
+
+def test_two_tower_artifact_round_trip_with_index_recall_and_checksums(
+    small_two_tower: TwoTowerModel, small_split: SmallSplit, tmp_path: Path
+) -> None:
+    ds = small_split.dataset
+    catalog = catalog_from_dataset(ds, small_split.split.train)
+    # Force an approximate index so the manifest carries a measured (not assumed) recall.
+    built = FaissRetriever.build(
+        small_two_tower.item_embeddings,
+        recall_target=0.95,
+        queries=small_two_tower.user_embeddings,
+        spec=IndexSpec(kind="ivf_flat", nlist=32, nprobe=1),
+        catalog=catalog,
+        user_encoder=small_two_tower.user_vector,
+    )
+    saved = save_retrieval_artifact(
+        tmp_path, small_two_tower, {"user_ids": list(ds.user_ids)}, retriever=built
+    )
+    assert set(saved.files) == {"tensors.safetensors", "index.faiss", "two_tower.safetensors"}
+    index_meta = saved.metadata["index"]
+    assert saved.metadata["model"] == "two_tower"
+    assert saved.metadata["bias_coordinate"] == "none"
+    assert index_meta["spec"]["kind"] == "ivf_flat"
+    assert index_meta["recall_at_k"] >= 0.95
+    assert index_meta["spec"]["nprobe"] > 1  # tuned up from 1 to reach the target
+    manifest = json.loads((saved.path / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((saved.path / name).read_bytes()).hexdigest()
+
+    model, retriever, _ = load_retrieval_artifact(saved.path)
+    assert retriever.spec == built.spec
+    assert retriever.index_report is not None
+    assert retriever.index_report.recall == pytest.approx(index_meta["recall_at_k"])
+    np.testing.assert_array_equal(retriever.catalog.popularity, catalog.popularity)
+    np.testing.assert_array_equal(retriever.catalog.categories, catalog.categories)
+    users = [UserState(str(u), model.user_embeddings[u]) for u in range(0, 200, 7)]
+    for a, b in zip(
+        built.generate_many(users, 30, None, CandidateFilters((1,))),
+        retriever.generate_many(users, 30, None, CandidateFilters((1,))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
+    # The stored user tower answers for users who only have fresh clicks.
+    tower = load_two_tower(saved.path)
+    history = np.array([10, 20, 30], dtype=np.int64)
+    np.testing.assert_allclose(
+        tower.user_vector(history), small_two_tower.user_vector(history), atol=1e-6
+    )
+    cold = UserState("new", np.zeros(model.dim, np.float32), clicked=history)
+    assert len(retriever.generate(cold, 10, history)) == 10
+
+    data = bytearray((saved.path / "two_tower.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (saved.path / "two_tower.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for two_tower\.safetensors"):
+        load_retrieval_artifact(saved.path)
+
+
+def test_default_save_builds_and_measures_an_index(model: EmbeddingModel, tmp_path: Path) -> None:
+    saved = save_retrieval_artifact(tmp_path, model, {})
+    assert saved.metadata["model"] == "matrix_factorisation"
+    assert saved.metadata["index"]["spec"]["kind"] == "flat"
+    assert saved.metadata["index"]["recall_at_k"] == 1.0
+    with pytest.raises(ArtifactError, match="not a two-tower model"):
+        load_two_tower(saved.path)
