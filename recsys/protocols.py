@@ -49,6 +49,10 @@ class CandidateGenerator(Protocol):
         """
         ...
 
+    def count_eligible(self, exclude: IntArray, filters: CandidateFilters | None = None) -> int:
+        """How many items ``generate`` could return for these exclusions and filters."""
+        ...
+
 
 @runtime_checkable
 class SlatePolicy(Protocol):

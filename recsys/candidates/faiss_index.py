@@ -381,6 +381,14 @@ class FaissRetriever:
         query, weight = self._user_query(user)
         return self._generate_one(query, weight, k, excluded, mask)
 
+    def count_eligible(self, exclude: IntArray, filters: CandidateFilters | None = None) -> int:
+        """How many items pass ``filters`` and are not in ``exclude`` (the most k can be)."""
+        excluded = self._check_exclude(exclude)
+        mask = self._filter_mask(filters)
+        if mask is None:
+            return self.num_items - int(excluded.size)
+        return self._mask_count(mask) - int(mask[excluded].sum())
+
     def generate_many(
         self,
         users: Sequence[UserState],

@@ -24,11 +24,12 @@ from recsys.serving.schemas import (
     ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
+    FiltersIn,
     RecommendRequest,
     RecommendResponse,
     SlateItemOut,
 )
-from recsys.types import InvalidRequestError, UnknownUserError
+from recsys.types import CandidateFilters, InvalidRequestError, UnknownUserError
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,14 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
+def _filters(body: FiltersIn | None) -> CandidateFilters | None:
+    """Wire filters to the domain type (its own validation raises InvalidRequestError)."""
+    if body is None:
+        return None
+    categories = None if body.categories is None else tuple(body.categories)
+    return CandidateFilters(categories=categories, ads=body.ads)
+
+
 def _get_recommender(request: Request) -> Recommender:
     rec: Recommender = request.app.state.recommender
     return rec
@@ -167,7 +176,13 @@ def build_api(recommender: Recommender, max_body_bytes: int = 64 * 1024) -> Fast
     def recommend(body: RecommendRequest, rec: Rec) -> RecommendResponse:
         outcome = "error"
         try:
-            result = rec.recommend(body.user_id, body.slate_size, body.num_candidates, body.exclude)
+            result = rec.recommend(
+                body.user_id,
+                body.slate_size,
+                body.num_candidates,
+                body.exclude,
+                _filters(body.filters),
+            )
             outcome = "ok"
         finally:
             rec.metrics.requests.labels("recommend", outcome).inc()

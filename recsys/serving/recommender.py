@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from recsys.config import ServingSettings
 from recsys.protocols import CandidateGenerator, EventSink, SlatePolicy, UserStateStore
 from recsys.types import (
+    CandidateFilters,
     EventType,
     FeedbackEvent,
     ImpressionEvent,
@@ -121,6 +122,7 @@ class Recommender:
         slate_size: int,
         num_candidates: int | None = None,
         exclude: Sequence[int] = (),
+        filters: CandidateFilters | None = None,
     ) -> Recommendation:
         """Pick a slate for a known user, excluding clicked items and ``exclude``.
 
@@ -154,12 +156,14 @@ class Recommender:
         if state is None:
             raise UnknownUserError(user_id)
         excluded = np.union1d(state.clicked, requested)
-        available = self.num_items - excluded.size
+        available = self._candidates.count_eligible(excluded, filters)
         if available < slate_size:
             raise InvalidRequestError(
-                "slate_size", f"only {available} items remain after exclusions for this user"
+                "filters" if filters is not None and not filters.is_noop else "slate_size",
+                f"only {available} items remain after exclusions and filters for this user, "
+                f"fewer than slate_size={slate_size}",
             )
-        candidates = self._candidates.generate(state, min(k, available), excluded)
+        candidates = self._candidates.generate(state, min(k, available), excluded, filters)
         slate = self._policy.select(state, candidates, slate_size, self._rng())
         request_id = uuid.uuid4().hex
         self._sink.publish(

@@ -8,7 +8,7 @@ catalog size) are checked by :class:`recsys.serving.recommender.Recommender`, wh
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -29,6 +29,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FiltersIn(_Strict):
+    """Business filters applied during retrieval (the slate still gets ``slate_size`` items)."""
+
+    categories: Annotated[list[StrictInt], Field(min_length=1, max_length=1000)] | None = None
+    ads: Literal["any", "only", "exclude"] = "any"
+
+
 class RecommendRequest(_Strict):
     """``POST /recommend`` body."""
 
@@ -37,6 +44,7 @@ class RecommendRequest(_Strict):
     num_candidates: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = None
     exclude: Annotated[list[ItemId], Field(max_length=100_000)] = []
     context: Annotated[dict[str, ContextValue], Field(max_length=64)] | None = None
+    filters: FiltersIn | None = None
 
 
 class SlateItemOut(BaseModel):

@@ -138,3 +138,40 @@ def test_health_ready_metrics_and_openapi(http: httpx.Client) -> None:
 
 def test_unknown_route_is_json_404(http: httpx.Client) -> None:
     _assert_error(http.get("/nope"), 404, "path")
+
+
+@pytest.mark.parametrize("ads", ["exclude", "only"])
+def test_ads_filter_is_applied_and_keeps_slate_size(
+    serving_stack: ServingStack, http: httpx.Client, ads: str
+) -> None:
+    is_ad = serving_stack.models.world.item_is_ad
+    resp = http.post(
+        "/recommend",
+        json={"user_id": _user(serving_stack), "slate_size": 5, "filters": {"ads": ads}},
+    )
+    assert resp.status_code == 200, resp.text
+    items = [it["item_id"] for it in resp.json()["items"]]
+    assert len(items) == 5
+    assert all(bool(is_ad[i]) == (ads == "only") for i in items)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{"ads": "maybe"}, {"categories": []}, {"categories": ["x"]}, {"colour": 1}],
+)
+def test_bad_filters_are_422(
+    serving_stack: ServingStack, http: httpx.Client, filters: dict[str, Any]
+) -> None:
+    resp = http.post(
+        "/recommend",
+        json={"user_id": _user(serving_stack), "slate_size": 5, "filters": filters},
+    )
+    _assert_error(resp, 422, "filters")
+
+
+def test_unknown_category_is_422(serving_stack: ServingStack, http: httpx.Client) -> None:
+    resp = http.post(
+        "/recommend",
+        json={"user_id": _user(serving_stack), "slate_size": 5, "filters": {"categories": [999]}},
+    )
+    _assert_error(resp, 422, "filters")

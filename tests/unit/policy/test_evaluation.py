@@ -1,0 +1,127 @@
+"""Simulator evaluation: CIs, common random numbers, baselines trained from logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recsys.config import CatalogSettings, SimulatorSettings
+from recsys.data import SyntheticWorld, make_world
+from recsys.policy import RandomPolicy
+from recsys.policy.envs import SimulatorFeatures
+from recsys.policy.evaluation import (
+    build_baselines,
+    evaluate_in_simulator,
+    evaluate_ope_file,
+    mean_ci,
+    paired_ratio,
+)
+from recsys.policy.offline import transitions_to_logged_feedback
+from recsys.policy.sim_data import collect_random_sessions, fit_learned_reward, item_statistics
+from recsys.policy.testing import TinySlateEnv, collect
+from recsys.simulator import SlateEnv
+
+SIM = SimulatorSettings(num_candidates=15, slate_size=3)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world() -> SyntheticWorld:
+    return make_world(CatalogSettings(num_items=200, num_users=600, num_topics=6, seed=3))
+
+
+def test_mean_ci_matches_the_t_interval() -> None:
+    x = np.random.default_rng(0).normal(5.0, 2.0, size=400)
+    out = mean_ci(x)
+    half = (out["ci_high"] - out["ci_low"]) / 2
+    assert out["mean"] == pytest.approx(x.mean())
+    # t_{0.975, 399} = 1.9659
+    assert half == pytest.approx(1.9659 * x.std(ddof=1) / np.sqrt(400), rel=1e-3)
+
+
+def test_paired_ratio_is_tight_for_identical_policies() -> None:
+    x = np.random.default_rng(1).exponential(size=300)
+    out = paired_ratio(x, x)
+    assert out["ratio"] == 1.0
+    assert out["ci_low"] == pytest.approx(1.0)
+    assert out["ci_high"] == pytest.approx(1.0)
+
+
+def test_evaluation_reports_cis_and_is_reproducible(world: SyntheticWorld) -> None:
+    log = collect_random_sessions(world.select_users(np.arange(300)), SIM, seed=0, max_steps=30)
+    core = SlateEnv(world, settings=SIM)
+    features = SimulatorFeatures.build(core, item_statistics(log, world))
+    reward = fit_learned_reward(log, epochs=50).model
+    policies = build_baselines(log, world, features, reward, slate_size=3, myopic_epochs=1)
+    assert set(policies) == {"random", "popular", "myopic", "myopic_learned", "bandit"}
+    users = np.arange(300, 600)
+
+    def run() -> dict[str, object]:
+        return evaluate_in_simulator(
+            policies,
+            world=world,
+            settings=SIM,
+            features=features,
+            users=users,
+            max_steps=40,
+            seed=7,
+            ratios=[("myopic", "random")],
+        )
+
+    first, second = run(), run()
+    first.pop("_per_user")
+    second.pop("_per_user")
+    for name in policies:
+        a = first["policies"][name]  # type: ignore[index]
+        b = second["policies"][name]  # type: ignore[index]
+        for metric in ("return", "clicks", "revenue", "steps"):
+            assert a[metric]["ci_low"] <= a[metric]["mean"] <= a[metric]["ci_high"]
+            assert a[metric]["mean"] == b[metric]["mean"]  # same seeds, same numbers
+    assert "myopic/random" in first["ratios"]  # type: ignore[operator]
+
+
+def test_same_users_start_identically_for_every_policy(world: SyntheticWorld) -> None:
+    """Common random numbers: the first step's users and candidates do not depend on the
+    policy, so two random policies with the same seed give identical results."""
+    core = SlateEnv(world, settings=SIM)
+    features = SimulatorFeatures.build(core, None)
+    out = evaluate_in_simulator(
+        {"a": RandomPolicy(), "b": RandomPolicy()},
+        world=world,
+        settings=SIM,
+        features=features,
+        users=np.arange(100),
+        max_steps=20,
+        seed=1,
+    )
+    assert out["policies"]["a"]["return"]["mean"] == out["policies"]["b"]["return"]["mean"]
+
+
+def test_evaluate_ope_file_with_a_target_column(tmp_path: Path) -> None:
+    """Target = the logging policy itself: every importance weight is 1, so IPS and SNIPS
+    equal the logged value exactly."""
+    env = TinySlateEnv(batch_size=64, seed=0)
+    transitions, _ = collect(env, RandomPolicy(), env.reset(), 10, np.random.default_rng(0))
+    logs = transitions_to_logged_feedback(transitions)
+    table = logs.to_table().append_column("target_p", pa.array(logs.propensity))
+    path = tmp_path / "logs.parquet"
+    pq.write_table(table, path)
+    out = evaluate_ope_file(path, target_column="target_p", n_bootstrap=100)
+    est = out["estimates"]
+    assert est["ips"]["value"] == pytest.approx(est["logged"]["value"])
+    assert est["snips"]["value"] == pytest.approx(est["logged"]["value"])
+    with pytest.raises(ValueError, match="no column"):
+        evaluate_ope_file(path, target_column="missing")
