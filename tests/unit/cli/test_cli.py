@@ -113,3 +113,39 @@ def test_bench_simulator_prints_json_with_throughput(tmp_path: Path) -> None:
     data = json.loads(result.output)
     assert data["user_steps_per_s"] > 0
     assert json.loads(out.read_text())["user_steps_per_s"] == data["user_steps_per_s"]
+
+
+def test_evaluate_ope_on_a_target_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_USERS", "200")
+    monkeypatch.setenv("RECSYS_SIMULATOR__NUM_CANDIDATES", "20")
+    logs = tmp_path / "logs.parquet"
+    sim = runner.invoke(app, ["simulate", "--out", str(logs), "--steps", "5", "--slate", "3"])
+    assert sim.exit_code == 0, sim.output
+    table = pq.read_table(logs)
+    # Evaluate the logging policy itself: every estimator must recover the logged mean.
+    table = table.append_column("target", table.column("propensity"))
+    pq.write_table(table, logs)
+    out = runner.invoke(
+        app, ["evaluate", "ope", "--logs", str(logs), "--target-column", "target", "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    clicks_per_slate = float(np.asarray(table.column("click")).sum()) / (table.num_rows / 3)
+    text = json.dumps(data)
+    assert "ips" in text
+    assert "snips" in text
+    ips = data["estimates"]["ips"] if "estimates" in data else data["ips"]
+    assert ips["value"] == pytest.approx(clicks_per_slate, rel=1e-4)
+    assert ips["ci_low"] <= clicks_per_slate <= ips["ci_high"]
+
+
+def test_evaluate_ope_missing_column_is_clear(tmp_path: Path) -> None:
+    out = runner.invoke(
+        app, ["evaluate", "ope", "--logs", str(tmp_path / "no.parquet"), "--target-column", "t"]
+    )
+    assert out.exit_code == 1
+    assert "error" in out.output
