@@ -56,19 +56,8 @@ def sample_choices(probs: FloatArray, rng: np.random.Generator) -> IntArray:
     return chosen
 
 
-class MultinomialLogitChoice:
-    """Multinomial logit over the slate plus a no-click option, with a position penalty.
-
-    The utility of slot ``s`` is ``affinity_scale * appeal - position_bias * log(1 + s)``, so
-    the item's attractiveness is multiplied by ``(1 + s) ** -position_bias``, the DCG-style
-    examination discount that makes later slots less likely to be clicked for the same item.
-    The no-click option has the fixed utility ``no_click_logit``; raising it lowers the CTR.
-
-    The defaults suit :func:`recsys.data.make_world` appeals (about ``[-1.5, 2.5]``, clickbait
-    included): for fresh users and uniformly random 10-item slates about 70% of slates get a
-    click, and the top decile of appeals is clicked about 15x as often as the median, a signal
-    a retriever can learn.
-    """
+class _LogitParameters:
+    """Validated parameters shared by the logit choice models (finite, non-negative)."""
 
     def __init__(
         self,
@@ -89,6 +78,30 @@ class MultinomialLogitChoice:
         self.no_click_logit = float(no_click_logit)
         self.position_bias = float(position_bias)
         self.affinity_scale = float(affinity_scale)
+
+
+class MultinomialLogitChoice(_LogitParameters):
+    """Multinomial logit over the slate plus a no-click option, with a position penalty.
+
+    The utility of slot ``s`` is ``affinity_scale * appeal - position_bias * log(1 + s)``, so
+    the item's attractiveness is multiplied by ``(1 + s) ** -position_bias``, the DCG-style
+    examination discount that makes later slots less likely to be clicked for the same item.
+    The no-click option has the fixed utility ``no_click_logit``; raising it lowers the CTR.
+
+    The defaults suit :func:`recsys.data.make_world` appeals (about ``[-1.5, 2.5]``, clickbait
+    included): for fresh users and uniformly random 10-item slates about 70% of slates get a
+    click, and the top decile of appeals is clicked about 15x as often as the median, a signal
+    a retriever can learn.
+    """
+
+    def __init__(
+        self,
+        no_click_logit: float = 2.0,
+        position_bias: float = 0.5,
+        *,
+        affinity_scale: float = 4.0,
+    ) -> None:
+        super().__init__(no_click_logit, position_bias, affinity_scale=affinity_scale)
         self._discounts: dict[int, FloatArray] = {}
 
     def __repr__(self) -> str:
@@ -129,7 +142,7 @@ class MultinomialLogitChoice:
         return sample_choices(probs, rng)
 
 
-class CascadeChoice:
+class CascadeChoice(_LogitParameters):
     """Cascade model: the user scans top-down and clicks the first item that attracts them.
 
     Slot ``s`` is examined with probability ``e_s = (1 + s) ** -position_bias`` (given that no
@@ -139,26 +152,6 @@ class CascadeChoice:
     Unlike the logit model, a great item low in the slate is shadowed by merely good items
     above it, which is what makes slate *order* matter beyond position bias.
     """
-
-    def __init__(
-        self,
-        no_click_logit: float = 2.0,
-        position_bias: float = 0.5,
-        *,
-        affinity_scale: float = 4.0,
-    ) -> None:
-        _check_finite(
-            no_click_logit=no_click_logit,
-            position_bias=position_bias,
-            affinity_scale=affinity_scale,
-        )
-        if position_bias < 0:
-            raise ValueError(f"position_bias must be >= 0, got {position_bias}")
-        if affinity_scale < 0:
-            raise ValueError(f"affinity_scale must be >= 0, got {affinity_scale}")
-        self.no_click_logit = float(no_click_logit)
-        self.position_bias = float(position_bias)
-        self.affinity_scale = float(affinity_scale)
 
     def __repr__(self) -> str:
         return (
