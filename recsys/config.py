@@ -203,6 +203,6 @@ class Settings(BaseSettings):
         return self
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment plus explicit overrides (the composition root)."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+def load_settings() -> Settings:
+    """Build settings from the environment and defaults (called by composition roots)."""
+    return Settings()

@@ -40,7 +40,6 @@ class TrafficStats:
     impressions: int = 0
     clicks: int = 0
     errors: int = 0
-    repeats_of_clicked: int = 0
 
     def merge(self, other: TrafficStats) -> None:
         self.recommend_latencies_s += other.recommend_latencies_s
@@ -48,7 +47,6 @@ class TrafficStats:
         self.impressions += other.impressions
         self.clicks += other.clicks
         self.errors += other.errors
-        self.repeats_of_clicked += other.repeats_of_clicked
 
     @property
     def requests(self) -> int:
@@ -90,7 +88,6 @@ def drive_users(
         local = TrafficStats()
         env = make_env(world, seed=seed + 100 + worker)
         rng = np.random.default_rng(seed + 200 + worker)
-        clicked: dict[str, set[int]] = {}
         with httpx.Client(base_url=base_url, timeout=30.0) as http:
             while time.monotonic() < deadline:
                 u = int(rng.integers(len(world.user_ids)))
@@ -104,13 +101,11 @@ def drive_users(
                 body = resp.json()
                 items = np.array([it["item_id"] for it in body["items"]], dtype=np.int64)
                 local.impressions += items.size
-                local.repeats_of_clicked += len(clicked.get(user_id, set()) & set(items.tolist()))
                 step = env.step(np.array([u], dtype=np.int64), items[None, :])
                 chosen = int(step.clicked_item[0])
                 event, item = ("click", chosen) if chosen >= 0 else ("skip", int(items[0]))
                 if chosen >= 0:
                     local.clicks += 1
-                    clicked.setdefault(user_id, set()).add(chosen)
                 t1 = time.perf_counter()
                 fb = http.post(
                     "/feedback",

@@ -22,7 +22,7 @@ from recsys.candidates import (
 )
 from recsys.config import Settings
 from recsys.data.synthetic import SyntheticWorld, make_world
-from recsys.simulator import MultinomialLogitChoice, SlateEnv, simulate_logs
+from recsys.simulator import SlateEnv, simulate_logs
 
 LOG_SLATE_SIZE = 10
 VALIDATION_SLATES = 0.1
@@ -39,7 +39,7 @@ class SkeletonModels:
 
 def make_env(world: SyntheticWorld, seed: int) -> SlateEnv:
     """The simulator that stands in for real users (same world, own random stream)."""
-    return SlateEnv(world, MultinomialLogitChoice(), seed=seed)
+    return SlateEnv(world, seed=seed)  # choice model built from SimulatorSettings defaults
 
 
 def train_skeleton(settings: Settings, progress: bool = False) -> SkeletonModels:
