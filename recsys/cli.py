@@ -244,10 +244,17 @@ def evaluate_sim(
 @evaluate_app.command("ope")
 def evaluate_ope(
     logs: Annotated[Path, typer.Option(help="Logged-feedback Parquet file.")],
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="Target policy re-run on the logged requests: random | boltzmann:T | a "
+            "`recsys train policy` checkpoint directory (needs a log with candidate sets)."
+        ),
+    ] = None,
     target_column: Annotated[
-        str,
+        str | None,
         typer.Option(help="Column with the evaluation policy's per-row (conditional) probability."),
-    ],
+    ] = None,
     position_column: Annotated[
         str | None,
         typer.Option(help="Column with its marginal per-position probability (for IIPS)."),
@@ -257,25 +264,47 @@ def evaluate_ope(
         float | None, typer.Option(help="Clip importance weights at this value.", min=1.0)
     ] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.", min=10)] = 500,
+    samples: Annotated[
+        int,
+        typer.Option(help="With --policy: Monte Carlo slates per request for marginals.", min=2),
+    ] = 200,
+    direct_method: Annotated[
+        bool,
+        typer.Option(
+            "--direct-method",
+            help="With --policy: fit a cross-fitted item-position reward model, report DM and "
+            "use it as DR's control variate (DM ignores the user: biased under a "
+            "personalised logger).",
+        ),
+    ] = False,
     seed: int = 0,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
 ) -> None:
-    """Off-policy estimates (IPS, SNIPS, DR, item-position) with bootstrap 95% CIs."""
+    """Off-policy estimates (IPS, SNIPS, DR, item-position) with bootstrap 95% CIs.
+
+    Give the target as exactly one of --policy (a policy re-run on the logged candidate
+    sets) or --target-column (its probabilities, precomputed in a column of the log).
+    """
     from recsys.data.logged import LoggedFeedbackError
     from recsys.policy.evaluation import evaluate_ope_file
 
+    if (policy is None) == (target_column is None):
+        raise _fail("give exactly one of --policy and --target-column")
     try:
         result = evaluate_ope_file(
             logs,
             target_column=target_column,
+            policy=policy,
             position_column=position_column,
             reward=reward,
             max_weight=max_weight,
             n_bootstrap=bootstrap,
             seed=seed,
+            n_samples=samples,
+            direct_method=direct_method,
         )
-    except (ValueError, KeyError, OSError, LoggedFeedbackError) as exc:
+    except (ValueError, KeyError, OSError, LoggedFeedbackError, RecsysError) as exc:
         raise _fail(str(exc)) from None
     _emit(result, as_json, output)
 
@@ -421,7 +450,7 @@ def simulate(
     """Simulate user sessions and write them as logged feedback (Parquet)."""
     from recsys.data.synthetic import make_world
     from recsys.recording import RecordingConfig, write_sessions
-    from recsys.simulator import SlateEnv
+    from recsys.simulator import SimulatorSpec, SlateEnv
 
     settings = _settings(simulator={"slate_size": slate})
     try:
@@ -438,7 +467,9 @@ def simulate(
             env = SlateEnv(world, seed=settings.simulator.seed, settings=settings.simulator)
         else:
             env = _calibrated_env(calibrate, settings)
-        logs = write_sessions(out, env, cfg, progress=True)
+        # Recorded in the file so off-policy evaluation can rebuild the candidates' features.
+        spec = SimulatorSpec(settings.catalog, settings.simulator, calibration=calibrate)
+        logs = write_sessions(out, env, cfg, progress=True, simulator=spec)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     slates = len(logs) // cfg.slate_size

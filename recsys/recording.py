@@ -15,11 +15,17 @@ Logging policies:
   interests · the item's topic mixture) at a temperature. Conditional propensities are exact;
   marginal position propensities are Monte Carlo estimates (unbiased, floored at ``1e-6``)
   from :func:`recsys.policy.ope.plackett_luce_target`.
+
+Every row also carries its request's candidate ids (``candidate_ids``, in the order the logging
+policy saw them) and :func:`write_sessions` records the simulator's settings in the file
+metadata, so a log can later evaluate any policy off-policy
+(:mod:`recsys.policy.ope_policies`), not only the logging policy's own probabilities.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +36,23 @@ from rich.progress import Progress
 from recsys.data.logged import LoggedFeedback, LoggedFeedbackWriter
 from recsys.policy.exploration import plackett_luce_sample_batch
 from recsys.policy.ope import LoggedSlates, plackett_luce_target
-from recsys.simulator import SlateEnv
+from recsys.simulator import SIMULATOR_METADATA_KEY, SimulatorSpec, SlateEnv
+from recsys.simulator.policies import relevance_scores
 from recsys.types import FloatArray, IntArray
 
+__all__ = [
+    "RECORDING_METADATA_KEY",
+    "LoggingPolicyName",
+    "RecordingConfig",
+    "record_sessions",
+    "relevance_scores",
+    "reward_to_go",
+    "write_sessions",
+]
+
 LoggingPolicyName = Literal["random", "boltzmann"]
+#: File-metadata key under which :func:`write_sessions` stores the :class:`RecordingConfig`.
+RECORDING_METADATA_KEY = "recsys.recording"
 _MARGINAL_FLOOR = np.float32(1e-6)
 
 
@@ -69,14 +88,6 @@ class _Decision:
     slates: IntArray  # [B, S] indices into the candidate axis
     propensity: FloatArray  # [B, S] conditional
     position_propensity: FloatArray  # [B, S] marginal
-
-
-def relevance_scores(env: SlateEnv, user_features: FloatArray, candidates: IntArray) -> FloatArray:
-    """Myopic relevance ``interests · topics`` from observable features only: ``[B, C]``."""
-    t = env.world.num_topics
-    topics = env.item_features(candidates)[..., :t]
-    scores: FloatArray = np.einsum("bt,bct->bc", user_features[:, :t], topics).astype(np.float32)
-    return scores
 
 
 def _decide(
@@ -189,6 +200,7 @@ def record_sessions(
                     "skip": slot.skip.reshape(-1),
                     "user_features": np.repeat(feats, s, axis=0),
                     "item_features": result.item_features.reshape(n_users * s, -1),
+                    "candidate_ids": np.repeat(cands, s, axis=0),
                     "t": np.full(n_users * s, t, dtype=np.int64),
                 }
             )
@@ -225,14 +237,34 @@ def record_sessions(
         hidden_ltv=np.repeat(rtg.reshape(-1), s),
         user_features=cols["user_features"].astype(np.float32),
         item_features=cols["item_features"].astype(np.float32),
+        candidate_ids=cols["candidate_ids"].astype(np.int64),
     )
 
 
 def write_sessions(
-    path: Path, env: SlateEnv, cfg: RecordingConfig, *, progress: bool = False
+    path: Path,
+    env: SlateEnv,
+    cfg: RecordingConfig,
+    *,
+    progress: bool = False,
+    simulator: SimulatorSpec | None = None,
 ) -> LoggedFeedback:
-    """Record sessions and write them to a logged-feedback Parquet file."""
+    """Record sessions and write them to a logged-feedback Parquet file.
+
+    ``simulator`` (the catalog and simulator settings ``env`` was built from) goes into the
+    file metadata so the world can be rebuilt for off-policy evaluation of other policies; a
+    synthetic one is checked against ``env`` first, so the record can never name another
+    world. The recording config is stored too.
+    """
+    metadata = {RECORDING_METADATA_KEY: json.dumps(asdict(cfg), sort_keys=True)}
+    if simulator is not None:
+        if simulator.calibration is None and not simulator.matches(env):
+            raise ValueError(
+                "the simulator record does not rebuild this env's world (catalog settings "
+                "differ from the ones the env was built with)"
+            )
+        metadata[SIMULATOR_METADATA_KEY] = simulator.to_json()
     batch = record_sessions(env, cfg, progress=progress)
-    with LoggedFeedbackWriter(path) as writer:
+    with LoggedFeedbackWriter(path, metadata=metadata) as writer:
         writer.write(batch)
     return batch

@@ -34,7 +34,7 @@ import numpy.typing as npt
 import torch
 
 from recsys.config import SimulatorSettings
-from recsys.data.logged import read_logged_feedback
+from recsys.data.logged import read_logged_feedback, read_logged_feedback_metadata
 from recsys.data.synthetic import SyntheticWorld
 from recsys.policy._nets import to_tensor
 from recsys.policy.base import BatchSlatePolicy
@@ -48,10 +48,17 @@ from recsys.policy.batch import SIGNAL_NAMES, SlateObs, Transition
 from recsys.policy.choice_model import ConditionalLogitChoiceModel
 from recsys.policy.envs import SimulatorFeatures
 from recsys.policy.ope import evaluate_off_policy, load_target_propensities
+from recsys.policy.ope_policies import (
+    CrossFittedRewardModel,
+    LoggedRequests,
+    load_target_policy,
+    target_propensities,
+)
 from recsys.policy.reward import LearnedRewardModel
 from recsys.policy.sim_data import SessionLog, session_transitions
 from recsys.policy.slateq import SlateQConfig, SlateQPolicy
 from recsys.simulator.env import SlateEnv
+from recsys.simulator.spec import SIMULATOR_METADATA_KEY, SimulatorSpec
 from recsys.types import FloatArray, IntArray
 
 F64 = npt.NDArray[np.float64]
@@ -370,41 +377,103 @@ def build_baselines(
 # ---- off-policy evaluation of a logged-feedback file -----------------------------------------
 
 
+def _slot_rewards(
+    signals: FloatArray, reward: str, reward_model: LearnedRewardModel | None
+) -> FloatArray:
+    """Per-row reward: ``click``, ``engagement`` (dwell minutes) or ``learned``."""
+    if reward == "click":
+        return signals[:, 0]
+    if reward == "engagement":
+        out: FloatArray = signals[:, 1] / np.float32(60.0)
+        return out
+    if reward == "learned":
+        if reward_model is None:
+            raise ValueError(
+                "reward='learned' needs a learned reward model: evaluate a policy checkpoint "
+                "(it carries the one it was trained with) or pass reward_model"
+            )
+        return reward_model.rewards(signals)
+    raise ValueError(f"reward must be click, engagement or learned, got {reward!r}")
+
+
 def evaluate_ope_file(
     logs_path: Path | str,
     *,
-    target_column: str,
+    target_column: str | None = None,
+    policy: str | None = None,
     position_column: str | None = None,
     reward: str = "click",
     reward_model: LearnedRewardModel | None = None,
     max_weight: float | None = None,
     n_bootstrap: int = 500,
     seed: int = 0,
+    n_samples: int = 200,
+    direct_method: bool = False,
 ) -> dict[str, Any]:
-    """IPS, SNIPS, DR (and IIPS / position DR with ``position_column``) of a target policy
-    given as a column of per-row conditional probabilities of a logged-feedback file.
+    """IPS, SNIPS, DR (and IIPS / position DR where marginals exist) of a target policy on a
+    logged-feedback file, with bootstrap CIs. Exactly one of:
+
+    - ``target_column``: the target's per-row conditional probabilities, an extra column of
+      the file (``position_column``: optionally its marginal position probabilities);
+    - ``policy``: a spec re-run on the logged requests (``random``, ``boltzmann:T`` or a
+      ``recsys train policy`` checkpoint directory; :mod:`recsys.policy.ope_policies`). Needs
+      a log with candidate sets (format v2). Marginals come from ``n_samples`` Monte Carlo
+      slates per request. ``direct_method`` fits a cross-fitted item-position reward model
+      (:class:`~recsys.policy.ope_policies.CrossFittedRewardModel`) as DR's control variate
+      and reports ``dm``; that model ignores the context, so ``dm`` is biased toward the
+      logged value under a personalised logger (DR stays unbiased). Without it DR uses the
+      per-position baseline.
 
     ``reward`` per logged slot: ``click``, ``engagement`` (dwell minutes) or ``learned``
-    (``reward_model`` on the row's signals). Returns JSON-ready estimates with bootstrap CIs
-    (``recsys.policy.ope.evaluate_off_policy``); raises ``ValueError`` for a missing column,
-    a malformed file or probabilities outside [0, 1].
+    (``reward_model`` on the row's signals; a checkpoint's own learned reward by default).
+    Returns JSON-ready estimates (``recsys.policy.ope.evaluate_off_policy``); raises
+    ``ValueError`` for a missing column, a malformed file, probabilities outside [0, 1], a log
+    without candidate sets, or a checkpoint from another simulator.
     """
+    if (target_column is None) == (policy is None):
+        raise ValueError("give exactly one of target_column and policy")
     path = Path(logs_path)
     logs = read_logged_feedback(path)
-    target = load_target_propensities(path, target_column, position_column)
     signals = np.stack(
         [np.asarray(getattr(logs, name), dtype=np.float32) for name in SIGNAL_NAMES], axis=1
     )
-    if reward == "click":
-        rewards = signals[:, 0]
-    elif reward == "engagement":
-        rewards = signals[:, 1] / np.float32(60.0)
-    elif reward == "learned":
-        if reward_model is None:
-            raise ValueError("reward='learned' needs a reward_model")
-        rewards = reward_model.rewards(signals)
+    out: dict[str, Any] = {"logs": str(path), "rows": len(logs)}
+    if policy is None:
+        if direct_method:
+            raise ValueError("direct_method needs a policy (candidate sets), not a target_column")
+        assert target_column is not None
+        target = load_target_propensities(path, target_column, position_column)
+        rewards = _slot_rewards(signals, reward, reward_model)
+        out.update(target_column=target_column, position_column=position_column)
     else:
-        raise ValueError(f"reward must be click, engagement or learned, got {reward!r}")
+        if position_column is not None:
+            raise ValueError("position_column goes with target_column, not with policy")
+        meta = read_logged_feedback_metadata(path)
+        simulator = (
+            SimulatorSpec.from_json(meta[SIMULATOR_METADATA_KEY])
+            if SIMULATOR_METADATA_KEY in meta
+            else None
+        )
+        loaded = load_target_policy(policy, logs, simulator=simulator)
+        rewards = _slot_rewards(signals, reward, reward_model or loaded.reward_model)
+        requests = LoggedRequests.from_feedback(logs)
+        model = (
+            CrossFittedRewardModel.fit(requests, logs.item_id, rewards) if direct_method else None
+        )
+        target = target_propensities(
+            requests, loaded.policy, n_samples=n_samples, seed=seed, reward_model=model
+        )
+        stderr = target.position_propensity_stderr
+        out.update(
+            policy=str(loaded.spec),
+            target=loaded.description,
+            logging_policies=sorted(set(logs.policy.tolist())),
+            slates=requests.n_requests,
+            candidates_per_request=requests.num_candidates,
+            position_samples=n_samples,
+            max_position_propensity_stderr=None if stderr is None else float(stderr.max()),
+            direct_method=direct_method,
+        )
     results = evaluate_off_policy(
         logs,
         target,
@@ -413,11 +482,6 @@ def evaluate_ope_file(
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
-    return {
-        "logs": str(path),
-        "rows": len(logs),
-        "target_column": target_column,
-        "position_column": position_column,
-        "reward": reward,
-        "estimates": {name: r.as_dict() for name, r in results.items()},
-    }
+    out["reward"] = reward
+    out["estimates"] = {name: r.as_dict() for name, r in results.items()}
+    return out

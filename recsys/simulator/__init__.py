@@ -32,7 +32,12 @@ from recsys.simulator.gym_env import (
     register_envs,
 )
 from recsys.simulator.logs import LoggedClicks, simulate_logs, uniform_random_slates
-from recsys.simulator.policies import REFERENCE_POLICIES, ReferencePolicy, top_k_slates
+from recsys.simulator.policies import (
+    REFERENCE_POLICIES,
+    ReferencePolicy,
+    relevance_scores,
+    top_k_slates,
+)
 from recsys.simulator.results import (
     REWARDS,
     HiddenTruth,
@@ -47,6 +52,7 @@ from recsys.simulator.results import (
 )
 from recsys.simulator.rollout import LifetimeSummary, rollout_lifetimes
 from recsys.simulator.sampling import PopularityCandidateSampler
+from recsys.simulator.spec import SIMULATOR_METADATA_KEY, SimulatorSpec
 from recsys.simulator.user import LatentUserState, UserModel
 
 register_envs()
@@ -54,6 +60,7 @@ register_envs()
 __all__ = [
     "REFERENCE_POLICIES",
     "REWARDS",
+    "SIMULATOR_METADATA_KEY",
     "SLATE_ENV_ID",
     "SLATE_VECTOR_ENV_ID",
     "CalibrationProfile",
@@ -71,6 +78,7 @@ __all__ = [
     "RewardFn",
     "SessionInfo",
     "SimulatedClickLog",
+    "SimulatorSpec",
     "SlateEnv",
     "SlateGymEnv",
     "SlateObservation",
@@ -89,6 +97,7 @@ __all__ = [
     "fit_calibration",
     "make_choice_model",
     "register_envs",
+    "relevance_scores",
     "revenue_reward",
     "rollout_lifetimes",
     "run_calibration_report",

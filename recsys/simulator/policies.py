@@ -40,6 +40,19 @@ def top_k_slates(candidates: IntArray, scores: FloatArray, slate_size: int) -> I
     return out
 
 
+def relevance_scores(env: SlateEnv, user_features: FloatArray, candidates: IntArray) -> FloatArray:
+    """Myopic relevance ``interests · topics`` from observable features only: ``[B, C]``.
+
+    The score of ``recsys simulate``'s Boltzmann logging policy; off-policy evaluation of a
+    ``boltzmann:T`` target recomputes it from logged user features and candidate ids, so both
+    must use this one definition.
+    """
+    t = env.world.num_topics
+    topics = env.item_features(candidates)[..., :t]
+    scores: FloatArray = np.einsum("bt,bct->bc", user_features[:, :t], topics).astype(np.float32)
+    return scores
+
+
 def random_policy(
     env: SlateEnv, users: IntArray, candidates: IntArray, slate_size: int, rng: np.random.Generator
 ) -> IntArray:

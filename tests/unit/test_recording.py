@@ -94,3 +94,36 @@ def test_bad_config_fails_fast(kwargs: dict[str, object]) -> None:
 def test_slate_larger_than_candidates_is_refused(env: SlateEnv) -> None:
     with pytest.raises(ValueError, match="exceeds"):
         record_sessions(env, RecordingConfig(steps=1, slate_size=31))
+
+
+def test_candidate_sets_are_recorded_per_request(env: SlateEnv) -> None:
+    logs = record_sessions(env, RecordingConfig(steps=2, slate_size=5, policy="boltzmann"))
+    cands = logs.candidate_ids
+    assert cands is not None
+    assert cands.shape == (len(logs), 30)
+    assert np.all((cands == logs.item_id[:, None]).any(axis=1))
+    per_request = cands.reshape(-1, 5, 30)
+    assert np.all(per_request == per_request[:, :1])  # the same list on every slot row
+    assert all(len(set(row)) == 30 for row in per_request[:, 0].tolist())
+
+
+def test_write_sessions_records_how_to_rebuild_the_world(tmp_path: Path) -> None:
+    import json
+
+    from recsys.data.logged import read_logged_feedback_metadata
+    from recsys.recording import RECORDING_METADATA_KEY
+    from recsys.simulator import SIMULATOR_METADATA_KEY, SimulatorSpec
+
+    catalog = CatalogSettings(num_items=300, num_users=40, num_topics=6, seed=3)
+    settings = SimulatorSettings(num_candidates=30, slate_size=5)
+    spec = SimulatorSpec(catalog, settings)
+    env = spec.build_env()
+    cfg = RecordingConfig(steps=1, slate_size=5, policy="boltzmann", temperature=0.7)
+    write_sessions(tmp_path / "s.parquet", env, cfg, simulator=spec)
+    meta = read_logged_feedback_metadata(tmp_path / "s.parquet")
+    assert SimulatorSpec.from_json(meta[SIMULATOR_METADATA_KEY]) == spec
+    assert json.loads(meta[RECORDING_METADATA_KEY])["temperature"] == 0.7
+    other = SimulatorSpec(catalog.model_copy(update={"seed": 4}), settings)
+    with pytest.raises(ValueError, match="does not rebuild this env's world"):
+        write_sessions(tmp_path / "t.parquet", env, cfg, simulator=other)
+    assert not (tmp_path / "t.parquet").exists()

@@ -149,3 +149,95 @@ def test_evaluate_ope_missing_column_is_clear(tmp_path: Path) -> None:
     )
     assert out.exit_code == 1
     assert "error" in out.output
+
+
+def _tiny_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator world of the tiny policy checkpoint below (300 items, 6 topics, seed 0)."""
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_TOPICS", "6")
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_USERS", "80")
+    monkeypatch.setenv("RECSYS_SIMULATOR__NUM_CANDIDATES", "15")
+
+
+def _simulate(out: Path, *extra: str) -> None:
+    sim = runner.invoke(
+        app, ["simulate", "--out", str(out), "--steps", "2", "--slate", "3", *extra]
+    )
+    assert sim.exit_code == 0, sim.output
+
+
+def test_evaluate_ope_with_a_policy_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from recsys.policy.training import PolicyTrainConfig, train_policy
+
+    torch.set_num_threads(1)
+    config = PolicyTrainConfig(
+        num_items=300, num_topics=6, num_candidates=15, slate_size=3, log_users=300,
+        log_max_steps=20, users=64, iterations=2, steps_per_iteration=2,
+        updates_per_iteration=2, pretrain_updates=2, batch_size=64, hidden=(8,),
+    )  # fmt: skip
+    checkpoint = train_policy(config, artifacts_root=tmp_path / "artifacts").checkpoint
+    assert checkpoint is not None
+    _tiny_world(monkeypatch)
+    logs = tmp_path / "logs.parquet"
+    _simulate(logs, "--policy", "boltzmann", "--temperature", "0.5")
+    args = ["evaluate", "ope", "--logs", str(logs), "--policy", str(checkpoint), "--json"]
+    out = runner.invoke(app, [*args, "--bootstrap", "50", "--samples", "20"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["policy"] == str(checkpoint)
+    assert data["target"].startswith("slateq checkpoint")
+    for name in ("ips", "snips", "dr"):
+        est = data["estimates"][name]
+        assert est["ci_low"] <= est["value"] <= est["ci_high"]
+    learned = runner.invoke(app, [*args, "--bootstrap", "20", "--reward", "learned"])
+    assert learned.exit_code == 0, learned.output  # the checkpoint's own learned reward
+    assert json.loads(learned.output)["reward"] == "learned"
+
+    monkeypatch.setenv("RECSYS_CATALOG__SEED", "5")  # another catalog than the checkpoint's
+    other = tmp_path / "other.parquet"
+    _simulate(other)
+    bad = runner.invoke(app, ["evaluate", "ope", "--logs", str(other), "--policy", str(checkpoint)])
+    assert bad.exit_code == 1
+    assert "another catalog" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_evaluate_ope_policy_errors_are_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    from recsys.data.logged import VERSION_KEY
+
+    _tiny_world(monkeypatch)
+    logs = tmp_path / "logs.parquet"
+    _simulate(logs)
+    both = runner.invoke(
+        app,
+        ["evaluate", "ope", "--logs", str(logs), "--policy", "random", "--target-column", "t"],
+    )
+    assert both.exit_code == 1
+    assert "exactly one of --policy and --target-column" in both.output
+    neither = runner.invoke(app, ["evaluate", "ope", "--logs", str(logs)])
+    assert neither.exit_code == 1
+    rnd = runner.invoke(
+        app, ["evaluate", "ope", "--logs", str(logs), "--policy", "random", "--json"]
+    )
+    assert rnd.exit_code == 0, rnd.output
+    assert json.loads(rnd.output)["estimates"]["ips"]["mean_weight"] == pytest.approx(1.0)
+    v1 = tmp_path / "v1.parquet"
+    table = pq.read_table(logs).drop_columns(["candidate_ids"])
+    pq.write_table(table.replace_schema_metadata({VERSION_KEY: "1"}), v1)
+    old = runner.invoke(app, ["evaluate", "ope", "--logs", str(v1), "--policy", "random"])
+    assert old.exit_code == 1
+    assert "no candidate sets" in old.output
+    assert "Traceback" not in old.output
+    learned = runner.invoke(
+        app, ["evaluate", "ope", "--logs", str(logs), "--policy", "random", "--reward", "learned"]
+    )
+    assert learned.exit_code == 1
+    assert "learned reward model" in learned.output

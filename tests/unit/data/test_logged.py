@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.data.logged import (
+    VERSION_KEY,
     LoggedFeedback,
     LoggedFeedbackError,
     LoggedFeedbackWriter,
     read_logged_feedback,
+    read_logged_feedback_metadata,
     write_logged_feedback,
 )
 
@@ -50,6 +53,20 @@ def make_batch(n_slates: int = 3, slate: int = 4, seed: int = 0, **override: Any
     }
     values.update(override)
     return LoggedFeedback(**values)
+
+
+def with_candidates(batch: LoggedFeedback, width: int = 8, seed: int = 0) -> LoggedFeedback:
+    """The batch with a candidate list per request holding its items plus random others."""
+    rng = np.random.default_rng(seed)
+    n = len(batch)
+    cands = rng.integers(100, 1000, size=(n, width)).astype(np.int64)
+    slate = batch.slate_size.astype(np.int64)
+    first_row = np.arange(n) - batch.position.astype(np.int64)
+    # Every row of a request gets the same list: its slate's items in the first columns.
+    cols = np.arange(width)[None, :]
+    items_of_request = batch.item_id[np.minimum(first_row[:, None] + cols, n - 1)]
+    cands = np.where(cols < slate[:, None], items_of_request, cands[first_row])
+    return replace(batch, candidate_ids=cands)
 
 
 def _assert_equal(a: LoggedFeedback, b: LoggedFeedback) -> None:
@@ -97,3 +114,91 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
         read_logged_feedback(tmp_path / "junk.parquet")
     with pytest.raises(LoggedFeedbackError, match="no logged-feedback file"):
         read_logged_feedback(tmp_path / "missing.parquet")
+
+
+# --- format v2: candidate sets -------------------------------------------------------------
+
+
+def test_v2_round_trip_keeps_candidates_and_metadata(tmp_path: Path) -> None:
+    batch = with_candidates(make_batch())
+    path = tmp_path / "log.parquet"
+    write_logged_feedback(path, batch, metadata={"recsys.simulator": '{"x": 1}'})
+    back = read_logged_feedback(path)
+    _assert_equal(back, batch)
+    assert back.num_candidates == 8
+    meta = read_logged_feedback_metadata(path)
+    assert meta[VERSION_KEY] == "2"
+    assert meta["recsys.simulator"] == '{"x": 1}'
+
+
+def test_without_candidates_writes_nulls_and_reads_none(tmp_path: Path) -> None:
+    write_logged_feedback(tmp_path / "log.parquet", make_batch())
+    back = read_logged_feedback(tmp_path / "log.parquet")
+    assert back.candidate_ids is None
+    assert back.num_candidates is None
+
+
+def test_v1_files_stay_readable(tmp_path: Path) -> None:
+    batch = make_batch()
+    v1 = batch.to_table().drop_columns(["candidate_ids"])
+    v1 = v1.replace_schema_metadata({VERSION_KEY: "1"})
+    pq.write_table(v1, tmp_path / "v1.parquet")
+    back = read_logged_feedback(tmp_path / "v1.parquet")
+    _assert_equal(back, batch)
+    assert back.candidate_ids is None
+    assert read_logged_feedback_metadata(tmp_path / "v1.parquet")[VERSION_KEY] == "1"
+
+
+def test_unknown_versions_are_refused(tmp_path: Path) -> None:
+    table = make_batch().to_table().replace_schema_metadata({VERSION_KEY: "3"})
+    pq.write_table(table, tmp_path / "v3.parquet")
+    with pytest.raises(LoggedFeedbackError, match="found 3"):
+        read_logged_feedback(tmp_path / "v3.parquet")
+
+
+def test_an_item_outside_its_candidate_list_is_refused() -> None:
+    batch = with_candidates(make_batch())
+    assert batch.candidate_ids is not None
+    cands = batch.candidate_ids.copy()
+    cands[5] = np.arange(2000, 2008)
+    with pytest.raises(LoggedFeedbackError, match=r"candidate_ids: row 5 .* not in its candidate"):
+        replace(batch, candidate_ids=cands)
+    with pytest.raises(LoggedFeedbackError, match="candidate_ids must have shape"):
+        replace(batch, candidate_ids=cands[:3])
+
+
+def _write_with_candidates(path: Path, batch: LoggedFeedback, column: pa.Array) -> None:
+    table = batch.to_table()
+    i = table.schema.get_field_index("candidate_ids")
+    pq.write_table(table.set_column(i, table.schema.field(i), column), path)
+
+
+def test_ragged_and_partial_candidate_lists_are_refused_on_read(tmp_path: Path) -> None:
+    batch = with_candidates(make_batch())
+    assert batch.candidate_ids is not None
+    rows = batch.candidate_ids.tolist()
+    ragged = [*rows[:-1], rows[-1][:-1]]  # the last row lost a (non-logged) candidate
+    _write_with_candidates(tmp_path / "ragged.parquet", batch, pa.array(ragged))
+    with pytest.raises(LoggedFeedbackError, match="candidate_ids rows must all have the same"):
+        read_logged_feedback(tmp_path / "ragged.parquet")
+    partial = [*rows[:-1], None]
+    _write_with_candidates(tmp_path / "partial.parquet", batch, pa.array(partial))
+    with pytest.raises(LoggedFeedbackError, match="candidate_ids is null on 1 of 12 rows"):
+        read_logged_feedback(tmp_path / "partial.parquet")
+    outside = [[999_999] * 8, *rows[1:]]
+    _write_with_candidates(tmp_path / "outside.parquet", batch, pa.array(outside))
+    with pytest.raises(LoggedFeedbackError, match="candidate_ids: row 0"):
+        read_logged_feedback(tmp_path / "outside.parquet")
+
+
+def test_one_file_holds_one_candidate_list_length(tmp_path: Path) -> None:
+    with LoggedFeedbackWriter(tmp_path / "log.parquet") as writer:
+        writer.write(with_candidates(make_batch(), width=8))
+        with pytest.raises(LoggedFeedbackError, match="candidate_ids: this batch has 6"):
+            writer.write(with_candidates(make_batch(seed=1), width=6))
+        with pytest.raises(LoggedFeedbackError, match="candidate_ids: this batch has None"):
+            writer.write(make_batch(seed=2))
+    with pytest.raises(LoggedFeedbackError, match="candidate_ids differ between batches"):
+        LoggedFeedback.concat([with_candidates(make_batch()), make_batch(seed=1)])
+    with pytest.raises(LoggedFeedbackError, match="may not set"):
+        LoggedFeedbackWriter(tmp_path / "x.parquet", metadata={VERSION_KEY: "9"})
