@@ -65,13 +65,25 @@ def render_doc_block(results: dict[str, Any]) -> str:
             f"{g['hidden_return']:.1f}, learned {g['learned_return']:.1f} min; target >= 0.8, "
             f"met: {g['meets_target']})"
         )
+    validation = results.get("validation")
+    if validation:
+        returns = ", ".join(
+            f"{name} {p['return']['mean']:.1f}" for name, p in validation["policies"].items()
+        )
+        lines.append(
+            f"- Validation users (where settings were chosen; not the table's users), mean "
+            f"return: {returns}"
+        )
     rm = results["reward_model"]
     lines.append(
         f"- Learned reward vs hidden LTV, Spearman on held-out logged users: per step "
         f"{rm['spearman_step_learned_vs_future_ltv']:.3f} (clicks-only "
         f"{rm['spearman_step_clicks_vs_future_ltv']:.3f}), per life "
         f"{rm['spearman_life_learned_vs_ltv']:.3f} (clicks-only "
-        f"{rm['spearman_life_clicks_vs_ltv']:.3f})"
+        f"{rm['spearman_life_clicks_vs_ltv']:.3f}); Bradley-Terry on pairs of lives ranked by "
+        f"LTV: per step {rm['spearman_step_bt_vs_future_ltv']:.3f}, per life "
+        f"{rm['spearman_life_bt_vs_ltv']:.3f} (pair accuracy {rm['bt_pair_accuracy']:.3f}); "
+        f"training uses the {rm['objective']} fit"
     )
     ope = results.get("ope_known_answer")
     if ope:

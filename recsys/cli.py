@@ -166,6 +166,10 @@ def train_policy_cmd(
     reward: Annotated[
         str, typer.Option(help="learned | clicks | engagement | hidden (evaluation only)")
     ] = "learned",
+    reward_objective: Annotated[
+        str,
+        typer.Option(help="How the learned reward is fit: regression | bradley-terry."),
+    ] = "regression",
     artifacts: Annotated[
         Path | None, typer.Option(help="Artifact root (default: settings.artifacts.root).")
     ] = None,
@@ -177,14 +181,26 @@ def train_policy_cmd(
     ] = None,
     seed: int = 0,
 ) -> None:
-    """Train a slate policy on simulator rollouts (Ray actors feed a learner)."""
-    from recsys.policy.training import PolicyTrainConfig, train_policy
+    """Train a slate policy on simulator rollouts (Ray actors feed a learner).
+
+    Hyperparameters are those of the documented experiments (docs/policy.md), so a policy
+    trained here is the one the benchmark evaluates.
+    """
+    from dataclasses import replace
+
+    from recsys.policy.experiments import ExperimentConfig
+    from recsys.policy.training import train_policy
 
     settings = _settings(artifacts={"root": artifacts})
     try:
-        config = PolicyTrainConfig(
-            algo=algo,  # type: ignore[arg-type]  # validated by PolicyTrainConfig
-            reward=reward,  # type: ignore[arg-type]
+        if algo not in ("slateq", "reinforce"):
+            raise ValueError(f"algo must be slateq or reinforce, got {algo!r}")
+        documented = ExperimentConfig()
+        base = documented.slateq if algo == "slateq" else documented.reinforce
+        config = replace(
+            base,
+            reward=reward,  # type: ignore[arg-type]  # validated by PolicyTrainConfig
+            reward_objective=reward_objective.replace("-", "_"),  # type: ignore[arg-type]
             workers=workers,
             iterations=iterations,
             seed=seed,

@@ -51,10 +51,12 @@ __all__ = [
     "SIM_POLICY_NAMES",
     "ExperimentConfig",
     "evaluate_sim_policies",
+    "evaluation_users",
     "markdown_table",
     "ope_known_answer",
     "plot_learning_curves",
     "run_policy_experiments",
+    "validation_users",
 ]
 
 
@@ -65,13 +67,21 @@ class ExperimentConfig:
     ``slateq`` is the SlateQ training config (its ``reward`` is overridden per run);
     ``reinforce`` the REINFORCE one. ``slateq_rewards`` / ``reinforce_rewards`` list the
     rewards each is trained with; ``headline_reward`` names the SlateQ run reported as
-    ``slateq`` (the others appear as ``slateq_<reward>``). Evaluation follows ``eval_users``
-    held-out users for one life each, at most ``eval_max_steps`` steps.
+    ``slateq`` (the others appear as ``slateq_<reward>``). Evaluation follows held-out users
+    for one life each, at most ``eval_max_steps`` steps: ``validation_users`` (the last users
+    of the population; budgets and hyperparameters were tuned on these) and ``eval_users``
+    test users (:func:`evaluation_users`, never used for any choice), on which the Must-show
+    figures are reported.
     """
 
     slateq: PolicyTrainConfig = field(
         default_factory=lambda: PolicyTrainConfig(
-            algo="slateq", iterations=20, updates_per_iteration=50, tau=0.05
+            algo="slateq",
+            iterations=20,
+            updates_per_iteration=50,
+            tau=0.05,
+            gamma=0.8,
+            immediate_head=True,
         )
     )
     reinforce: PolicyTrainConfig = field(
@@ -90,6 +100,7 @@ class ExperimentConfig:
     reinforce_rewards: tuple[RewardKind, ...] = ("learned",)
     headline_reward: RewardKind = "learned"
     eval_users: int = 1000
+    validation_users: int = 1000
     eval_max_steps: int = 200
     eval_seed: int = 2024
     bootstrap: int = 2000
@@ -100,6 +111,25 @@ class ExperimentConfig:
         out["slateq"] = self.slateq.to_dict()
         out["reinforce"] = self.reinforce.to_dict()
         return out
+
+
+def evaluation_users(n: int) -> npt.NDArray[np.int64]:
+    """The ``n`` test users: the first ones above the training half of the population.
+
+    Training uses users below ``POPULATION // 2`` (enforced by :class:`PolicyTrainConfig`),
+    validation the last :attr:`ExperimentConfig.validation_users`, so the three never meet
+    while ``n <= POPULATION // 4``.
+    """
+    if not 2 <= n <= POPULATION // 4:
+        raise ValueError(f"test users must lie in [2, {POPULATION // 4}], got {n}")
+    return np.arange(POPULATION // 2, POPULATION // 2 + n, dtype=np.int64)
+
+
+def validation_users(n: int) -> npt.NDArray[np.int64]:
+    """The last ``n`` users of the population: where budgets and settings were tuned."""
+    if not 2 <= n <= POPULATION // 4:
+        raise ValueError(f"validation users must lie in [2, {POPULATION // 4}], got {n}")
+    return np.arange(POPULATION - n, POPULATION, dtype=np.int64)
 
 
 def _gap_closure(
@@ -189,7 +219,6 @@ def run_policy_experiments(
     )
     baselines_s = time.perf_counter() - base_start
     policies: dict[str, BatchSlatePolicy] = {**baselines, **trained}
-    users = np.arange(POPULATION - cfg.eval_users, POPULATION, dtype=np.int64)
     ratio_pairs = [
         ("slateq", "myopic"),
         ("slateq", "random"),
@@ -197,16 +226,20 @@ def run_policy_experiments(
         ("slateq", "bandit"),
     ]
     ratio_pairs += [(n, "myopic") for n in trained if n != "slateq"]
-    evaluation = evaluate_in_simulator(
-        policies,
-        world=setup.world,
-        settings=setup.settings,
-        features=features,
-        users=users,
-        max_steps=cfg.eval_max_steps,
-        seed=cfg.eval_seed,
-        ratios=ratio_pairs,
+    evaluation, validation = (
+        evaluate_in_simulator(
+            policies,
+            world=setup.world,
+            settings=setup.settings,
+            features=features,
+            users=users,
+            max_steps=cfg.eval_max_steps,
+            seed=cfg.eval_seed,
+            ratios=ratio_pairs,
+        )
+        for users in (evaluation_users(cfg.eval_users), validation_users(cfg.validation_users))
     )
+    validation.pop("_per_user")
     per_user = evaluation.pop("_per_user")
     summary = evaluation["policies"]
 
@@ -242,12 +275,14 @@ def run_policy_experiments(
             "population_layout": {
                 "logging_users": [0, cfg.slateq.log_users],
                 "training_users_from": cfg.slateq.log_users,
-                "evaluation_users": [POPULATION - cfg.eval_users, POPULATION],
+                "test_users": [POPULATION // 2, POPULATION // 2 + cfg.eval_users],
+                "validation_users": [POPULATION - cfg.validation_users, POPULATION],
             },
         },
         "reward_model": setup.reward_report,
         "training": training,
         "evaluation": evaluation,
+        "validation": validation,
         "must_show": must_show,
         "timing_s": {
             "total": time.perf_counter() - start,
@@ -292,8 +327,9 @@ def evaluate_sim_policies(
     unknown = [n for n in names if n not in SIM_POLICY_NAMES]
     if unknown or not names:
         raise ValueError(f"unknown policies {unknown}; choose from {', '.join(SIM_POLICY_NAMES)}")
-    if users < 2 or users > POPULATION // 2 or max_steps < 1:
-        raise ValueError(f"users must lie in [2, {POPULATION // 2}] and max_steps be >= 1")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    eval_users = evaluation_users(users)
     cfg = config or ExperimentConfig()
     setup = build_simulator_setup(cfg.slateq)
     assert setup.reward_tensors is not None
@@ -350,7 +386,7 @@ def evaluate_sim_policies(
         world=setup.world,
         settings=setup.settings,
         features=features,
-        users=np.arange(POPULATION - users, POPULATION, dtype=np.int64),
+        users=eval_users,
         max_steps=max_steps,
         seed=seed,
         ratios=ratios,

@@ -18,7 +18,7 @@ policies may know beyond the raw observable features is learned from such logs h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +35,7 @@ from recsys.policy.batch import (
     Transition,
 )
 from recsys.policy.envs import SimulatorFeatures, response_from_step_result
-from recsys.policy.reward import LearnedRewardModel, rank_correlation
+from recsys.policy.reward import LearnedRewardModel, preference_pairs, rank_correlation
 from recsys.simulator.env import SlateEnv
 from recsys.types import FloatArray, IntArray
 
@@ -43,6 +43,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 __all__ = [
     "RewardFit",
+    "RewardObjective",
     "SessionLog",
     "collect_random_sessions",
     "fit_learned_reward",
@@ -241,58 +242,112 @@ class RewardFit:
     """A fitted learned reward with its diagnostics (JSON-ready ``report``)."""
 
     model: LearnedRewardModel
-    report: dict[str, float | list[float]]
+    report: dict[str, Any]
+
+
+RewardObjective = Literal["regression", "bradley_terry"]
+
+
+def _zero_ignored_slots(model: LearnedRewardModel) -> float:
+    """Shift the output so an ignored slot (all signals zero) earns exactly 0; returns the
+    shift. The intercept is the average future value of *being* a user: paid per slot it
+    would reward keeping users around whatever they consume (for Bradley-Terry it is not
+    even identified). Shifting the last bias is exact for any net."""
+    zero = float(model.rewards(np.zeros((1, NUM_SIGNALS), np.float32))[0])
+    last = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias.sub_(zero)
+    return zero
+
+
+def _life_sums(
+    log: SessionLog, rows: IntArray
+) -> tuple[FloatArray, npt.NDArray[np.float64], IntArray]:
+    """Per-user summed signals ``[L, 6]``, hidden LTV ``[L]`` and each row's user group."""
+    _, inverse = np.unique(log.user[rows], return_inverse=True)
+    sums = np.stack(
+        [
+            np.bincount(inverse, weights=log.signals[rows, :, k].sum(axis=1))
+            for k in range(NUM_SIGNALS)
+        ],
+        axis=1,
+    ).astype(np.float32)
+    ltv = np.bincount(inverse, weights=log.hidden_reward[rows]).astype(np.float64)
+    return sums, ltv, inverse.astype(np.int64)
 
 
 def fit_learned_reward(
-    log: SessionLog, *, holdout_fraction: float = 0.3, seed: int = 0, epochs: int = 400
+    log: SessionLog,
+    *,
+    holdout_fraction: float = 0.3,
+    seed: int = 0,
+    epochs: int = 400,
+    objective: RewardObjective = "regression",
+    num_pairs: int = 50_000,
 ) -> RewardFit:
-    """Fit ``sum_slots r(signals) ≈ future lifetime value`` on logged steps; rank-check it.
+    """Fit the learned reward on logged steps both ways, rank-check both, return one.
 
-    The target of a step is its return-to-go (hidden LTV from that step to the end of the
-    life), so a signal earns reward for what it predicts about the *future*: a like or a long
-    dwell signals a satisfied user who stays and comes back; a skip signals clickbait that
-    drains the session. Users are split into fit and holdout; the report gives the Spearman
-    correlation with the hidden value per step (reward vs return-to-go) and per life (summed
-    reward vs life LTV), for the learned reward and for clicks-only.
+    - ``regression``: ``sum_slots r(signals) ≈ future lifetime value`` per step. The target
+      of a step is its return-to-go (hidden LTV from that step to the end of the life), so
+      a signal earns reward for what it predicts about the *future*: a like or a long dwell
+      signals a satisfied user who stays and comes back; a skip signals clickbait that
+      drains the session.
+    - ``bradley_terry``: ``P(life a better than life b) = sigmoid(R_a - R_b)`` on random
+      pairs of users' logged lives ranked by their hidden LTV, ``R`` the summed reward of a
+      life (exactly the sum of the per-slot reward for the linear model), i.e. only
+      comparisons of outcomes, the way RLHF learns from preferences.
+
+    Users are split into fit and holdout; the report gives, for both objectives and for
+    clicks-only, the Spearman correlation with the hidden value per step (reward vs
+    return-to-go) and per life (summed reward vs life LTV). ``objective`` picks the model
+    returned (and used by training).
     """
+    if objective not in ("regression", "bradley_terry"):
+        raise ValueError(f"objective must be regression or bradley_terry, got {objective!r}")
     users = np.unique(log.user)
     rng = np.random.default_rng(seed)
     held = rng.random(users.shape[0]) < holdout_fraction
     is_held = np.isin(log.user, users[held])
     fit_rows, test_rows = np.flatnonzero(~is_held), np.flatnonzero(is_held)
-    model = LearnedRewardModel(seed=seed)
-    stats = model.fit_regression(
+    regression = LearnedRewardModel(seed=seed)
+    stats = regression.fit_regression(
         log.signals[fit_rows],
         log.return_to_go[fit_rows],
         epochs=epochs,
         lr=0.05,
         batch_size=fit_rows.shape[0],
     )
-    # An ignored slot (all signals zero) earns exactly 0: the regression's intercept is the
-    # average future value of *being* a user, and paid per slot it would reward keeping users
-    # around for its own sake, whatever they consume. Shifting the output is exact for any net.
-    zero = float(model.rewards(np.zeros((1, NUM_SIGNALS), np.float32))[0])
-    last = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        last.bias.sub_(zero)
-    step_reward = model.rewards(log.signals[test_rows]).sum(axis=1)
-    step_clicks = log.signals[test_rows, :, 0].sum(axis=1)
+    zero = _zero_ignored_slots(regression)
+
+    fit_sums, fit_ltv, _ = _life_sums(log, fit_rows)
+    a, b, pref = preference_pairs(fit_ltv, num_pairs, rng)
+    bradley_terry = LearnedRewardModel(seed=seed)
+    bt_stats = bradley_terry.fit_bradley_terry(
+        fit_sums[a][:, None, :], fit_sums[b][:, None, :], pref, epochs=epochs, lr=0.05
+    )
+    _zero_ignored_slots(bradley_terry)
+
     truth = log.return_to_go[test_rows]
-    life_user = log.user[test_rows]
-    _, inverse = np.unique(life_user, return_inverse=True)
-    life_reward = np.bincount(inverse, weights=step_reward)
-    life_clicks = np.bincount(inverse, weights=step_clicks)
-    life_truth = np.bincount(inverse, weights=log.hidden_reward[test_rows])
-    report: dict[str, float | list[float]] = {
+    life_sums, life_truth, _ = _life_sums(log, test_rows)
+    report: dict[str, Any] = {
+        "objective": objective,
         "fit_r2": stats["r2"],
         "fit_rows": float(fit_rows.shape[0]),
         "holdout_rows": float(test_rows.shape[0]),
-        "spearman_step_learned_vs_future_ltv": rank_correlation(step_reward, truth),
-        "spearman_step_clicks_vs_future_ltv": rank_correlation(step_clicks, truth),
-        "spearman_life_learned_vs_ltv": rank_correlation(life_reward, life_truth),
-        "spearman_life_clicks_vs_ltv": rank_correlation(life_clicks, life_truth),
-        "weights_raw_units": [float(w) for w in model.linear_weights()],
-        "intercept_removed_per_slot": zero,
+        "bt_pairs": float(pref.shape[0]),
+        "bt_pair_accuracy": bt_stats["pair_accuracy"],
     }
-    return RewardFit(model=model, report=report)
+    for name, model in (("learned", regression), ("bt", bradley_terry)):
+        step = model.rewards(log.signals[test_rows]).sum(axis=1)
+        life = model.rewards(life_sums[:, None, :])[:, 0]
+        report[f"spearman_step_{name}_vs_future_ltv"] = rank_correlation(step, truth)
+        report[f"spearman_life_{name}_vs_ltv"] = rank_correlation(life, life_truth)
+    report["spearman_step_clicks_vs_future_ltv"] = rank_correlation(
+        log.signals[test_rows, :, 0].sum(axis=1), truth
+    )
+    report["spearman_life_clicks_vs_ltv"] = rank_correlation(life_sums[:, 0], life_truth)
+    report["weights_raw_units"] = [float(w) for w in regression.linear_weights()]
+    report["bt_weights_raw_units"] = [float(w) for w in bradley_terry.linear_weights()]
+    report["intercept_removed_per_slot"] = zero
+    chosen = regression if objective == "regression" else bradley_terry
+    return RewardFit(model=chosen, report=report)

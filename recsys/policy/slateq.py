@@ -21,6 +21,14 @@ in most environments an ignored slate is not worthless (the session goes on), an
 at 0 would bias slates toward anything clickable. The reward credited to the consumed item is
 the slate's total per-slot reward (SlateQ's reward-from-consumption assumption).
 
+With ``immediate_head`` the item value is split as ``Qbar(s, i) = R(s, i) + C(s, i)``: ``R`` is
+the expected immediate reward of consuming ``i``, fit by plain regression on the observed
+reward (the myopic policy's model, low variance), and only the continuation ``C`` is learned
+by TD, towards ``gamma * V'(s')``. The Bellman fixed point is unchanged; what changes is that
+the immediate part no longer inherits the noise of bootstrapped targets, and with ``C``
+initialised to zero the untrained policy *is* the myopic greedy policy, so TD can only add
+what it actually learns about the future.
+
 Acting: the optimiser's slate, explored epsilon-greedily around it (exact propensities), or
 Boltzmann/Plackett-Luce over the item scores ``v_i (Qbar_i - Qbar_⊥)``; both honour the ads
 cap of the sampler.
@@ -69,6 +77,8 @@ class SlateQConfig:
     #: Also take one NLL step on the choice model per update, from the same transitions.
     train_choice_model: bool = True
     choice_lr: float = 1e-2
+    #: Split ``Qbar = R + C``: regression for the immediate reward, TD for the continuation.
+    immediate_head: bool = False
     sampler: SlateSampler = field(default_factory=lambda: SlateSampler("epsilon", epsilon=0.1))
 
     def __post_init__(self) -> None:
@@ -95,14 +105,26 @@ class SlateQPolicy:
     ) -> None:
         self.config = config or SlateQConfig()
         self.choice_model = choice_model
+        self.reward_net: PairScorer | None = None
+        self.reward_null: nn.Sequential | None = None
         with seeded(seed):
             self.q_net = PairScorer(user_dim, item_dim, self.config.hidden)
             self.null_net = mlp(user_dim, self.config.hidden, 1)
+            if self.config.immediate_head:
+                self.reward_net = PairScorer(user_dim, item_dim, self.config.hidden)
+                self.reward_null = mlp(user_dim, self.config.hidden, 1)
+                # The continuation starts at exactly zero: the untrained policy is myopic.
+                for head in (self.q_net.mlp[-1], self.null_net[-1]):
+                    assert isinstance(head, nn.Linear)
+                    nn.init.zeros_(head.weight)
+                    nn.init.zeros_(head.bias)
         self.target_q = copy.deepcopy(self.q_net)
         self.target_null = copy.deepcopy(self.null_net)
         for p in [*self.target_q.parameters(), *self.target_null.parameters()]:
             p.requires_grad_(False)
         self._params = [*self.q_net.parameters(), *self.null_net.parameters()]
+        if self.reward_net is not None and self.reward_null is not None:
+            self._params += [*self.reward_net.parameters(), *self.reward_null.parameters()]
         self.optimizer = torch.optim.Adam(self._params, lr=self.config.lr)
         self.choice_optimizer = torch.optim.Adam(
             self.choice_model.parameters(), lr=self.config.choice_lr
@@ -114,7 +136,21 @@ class SlateQPolicy:
     def item_values(
         self, user: torch.Tensor, items: torch.Tensor, target: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Qbar(s, i) [B, C], Qbar(s, ⊥) [B])`` from the online or the target network."""
+        """``(Qbar(s, i) [B, C], Qbar(s, ⊥) [B])`` from the online or the target network.
+
+        With ``immediate_head`` both add the (always online: it does not bootstrap) immediate
+        reward head to the continuation network's output.
+        """
+        q, q0 = self._continuation(user, items, target)
+        if self.reward_net is not None and self.reward_null is not None:
+            q = q + self.reward_net(user, items)
+            q0 = q0 + self.reward_null(user).squeeze(-1)
+        return q, q0
+
+    def _continuation(
+        self, user: torch.Tensor, items: torch.Tensor, target: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The TD-trained networks' outputs (all of ``Qbar`` without ``immediate_head``)."""
         q_net, null_net = (
             (self.target_q, self.target_null) if target else (self.q_net, self.null_net)
         )
@@ -209,12 +245,24 @@ class SlateQPolicy:
         clicked = choice < s
         consumed = slates[rows, choice.clamp(max=s - 1)]
 
+        reward = to_tensor(batch.reward).sum(dim=1)
         with torch.no_grad():
-            target = self._td_target(batch, s)
+            target = reward + self._td_target(batch, s)
 
-        q, q0 = self.item_values(user, items)
-        pred = torch.where(clicked, q[rows, consumed], q0)
-        loss = nn.functional.huber_loss(pred, target, delta=cfg.huber_delta)
+        if self.reward_net is not None and self.reward_null is not None:
+            # Regression for the immediate reward, TD for the continuation only.
+            c, c0 = self._continuation(user, items, target=False)
+            r, r0 = self.reward_net(user, items), self.reward_null(user).squeeze(-1)
+            pred_r = torch.where(clicked, r[rows, consumed], r0)
+            pred_c = torch.where(clicked, c[rows, consumed], c0)
+            pred = pred_r + pred_c
+            loss = nn.functional.huber_loss(
+                pred_r, reward, delta=cfg.huber_delta
+            ) + nn.functional.huber_loss(pred_c, target - reward, delta=cfg.huber_delta)
+        else:
+            q, q0 = self.item_values(user, items)
+            pred = torch.where(clicked, q[rows, consumed], q0)
+            loss = nn.functional.huber_loss(pred, target, delta=cfg.huber_delta)
         self.optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
@@ -236,6 +284,7 @@ class SlateQPolicy:
         return metrics
 
     def _td_target(self, batch: Transition, slate_size: int) -> torch.Tensor:
+        """``gamma * (1 - done) * V'(s')``: the discounted value of the next state."""
         nxt = batch.next_obs
         user, items = to_tensor(nxt.user_features), to_tensor(nxt.item_features)
         if self.config.td == "sarsa":
@@ -253,9 +302,8 @@ class SlateQPolicy:
         else:
             _, value = self._optimize(nxt, user, items, slate_size, target=True)
             next_value = value.float()
-        reward = to_tensor(batch.reward).sum(dim=1)
         alive = 1.0 - to_tensor(batch.done, torch.float32)
-        out: torch.Tensor = reward + self.config.gamma * alive * next_value
+        out: torch.Tensor = self.config.gamma * alive * next_value
         return out
 
     def _update_target(self) -> None:
@@ -274,7 +322,7 @@ class SlateQPolicy:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume or serve (networks, targets, choice model, counters)."""
-        return {
+        out: dict[str, Any] = {
             "q_net": self.q_net.state_dict(),
             "null_net": self.null_net.state_dict(),
             "target_q": self.target_q.state_dict(),
@@ -282,6 +330,10 @@ class SlateQPolicy:
             "choice_model": self.choice_model.state_dict(),
             "updates": self.updates,
         }
+        if self.reward_net is not None and self.reward_null is not None:
+            out["reward_net"] = self.reward_net.state_dict()
+            out["reward_null"] = self.reward_null.state_dict()
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (same architecture and config)."""
@@ -290,4 +342,7 @@ class SlateQPolicy:
         self.target_q.load_state_dict(state["target_q"])
         self.target_null.load_state_dict(state["target_null"])
         self.choice_model.load_state_dict(state["choice_model"])
+        if self.reward_net is not None and self.reward_null is not None:
+            self.reward_net.load_state_dict(state["reward_net"])
+            self.reward_null.load_state_dict(state["reward_null"])
         self.updates = int(state["updates"])

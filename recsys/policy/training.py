@@ -62,6 +62,7 @@ from recsys.policy.rollout_workers import (
     sample_all,
 )
 from recsys.policy.sim_data import (
+    RewardObjective,
     SessionLog,
     collect_random_sessions,
     fit_learned_reward,
@@ -154,6 +155,11 @@ class PolicyTrainConfig:
     #: those logs alone before the first rollout (warm start of Q and the choice model).
     log_replay_fraction: float = 0.25
     pretrain_updates: int = 200
+    #: How the learned reward is fit from the logs (both are fit and reported either way).
+    reward_objective: RewardObjective = "regression"
+    #: SlateQ: learn ``Qbar = R + C`` with ``R`` by regression and ``C`` by TD (see
+    #: :mod:`recsys.policy.slateq`); the untrained policy is then the myopic one.
+    immediate_head: bool = False
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -197,6 +203,11 @@ class PolicyTrainConfig:
         if not 0.0 <= self.log_replay_fraction < 1.0:
             raise ValueError(
                 f"log_replay_fraction must lie in [0, 1), got {self.log_replay_fraction}"
+            )
+        if self.reward_objective not in ("regression", "bradley_terry"):
+            raise ValueError(
+                "reward_objective must be regression or bradley_terry, "
+                f"got {self.reward_objective!r}"
             )
         if self.pretrain_updates < 0:
             raise ValueError(f"pretrain_updates must be >= 0, got {self.pretrain_updates}")
@@ -290,7 +301,7 @@ def build_simulator_setup(config: PolicyTrainConfig, *, need_reward: bool = True
     tensors: Tensors | None = None
     report: dict[str, Any] = {}
     if need_reward:
-        fit = fit_learned_reward(log, seed=config.seed)
+        fit = fit_learned_reward(log, seed=config.seed, objective=config.reward_objective)
         tensors = reward_model_tensors(fit.model)
         report = dict(fit.report)
     return SimulatorSetup(world, settings, extra, tensors, report, log)
@@ -374,6 +385,7 @@ def build_policy(
                 hidden=config.hidden,
                 lr=config.lr,
                 tau=config.tau,
+                immediate_head=config.immediate_head,
                 sampler=SlateSampler("epsilon", epsilon=config.epsilon),
             ),
             seed=config.seed,

@@ -241,3 +241,18 @@ def test_evaluate_ope_policy_errors_are_clear(
     )
     assert learned.exit_code == 1
     assert "learned reward model" in learned.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--algo", "dqn"], "algo must be slateq or reinforce"),
+        (["--reward", "vibes"], "reward"),
+        (["--reward-objective", "vibes"], "reward_objective must be regression or"),
+    ],
+)
+def test_train_policy_bad_options_are_clear(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["train", "policy", *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output

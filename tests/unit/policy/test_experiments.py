@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys.policy.experiments import ExperimentConfig, evaluate_sim_policies
-from recsys.policy.training import PolicyTrainConfig, train_policy
+from recsys.policy.experiments import (
+    ExperimentConfig,
+    evaluate_sim_policies,
+    evaluation_users,
+    validation_users,
+)
+from recsys.policy.training import POPULATION, PolicyTrainConfig, train_policy
 
 SMALL = PolicyTrainConfig(
     num_items=300,
@@ -57,3 +62,18 @@ def test_named_policies_are_built_trained_or_loaded(tmp_path: Path) -> None:
 def test_unknown_policy_names_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown policies"):
         evaluate_sim_policies(["random", "oracle"], config=CONFIG)
+
+
+def test_training_validation_and_test_users_never_meet() -> None:
+    """Training stays below POPULATION // 2 (enforced by the config); validation is where
+    settings were tuned; the reported figures come from test users that are neither."""
+    test, validation = evaluation_users(POPULATION // 4), validation_users(POPULATION // 4)
+    assert test.min() >= POPULATION // 2
+    assert validation.max() == POPULATION - 1
+    assert not set(test.tolist()) & set(validation.tolist())
+    with pytest.raises(ValueError, match=r"log_users \+ workers \* users must be"):
+        PolicyTrainConfig(log_users=POPULATION // 2, users=1)
+    with pytest.raises(ValueError, match="must lie"):
+        evaluation_users(POPULATION // 4 + 1)
+    with pytest.raises(ValueError, match="must lie"):
+        validation_users(1)

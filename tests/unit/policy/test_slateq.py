@@ -62,10 +62,12 @@ def test_myopic_and_optimal_slates_differ() -> None:
     assert solution.myopic == ((0, 1), (2, 3))  # both contain the clickbait
 
 
-@pytest.mark.parametrize("optimizer", ["greedy", "exact_lp"])
-def test_q_learning_learns_the_optimal_slate(optimizer: str) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "immediate_head"), [("greedy", False), ("exact_lp", False), ("greedy", True)]
+)
+def test_q_learning_learns_the_optimal_slate(optimizer: str, immediate_head: bool) -> None:
     env = TinySlateEnv(batch_size=64, seed=0)
-    policy = _policy(env, optimizer=optimizer, td="q_learning")
+    policy = _policy(env, optimizer=optimizer, td="q_learning", immediate_head=immediate_head)
     assert isinstance(policy, TrainableSlatePolicy)
     start = time.perf_counter()
     _train(env, policy, steps=300)
@@ -136,3 +138,33 @@ def test_state_dict_round_trip() -> None:
         a.act(obs, 2, np.random.default_rng(0), explore=False).slates,
         b.act(obs, 2, np.random.default_rng(0), explore=False).slates,
     )
+
+
+def test_immediate_head_starts_myopic_and_learns_both_parts() -> None:
+    """With ``Qbar = R + C`` the continuation starts at exactly zero (the untrained policy is
+    the myopic one), ``R`` converges to the immediate reward and ``C`` to what comes after."""
+    env = TinySlateEnv(batch_size=64, seed=2)
+    policy = _policy(env, immediate_head=True)
+    obs = env.observe(np.arange(2))
+    user, items = torch.tensor(obs.user_features), torch.tensor(obs.item_features)
+    with torch.no_grad():
+        c, c0 = policy._continuation(user, items, target=False)
+    assert torch.count_nonzero(c) == 0
+    assert torch.count_nonzero(c0) == 0
+    _train(env, policy, steps=300, seed=2)
+    assert greedy_slates(env, policy) == env.solve().optimal
+    with torch.no_grad():
+        c, _ = policy._continuation(user, items, target=False)
+    assert float(c.abs().max()) > 0.05  # the future is not flat in this MDP
+
+
+def test_immediate_head_state_round_trip() -> None:
+    env = TinySlateEnv(batch_size=16)
+    a = _policy(env, immediate_head=True)
+    _train(env, a, steps=10)
+    b = _policy(env, immediate_head=True)
+    b.load_state_dict(a.state_dict())
+    obs = env.observe(np.array([0, 1]))
+    user, items = torch.tensor(obs.user_features), torch.tensor(obs.item_features)
+    with torch.no_grad():
+        torch.testing.assert_close(a.item_values(user, items), b.item_values(user, items))
