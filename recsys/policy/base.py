@@ -140,6 +140,25 @@ class SlateSampler:
         )
 
 
+def optimiser_first_priority(
+    item_scores: Float64Array, obs: SlateObs, slates: npt.NDArray[np.int64]
+) -> Float64Array:
+    """Sampler scores that rank an optimiser's ``slates`` ``[B, S]`` above every other valid
+    candidate, in their order, and the rest by ``item_scores`` ``[B, C]``.
+
+    Epsilon-greedy over this priority serves the optimiser's slate w.p. ``1 - eps`` per slot
+    and explores by item score otherwise; greedy over it *is* the optimiser's slate. Policies
+    whose slate comes from a set optimiser (SlateQ, the myopic greedy baseline) act through
+    it, and off-policy evaluation rebuilds their propensities from it.
+    """
+    valid = obs.valid()
+    top = np.max(np.where(valid, item_scores, -np.inf), axis=1)
+    priority: Float64Array = np.where(valid, item_scores, 0.0)
+    rows = np.arange(priority.shape[0])[:, None]
+    priority[rows, slates] = top[:, None] + 1.0 + np.arange(slates.shape[1], 0, -1)
+    return priority
+
+
 FeatureFn = Callable[[UserState, Candidates], SlateObs]
 
 

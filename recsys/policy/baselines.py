@@ -17,7 +17,7 @@ import numpy.typing as npt
 import torch
 
 from recsys.policy._nets import to_tensor
-from recsys.policy.base import SlateSampler
+from recsys.policy.base import SlateSampler, optimiser_first_priority
 from recsys.policy.batch import SlateAction, SlateObs, Transition, gather_slots
 from recsys.policy.choice_model import ConditionalLogitChoiceModel
 from recsys.policy.exploration import plackett_luce_sample_batch
@@ -138,13 +138,10 @@ class MyopicGreedyPolicy:
                 max_ads=self.sampler.max_ads,
             ).numpy()
         item_scores = attraction.numpy() * reward
-        valid = obs.valid()
-        top = np.max(np.where(valid, item_scores, -np.inf), axis=1)
-        priority = np.where(valid, item_scores, 0.0)
-        rows = np.arange(priority.shape[0])[:, None]
-        priority[rows, slates] = top[:, None] + 1.0 + np.arange(slate_size, 0, -1)
+        priority = optimiser_first_priority(item_scores, obs, slates)
         action = self.sampler.sample(priority, obs, slate_size, rng, explore=explore)
-        return action._replace(scores=item_scores[rows, action.slates].astype(np.float32))
+        chosen = np.take_along_axis(item_scores, action.slates, axis=1)
+        return action._replace(scores=chosen.astype(np.float32))
 
 
 LinUCBFeatures = Literal["item", "outer"]

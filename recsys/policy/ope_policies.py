@@ -44,7 +44,6 @@ import numpy.typing as npt
 import torch
 
 from recsys.data.logged import LoggedFeedback
-from recsys.policy._nets import to_tensor
 from recsys.policy.base import SlateSampler
 from recsys.policy.batch import SlateObs
 from recsys.policy.envs import SimulatorFeatures
@@ -244,11 +243,9 @@ class RelevanceTarget:
 class CheckpointTarget:
     """A trained SlateQ or REINFORCE-top-K policy acting with its own exploring sampler.
 
-    The scores mirror the policies' ``act``: REINFORCE samples Plackett-Luce over its logits;
-    SlateQ explores epsilon-greedily around a priority that ranks the slate optimiser's slate
-    first (in its order) and everything else by ``v_i (Qbar_i - Qbar_⊥)``, or samples
-    Plackett-Luce over those item scores with a ``boltzmann`` sampler. Tests check the
-    propensities against ``act`` itself, so a change there cannot go unnoticed.
+    REINFORCE samples Plackett-Luce over its logits; SlateQ's sampler input comes from
+    :meth:`~recsys.policy.slateq.SlateQPolicy.sampler_scores`, the method its ``act`` uses.
+    Tests check the propensities against ``act`` itself.
     """
 
     def __init__(
@@ -264,25 +261,13 @@ class CheckpointTarget:
     ) -> tuple[Float64Array, SlateObs]:
         """The policy's sampler input on observations rebuilt like the simulator's."""
         obs = self.features.obs(user_features, candidate_ids)
-        policy = self.policy
-        with torch.no_grad():
-            if isinstance(policy, ReinforceTopKPolicy):
-                logits, _ = policy.logits(obs)
-                out: Float64Array = logits.double().numpy()
-                return out, obs
-            user, items = to_tensor(obs.user_features), to_tensor(obs.item_features)
-            q, q0 = policy.item_values(user, items)
-            v, _ = policy.attractions(user, items)
-            item_scores: Float64Array = (v * (q - q0[:, None]).double()).numpy()
-        if self.sampler.kind == "boltzmann":
-            return item_scores, obs
-        best = policy.act(obs, slate_size, np.random.default_rng(0), explore=False).slates
-        valid = obs.valid()
-        top = np.max(np.where(valid, item_scores, -np.inf), axis=1)
-        priority = np.where(valid, item_scores, 0.0)
-        rows = np.arange(priority.shape[0])[:, None]
-        priority[rows, best] = top[:, None] + 1.0 + np.arange(slate_size, 0, -1)
-        return priority, obs
+        if isinstance(self.policy, ReinforceTopKPolicy):
+            with torch.no_grad():
+                logits, _ = self.policy.logits(obs)
+            out: Float64Array = logits.double().numpy()
+            return out, obs
+        scores, _ = self.policy.sampler_scores(obs, slate_size, explore=True)
+        return scores, obs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -52,7 +53,7 @@ from recsys.policy._nets import (
     seeded,
     to_tensor,
 )
-from recsys.policy.base import SlateSampler
+from recsys.policy.base import SlateSampler, optimiser_first_priority
 from recsys.policy.batch import SlateAction, SlateObs, Transition, concat_transitions
 from recsys.policy.choice_model import ConditionalLogitChoiceModel
 from recsys.policy.slate_optimization import SlateOptimizer, optimize_slates, slate_values
@@ -105,14 +106,16 @@ class SlateQPolicy:
     ) -> None:
         self.config = config or SlateQConfig()
         self.choice_model = choice_model
-        self.reward_net: PairScorer | None = None
-        self.reward_null: nn.Sequential | None = None
+        #: ``(R(s, i), R(s, ⊥))`` networks with ``immediate_head``, else None.
+        self.immediate: tuple[PairScorer, nn.Sequential] | None = None
         with seeded(seed):
             self.q_net = PairScorer(user_dim, item_dim, self.config.hidden)
             self.null_net = mlp(user_dim, self.config.hidden, 1)
             if self.config.immediate_head:
-                self.reward_net = PairScorer(user_dim, item_dim, self.config.hidden)
-                self.reward_null = mlp(user_dim, self.config.hidden, 1)
+                self.immediate = (
+                    PairScorer(user_dim, item_dim, self.config.hidden),
+                    mlp(user_dim, self.config.hidden, 1),
+                )
                 # The continuation starts at exactly zero: the untrained policy is myopic.
                 for head in (self.q_net.mlp[-1], self.null_net[-1]):
                     assert isinstance(head, nn.Linear)
@@ -123,8 +126,8 @@ class SlateQPolicy:
         for p in [*self.target_q.parameters(), *self.target_null.parameters()]:
             p.requires_grad_(False)
         self._params = [*self.q_net.parameters(), *self.null_net.parameters()]
-        if self.reward_net is not None and self.reward_null is not None:
-            self._params += [*self.reward_net.parameters(), *self.reward_null.parameters()]
+        for net in self.immediate or ():
+            self._params += list(net.parameters())
         self.optimizer = torch.optim.Adam(self._params, lr=self.config.lr)
         self.choice_optimizer = torch.optim.Adam(
             self.choice_model.parameters(), lr=self.config.choice_lr
@@ -142,10 +145,20 @@ class SlateQPolicy:
         reward head to the continuation network's output.
         """
         q, q0 = self._continuation(user, items, target)
-        if self.reward_net is not None and self.reward_null is not None:
-            q = q + self.reward_net(user, items)
-            q0 = q0 + self.reward_null(user).squeeze(-1)
+        if self.immediate is not None:
+            r, r0 = self._immediate(user, items)
+            q, q0 = q + r, q0 + r0
         return q, q0
+
+    def _immediate(
+        self, user: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(R(s, i) [B, C], R(s, ⊥) [B])`` of the immediate-reward head."""
+        assert self.immediate is not None
+        item_net, null_net = self.immediate
+        r: torch.Tensor = item_net(user, items)
+        r0: torch.Tensor = null_net(user).squeeze(-1)
+        return r, r0
 
     def _continuation(
         self, user: torch.Tensor, items: torch.Tensor, target: bool
@@ -198,6 +211,27 @@ class SlateQPolicy:
 
     # ---- acting ---------------------------------------------------------------------------
 
+    def sampler_scores(
+        self, obs: SlateObs, slate_size: int, explore: bool = True
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``(what the sampler samples from, item scores v_i (Qbar_i - Qbar_⊥))``, ``[B, C]``.
+
+        Exploring Boltzmann samples Plackett-Luce over the item scores; otherwise the sampler
+        gets :func:`~recsys.policy.base.optimiser_first_priority` around the optimiser's
+        slate. Off-policy evaluation of a checkpoint computes propensities from the same
+        scores, so acting and evaluation cannot drift apart.
+        """
+        obs.validate()
+        user, items = to_tensor(obs.user_features), to_tensor(obs.item_features)
+        with torch.no_grad():
+            q, q0 = self.item_values(user, items)
+            v, _ = self.attractions(user, items)
+            item_scores = (v * (q - q0[:, None]).double()).numpy()
+        if explore and self.config.sampler.kind == "boltzmann":
+            return item_scores, item_scores
+        slates, _ = self._optimize(obs, user, items, slate_size, target=False)
+        return optimiser_first_priority(item_scores, obs, slates.numpy()), item_scores
+
     def act(
         self,
         obs: SlateObs,
@@ -206,26 +240,10 @@ class SlateQPolicy:
         explore: bool = True,
     ) -> SlateAction:
         """The optimiser's slate (``explore=False``) or its exploration around it."""
-        obs.validate()
-        user, items = to_tensor(obs.user_features), to_tensor(obs.item_features)
-        with torch.no_grad():
-            q, q0 = self.item_values(user, items)
-            v, _ = self.attractions(user, items)
-            item_scores = (v * (q - q0[:, None]).double()).numpy()
-        sampler = self.config.sampler
-        if explore and sampler.kind == "boltzmann":
-            return sampler.sample(item_scores, obs, slate_size, rng, explore=True)
-        slates, _ = self._optimize(obs, user, items, slate_size, target=False)
-        # Rank the optimiser's slate above everything, in its order; the rest by item score.
-        # Epsilon-greedy around this priority serves the optimal slate w.p. (1 - eps) per slot.
-        valid = obs.valid()
-        top = np.max(np.where(valid, item_scores, -np.inf), axis=1)
-        priority = np.where(valid, item_scores, 0.0)
-        rows = np.arange(priority.shape[0])[:, None]
-        priority[rows, slates.numpy()] = top[:, None] + 1.0 + np.arange(slate_size, 0, -1)
-        action = sampler.sample(priority, obs, slate_size, rng, explore=explore)
-        chosen = item_scores[rows, action.slates].astype(np.float32)
-        return action._replace(scores=chosen)
+        scores, item_scores = self.sampler_scores(obs, slate_size, explore)
+        action = self.config.sampler.sample(scores, obs, slate_size, rng, explore=explore)
+        chosen = np.take_along_axis(item_scores, action.slates, axis=1)
+        return action._replace(scores=chosen.astype(np.float32))
 
     # ---- learning -------------------------------------------------------------------------
 
@@ -249,10 +267,10 @@ class SlateQPolicy:
         with torch.no_grad():
             target = reward + self._td_target(batch, s)
 
-        if self.reward_net is not None and self.reward_null is not None:
+        if self.immediate is not None:
             # Regression for the immediate reward, TD for the continuation only.
             c, c0 = self._continuation(user, items, target=False)
-            r, r0 = self.reward_net(user, items), self.reward_null(user).squeeze(-1)
+            r, r0 = self._immediate(user, items)
             pred_r = torch.where(clicked, r[rows, consumed], r0)
             pred_c = torch.where(clicked, c[rows, consumed], c0)
             pred = pred_r + pred_c
@@ -330,9 +348,8 @@ class SlateQPolicy:
             "choice_model": self.choice_model.state_dict(),
             "updates": self.updates,
         }
-        if self.reward_net is not None and self.reward_null is not None:
-            out["reward_net"] = self.reward_net.state_dict()
-            out["reward_null"] = self.reward_null.state_dict()
+        if self.immediate is not None:
+            out["reward_net"], out["reward_null"] = (n.state_dict() for n in self.immediate)
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -342,7 +359,7 @@ class SlateQPolicy:
         self.target_q.load_state_dict(state["target_q"])
         self.target_null.load_state_dict(state["target_null"])
         self.choice_model.load_state_dict(state["choice_model"])
-        if self.reward_net is not None and self.reward_null is not None:
-            self.reward_net.load_state_dict(state["reward_net"])
-            self.reward_null.load_state_dict(state["reward_null"])
+        if self.immediate is not None:
+            self.immediate[0].load_state_dict(state["reward_net"])
+            self.immediate[1].load_state_dict(state["reward_null"])
         self.updates = int(state["updates"])
