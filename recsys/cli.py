@@ -189,12 +189,12 @@ def train_policy_cmd(
     from dataclasses import replace
 
     from recsys.policy.experiments import ExperimentConfig
-    from recsys.policy.training import train_policy
+    from recsys.policy.training import ALGOS, train_policy
 
     settings = _settings(artifacts={"root": artifacts})
     try:
-        if algo not in ("slateq", "reinforce"):
-            raise ValueError(f"algo must be slateq or reinforce, got {algo!r}")
+        if algo not in ALGOS:
+            raise ValueError(f"algo must be {' or '.join(ALGOS)}, got {algo!r}")
         documented = ExperimentConfig()
         base = documented.slateq if algo == "slateq" else documented.reinforce
         config = replace(

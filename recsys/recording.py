@@ -45,7 +45,6 @@ __all__ = [
     "LoggingPolicyName",
     "RecordingConfig",
     "record_sessions",
-    "relevance_scores",
     "reward_to_go",
     "write_sessions",
 ]

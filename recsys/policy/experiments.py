@@ -43,6 +43,7 @@ from recsys.policy.training import (
     train_policy,
 )
 from recsys.simulator.env import SlateEnv
+from recsys.simulator.policies import relevance_scores
 from recsys.types import ArtifactError
 
 F64 = npt.NDArray[np.float64]
@@ -113,23 +114,26 @@ class ExperimentConfig:
         return out
 
 
+def _held_out(first: int, n: int, what: str) -> npt.NDArray[np.int64]:
+    """Users ``[first, first + n)``; at most a quarter of the population, so the held-out
+    groups (test above the training half, validation at the end) never meet."""
+    if not 2 <= n <= POPULATION // 4:
+        raise ValueError(f"{what} users must lie in [2, {POPULATION // 4}], got {n}")
+    return np.arange(first, first + n, dtype=np.int64)
+
+
 def evaluation_users(n: int) -> npt.NDArray[np.int64]:
     """The ``n`` test users: the first ones above the training half of the population.
 
     Training uses users below ``POPULATION // 2`` (enforced by :class:`PolicyTrainConfig`),
-    validation the last :attr:`ExperimentConfig.validation_users`, so the three never meet
-    while ``n <= POPULATION // 4``.
+    validation the last :attr:`ExperimentConfig.validation_users`, so the three never meet.
     """
-    if not 2 <= n <= POPULATION // 4:
-        raise ValueError(f"test users must lie in [2, {POPULATION // 4}], got {n}")
-    return np.arange(POPULATION // 2, POPULATION // 2 + n, dtype=np.int64)
+    return _held_out(POPULATION // 2, n, "test")
 
 
 def validation_users(n: int) -> npt.NDArray[np.int64]:
     """The last ``n`` users of the population: where budgets and settings were tuned."""
-    if not 2 <= n <= POPULATION // 4:
-        raise ValueError(f"validation users must lie in [2, {POPULATION // 4}], got {n}")
-    return np.arange(POPULATION - n, POPULATION, dtype=np.int64)
+    return _held_out(POPULATION - n, n, "validation")
 
 
 def _gap_closure(
@@ -507,9 +511,7 @@ def ope_known_answer(
     def serve(users: npt.NDArray[np.int64], temperature: float, env_seed: int) -> dict[str, Any]:
         env = SlateEnv(world, seed=env_seed, settings=settings)
         cands = env.sample_candidates(users)
-        topics = world.item_topics[cands]  # [B, C, T]
-        interests = env.user_features(users)[:, :num_topics]
-        scores = np.einsum("bct,bt->bc", topics, interests).astype(np.float64)
+        scores = relevance_scores(env, env.user_features(users), cands).astype(np.float64)
         rng = np.random.default_rng(env_seed + 1)
         slates, props, _ = plackett_luce_sample_batch(scores, slate_size, temperature, rng)
         items = np.take_along_axis(cands, slates, axis=1)

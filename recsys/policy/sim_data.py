@@ -42,6 +42,7 @@ from recsys.types import FloatArray, IntArray
 BoolArray = npt.NDArray[np.bool_]
 
 __all__ = [
+    "REWARD_OBJECTIVES",
     "RewardFit",
     "RewardObjective",
     "SessionLog",
@@ -246,6 +247,7 @@ class RewardFit:
 
 
 RewardObjective = Literal["regression", "bradley_terry"]
+REWARD_OBJECTIVES: tuple[RewardObjective, ...] = ("regression", "bradley_terry")
 
 
 def _zero_ignored_slots(model: LearnedRewardModel) -> float:
@@ -260,10 +262,8 @@ def _zero_ignored_slots(model: LearnedRewardModel) -> float:
     return zero
 
 
-def _life_sums(
-    log: SessionLog, rows: IntArray
-) -> tuple[FloatArray, npt.NDArray[np.float64], IntArray]:
-    """Per-user summed signals ``[L, 6]``, hidden LTV ``[L]`` and each row's user group."""
+def _life_sums(log: SessionLog, rows: IntArray) -> tuple[FloatArray, npt.NDArray[np.float64]]:
+    """Per-user summed signals ``[L, 6]`` and hidden LTV ``[L]`` of the given rows."""
     _, inverse = np.unique(log.user[rows], return_inverse=True)
     sums = np.stack(
         [
@@ -273,7 +273,7 @@ def _life_sums(
         axis=1,
     ).astype(np.float32)
     ltv = np.bincount(inverse, weights=log.hidden_reward[rows]).astype(np.float64)
-    return sums, ltv, inverse.astype(np.int64)
+    return sums, ltv
 
 
 def fit_learned_reward(
@@ -302,7 +302,7 @@ def fit_learned_reward(
     return-to-go) and per life (summed reward vs life LTV). ``objective`` picks the model
     returned (and used by training).
     """
-    if objective not in ("regression", "bradley_terry"):
+    if objective not in REWARD_OBJECTIVES:
         raise ValueError(f"objective must be regression or bradley_terry, got {objective!r}")
     users = np.unique(log.user)
     rng = np.random.default_rng(seed)
@@ -319,7 +319,7 @@ def fit_learned_reward(
     )
     zero = _zero_ignored_slots(regression)
 
-    fit_sums, fit_ltv, _ = _life_sums(log, fit_rows)
+    fit_sums, fit_ltv = _life_sums(log, fit_rows)
     a, b, pref = preference_pairs(fit_ltv, num_pairs, rng)
     bradley_terry = LearnedRewardModel(seed=seed)
     bt_stats = bradley_terry.fit_bradley_terry(
@@ -328,7 +328,7 @@ def fit_learned_reward(
     _zero_ignored_slots(bradley_terry)
 
     truth = log.return_to_go[test_rows]
-    life_sums, life_truth, _ = _life_sums(log, test_rows)
+    life_sums, life_truth = _life_sums(log, test_rows)
     report: dict[str, Any] = {
         "objective": objective,
         "fit_r2": stats["r2"],

@@ -62,6 +62,7 @@ from recsys.policy.rollout_workers import (
     sample_all,
 )
 from recsys.policy.sim_data import (
+    REWARD_OBJECTIVES,
     RewardObjective,
     SessionLog,
     collect_random_sessions,
@@ -204,7 +205,7 @@ class PolicyTrainConfig:
             raise ValueError(
                 f"log_replay_fraction must lie in [0, 1), got {self.log_replay_fraction}"
             )
-        if self.reward_objective not in ("regression", "bradley_terry"):
+        if self.reward_objective not in REWARD_OBJECTIVES:
             raise ValueError(
                 "reward_objective must be regression or bradley_terry, "
                 f"got {self.reward_objective!r}"
