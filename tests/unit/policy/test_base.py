@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -31,15 +29,6 @@ def _candidates(n: int = 12, dim: int = 4) -> Candidates:
         scores=rng.normal(size=n).astype(np.float32),
         embeddings=rng.normal(size=(n, dim)).astype(np.float32),
     )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small nets run fastest (and deterministically) on one thread; restore the caller's."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 USER = UserState(user_id="u", embedding=np.ones(4, dtype=np.float32))

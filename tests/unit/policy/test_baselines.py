@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from recsys.policy import (
     BatchSlatePolicy,
@@ -21,15 +19,6 @@ from recsys.policy import (
 )
 from recsys.policy.batch import SlateResponse, Transition, gather_slots
 from recsys.policy.testing import TinySlateEnv, collect, greedy_slates
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small nets run fastest (and deterministically) on one thread; restore the caller's."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _obs(b: int = 32, c: int = 8, seed: int = 0) -> SlateObs:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import gymnasium
 import numpy as np
 import pytest
-import torch
 from gymnasium import spaces
 
 from recsys.config import CatalogSettings, SimulatorSettings
@@ -25,14 +23,6 @@ from recsys.policy.training import PolicyTrainConfig, train_policy
 from recsys.simulator import SLATE_ENV_ID, SlateVectorEnv
 
 SIM = SimulatorSettings(num_candidates=12, slate_size=3, max_episode_steps=30)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

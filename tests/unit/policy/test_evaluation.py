@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from recsys.config import CatalogSettings, SimulatorSettings
 from recsys.data import SyntheticWorld, make_world
@@ -28,14 +26,6 @@ from recsys.policy.testing import TinySlateEnv, collect
 from recsys.simulator import SlateEnv
 
 SIM = SimulatorSettings(num_candidates=15, slate_size=3)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

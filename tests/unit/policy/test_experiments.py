@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from recsys.policy.experiments import (
     ExperimentConfig,
@@ -16,31 +14,9 @@ from recsys.policy.experiments import (
     validation_users,
 )
 from recsys.policy.training import POPULATION, PolicyTrainConfig, train_policy
+from tests.unit.policy.configs import SMALL_SIMULATOR as SMALL
 
-SMALL = PolicyTrainConfig(
-    num_items=300,
-    num_topics=6,
-    num_candidates=15,
-    slate_size=3,
-    log_users=300,
-    log_max_steps=20,
-    users=64,
-    iterations=2,
-    steps_per_iteration=2,
-    updates_per_iteration=2,
-    pretrain_updates=2,
-    batch_size=64,
-    hidden=(8,),
-)
 CONFIG = ExperimentConfig(slateq=SMALL, reinforce=replace(SMALL, algo="reinforce"))
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_named_policies_are_built_trained_or_loaded(tmp_path: Path) -> None:

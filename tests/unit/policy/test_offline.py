@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,6 @@ from recsys.policy.base import BatchSlatePolicy
 from recsys.policy.offline import logged_slates, train_offline, transitions_to_logged_feedback
 from recsys.policy.testing import REWARD_WEIGHTS, TinySlateEnv, collect, greedy_slates
 from recsys.policy.training import PolicyTrainConfig
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

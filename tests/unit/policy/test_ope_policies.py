@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,20 +23,13 @@ from recsys.policy.ope_policies import (
     parse_policy_spec,
     target_propensities,
 )
-from recsys.policy.training import PolicyTrainConfig, train_policy
-from recsys.recording import RecordingConfig, relevance_scores, write_sessions
-from recsys.simulator import SimulatorSpec, SlateEnv
+from recsys.policy.training import train_policy
+from recsys.recording import RecordingConfig, write_sessions
+from recsys.simulator import SimulatorSpec, SlateEnv, relevance_scores
 from recsys.types import FloatArray, IntArray
+from tests.unit.policy.configs import SMALL_SIMULATOR as SMALL
 
 F64 = np.float64
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _feedback(cands: IntArray, slate_cols: IntArray, prefix: str = "r") -> LoggedFeedback:
@@ -301,22 +293,6 @@ def test_boltzmann_needs_the_simulator_record(boltzmann_log: Path) -> None:
 
 
 # --- trained checkpoints --------------------------------------------------------------------
-
-SMALL = PolicyTrainConfig(
-    num_items=300,
-    num_topics=6,
-    num_candidates=15,
-    slate_size=3,
-    log_users=300,
-    log_max_steps=20,
-    users=64,
-    iterations=2,
-    steps_per_iteration=2,
-    updates_per_iteration=2,
-    pretrain_updates=2,
-    batch_size=64,
-    hidden=(8,),
-)
 
 
 def _simulated(path: Path, *, seed: int = 0, num_topics: int = 6) -> LoggedFeedback:

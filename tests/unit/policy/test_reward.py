@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 
 from recsys.policy import LearnedRewardModel, RandomPolicy, rank_correlation
 from recsys.policy.batch import SlateResponse
@@ -36,15 +33,6 @@ def _signals(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small nets run fastest (and deterministically) on one thread; restore the caller's."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_regression_recovers_planted_linear_reward() -> None:

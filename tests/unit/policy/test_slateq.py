@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,15 +19,6 @@ from recsys.policy import (
 )
 from recsys.policy.batch import Transition, concat_transitions
 from recsys.policy.testing import TinySlateEnv, collect, greedy_slates
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small nets run fastest (and deterministically) on one thread; restore the caller's."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _policy(env: TinySlateEnv, **config: object) -> SlateQPolicy:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from recsys.policy.envs import TinyEnvAdapter
 from recsys.policy.testing import TinySlateEnv, greedy_slates
@@ -19,14 +17,6 @@ from recsys.policy.training import (
     policy_tensors,
     train_policy,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny_env(worker_index: int) -> TinyEnvAdapter:
