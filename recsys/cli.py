@@ -7,18 +7,23 @@ given here override them. A bad setting stops with a message naming it, never a 
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from recsys.config import Settings, load_settings
 from recsys.types import ArtifactError, RecsysError
+
+if TYPE_CHECKING:
+    from recsys.demo import DemoResult
 
 app = typer.Typer(
     name="recsys",
@@ -98,23 +103,47 @@ def demo(
         Path | None, typer.Option(help="Where to write artifacts (default: a temp dir).")
     ] = None,
 ) -> None:
-    """Run the whole loop on embedded Redis, Kafka-protocol broker and Ray Serve."""
-    from recsys.demo import run_demo
+    """Run the whole loop on embedded Redis, Kafka-protocol broker and Ray Serve.
+
+    Every process it starts is stopped on the way out. Exit codes: 0 when the traffic was clean
+    (without --exit-after, Ctrl-C or SIGTERM after the summary is the normal end); 1 on an error,
+    with the reason on stderr; 130 or 143 when SIGINT or SIGTERM stopped it earlier.
+    """
+    from recsys.demo import DemoInterrupted, run_demo
+    from recsys.embedded import EmbeddedServiceError
 
     settings = _settings(demo={"duration_s": duration})
     with tempfile.TemporaryDirectory(prefix="recsys-demo-") as tmp:
         try:
-            summary = run_demo(
+            result = run_demo(
                 settings,
                 exit_after_s=exit_after,
                 workdir=workdir or Path(tmp),
                 port=port,
                 console=console,
             )
-        except RecsysError as exc:
-            raise _fail(str(exc)) from None
-    if summary["recommend_requests"] == 0 or summary["errors"] > 0:
-        raise _fail(f"demo traffic was not clean: {json.dumps(summary)}")
+        except (RecsysError, EmbeddedServiceError) as exc:
+            raise _fail(escape(str(exc))) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM that run_demo turned into one
+            signum = exc.signum if isinstance(exc, DemoInterrupted) else signal.SIGINT
+            name = signal.Signals(signum).name
+            err_console.print(f"stopped by {name}; every process the demo started is stopped")
+            raise typer.Exit(128 + signum) from None
+    if not result.clean:
+        raise _fail(_demo_traffic_problem(result))
+
+
+def _demo_traffic_problem(result: DemoResult) -> str:
+    """Why the demo's traffic counts as failed, naming the first failed requests."""
+    summary = result.summary
+    if summary["errors"] == 0:
+        return f"the demo requested no slate at all: {json.dumps(summary)}"
+    lines = [
+        f"{summary['errors']:.0f} of the demo's requests failed; the first ones:",
+        *(f"  {escape(f)}" for f in result.failures),
+        json.dumps(summary),
+    ]
+    return "\n".join(lines)
 
 
 @train_app.command("candidates")
@@ -188,17 +217,15 @@ def train_policy_cmd(
     """
     from dataclasses import replace
 
-    from recsys.policy.experiments import ExperimentConfig
-    from recsys.policy.training import ALGOS, train_policy
+    from recsys.policy.training.config import ALGOS, documented_config
+    from recsys.policy.training.trainer import train_policy
 
     settings = _settings(artifacts={"root": artifacts})
     try:
         if algo not in ALGOS:
             raise ValueError(f"algo must be {' or '.join(ALGOS)}, got {algo!r}")
-        documented = ExperimentConfig()
-        base = documented.slateq if algo == "slateq" else documented.reinforce
         config = replace(
-            base,
+            documented_config(algo),  # checked against ALGOS above
             reward=reward,  # type: ignore[arg-type]  # validated by PolicyTrainConfig
             reward_objective=reward_objective.replace("-", "_"),  # type: ignore[arg-type]
             workers=workers,
@@ -239,7 +266,7 @@ def evaluate_sim(
     output: OutputOpt = None,
 ) -> None:
     """Long-term return, clicks and revenue per policy with 95% CIs, same seeds for all."""
-    from recsys.policy.experiments import evaluate_sim_policies
+    from recsys.policy.evaluation.simulator import evaluate_sim_policies
 
     settings = _settings(artifacts={"root": artifacts})
     names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -303,7 +330,7 @@ def evaluate_ope(
     sets) or --target-column (its probabilities, precomputed in a column of the log).
     """
     from recsys.data.logged import LoggedFeedbackError
-    from recsys.policy.evaluation import evaluate_ope_file
+    from recsys.policy.evaluation.ope_file import evaluate_ope_file
 
     if (policy is None) == (target_column is None):
         raise _fail("give exactly one of --policy and --target-column")
@@ -425,19 +452,21 @@ def updater(
     ] = None,
 ) -> None:
     """Consume impressions and feedback from Kafka and update user state in the store."""
+    from recsys.serving.wiring import build_fold
     from recsys.store import build_user_state_store
     from recsys.stream import OnlineUpdater, build_event_source
 
     settings = _settings()
     if not settings.stream.bootstrap:
         raise _fail("set RECSYS_STREAM__BOOTSTRAP to the Kafka bootstrap servers")
+    fold = build_fold(settings)
     store = build_user_state_store(settings.store)
     source = build_event_source(settings.stream)
     stop = threading.Event()
     if max_seconds is not None:
         threading.Timer(max_seconds, stop.set).start()
     try:
-        OnlineUpdater(source, store, settings.stream.consumer_name).run(stop)
+        OnlineUpdater(source, store, settings.stream.consumer_name, fold).run(stop)
     except KeyboardInterrupt:
         pass
     finally:

@@ -52,7 +52,6 @@ class StoreSettings(BaseModel):
     """User-state backend picked by URL scheme: ``redis://host:port/db`` or ``memory://``."""
 
     url: str = "memory://"
-    max_history: int = Field(500, ge=1, le=100_000)
     key_prefix: str = "recsys"
 
     @model_validator(mode="after")
@@ -134,6 +133,17 @@ class SimulatorSettings(BaseModel):
     ad_fatigue_weight: float = Field(0.1, ge=0.0, le=10.0)
     ad_fatigue_gain: float = Field(0.2, ge=0.0, le=100.0)
     ad_fatigue_half_life_steps: float = Field(10.0, gt=0.0, le=1e6)
+    # Post-conversion satiation: a purchase sates the user on the item's topics for a long
+    # while (half-life 10x boredom's). It barely dents click appeal (habit: click odds x0.67
+    # right after a pure-topic purchase) but sours satisfaction (-2 on that topic: even a
+    # loved topic, I = +1, disappoints; neutral after 50 steps), so its cost shows up later
+    # (dwell, budget drain, drift away, return), not in the click. Gain 0 turns it off.
+    satiation_gain: float = Field(
+        1.0, ge=0.0, le=100.0, description="satiation per conversion, x the item's topic mix"
+    )
+    satiation_half_life_steps: float = Field(50.0, gt=0.0, le=1e6)
+    satiation_appeal_weight: float = Field(0.1, ge=0.0, le=10.0)
+    satiation_satisfaction_weight: float = Field(2.0, ge=0.0, le=10.0)
     # Satisfaction and the observable responses it drives.
     satisfaction_quality_weight: float = Field(1.0, ge=0.0, le=10.0)
     clickbait_penalty: float = Field(2.0, ge=0.0, le=10.0)
@@ -144,7 +154,9 @@ class SimulatorSettings(BaseModel):
     skip_fraction: float = Field(0.2, ge=0.0, le=1.0)
     like_threshold: float = Field(1.0, ge=-10.0, le=10.0)
     like_sharpness: float = Field(4.0, ge=0.0, le=100.0)
-    conversion_rate: float = Field(0.1, ge=0.0, le=0.5)
+    conversion_rate: float = Field(
+        0.3, ge=0.0, le=0.5, description="P(conversion | ad click) at satisfaction 0"
+    )
     # Time budget (seconds) and sessions.
     session_budget_s: float = Field(1200.0, gt=0.0, le=1e7)
     browse_cost_s: float = Field(10.0, gt=0.0, le=1e5)

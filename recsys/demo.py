@@ -4,20 +4,32 @@ Starts a real ``redis-server`` and a real Kafka-protocol broker on free loopback
 the skeleton models on simulated logs, seeds user state, starts the online updater (Kafka →
 Redis) and Ray Serve, then drives simulated users through ``POST /recommend`` and
 ``POST /feedback`` over HTTP and prints what happened.
+
+Whatever way the demo ends (normally, on an error, on Ctrl-C or on SIGTERM) it stops what it
+started, in reverse order: Ray Serve and Ray, the online updater, Redis and the broker. Both
+signals raise :class:`DemoInterrupted` (a ``KeyboardInterrupt``) in the main thread, so they take
+the same path as an error; once stopping has begun, further signals are ignored so they cannot
+cut the clean-up short. Should the demo die without cleaning up (SIGKILL, or Ray's core worker
+calling ``_exit``), the kernel still stops redis-server and tansu (:mod:`recsys.embedded`) and
+Ray's processes, which ``ray.init`` starts fate-shared with the driver.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
 
 import httpx
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from recsys.config import Settings
@@ -26,9 +38,32 @@ from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from recsys.pipeline import make_env, train_skeleton
 from recsys.protocols import UserStateStore
 from recsys.serving.deployment import start_serving, stop_serving
-from recsys.serving.wiring import seed_users
+from recsys.serving.wiring import build_fold
 from recsys.store import build_user_state_store
 from recsys.stream import OnlineUpdater, build_event_source, ensure_topics
+
+MAX_REPORTED_FAILURES = 5
+
+
+class DemoInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM asked the demo to stop; raised in the main thread, before clean-up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo saw: the traffic summary and the first failed requests (at most a few)."""
+
+    summary: dict[str, float]
+    failures: tuple[str, ...]
+
+    @property
+    def clean(self) -> bool:
+        """Traffic flowed and no request failed."""
+        return self.summary["recommend_requests"] > 0 and self.summary["errors"] == 0
 
 
 @dataclass
@@ -40,6 +75,13 @@ class TrafficStats:
     impressions: int = 0
     clicks: int = 0
     errors: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        """Count a failed request and keep the first few descriptions for the report."""
+        self.errors += 1
+        if len(self.failures) < MAX_REPORTED_FAILURES:
+            self.failures.append(what)
 
     def merge(self, other: TrafficStats) -> None:
         self.recommend_latencies_s += other.recommend_latencies_s
@@ -47,6 +89,7 @@ class TrafficStats:
         self.impressions += other.impressions
         self.clicks += other.clicks
         self.errors += other.errors
+        self.failures += other.failures[: MAX_REPORTED_FAILURES - len(self.failures)]
 
     @property
     def requests(self) -> int:
@@ -78,68 +121,163 @@ def drive_users(
     """Simulated users request slates over HTTP, respond per the simulator, and send feedback.
 
     Each client thread owns its own simulator stream and HTTP connection. Clicks are reported
-    as ``click`` events; a slate with no click reports ``skip`` on its top item.
+    as ``click`` events; a slate with no click reports ``skip`` on its top item. A failed request
+    is counted and described; a client that cannot reach the service stops.
     """
     stats = TrafficStats()
     lock = threading.Lock()
     deadline = time.monotonic() + duration_s
+    stop = threading.Event()
 
     def client(worker: int) -> None:
         local = TrafficStats()
         env = make_env(world, seed=seed + 100 + worker)
         rng = np.random.default_rng(seed + 200 + worker)
-        with httpx.Client(base_url=base_url, timeout=30.0) as http:
-            while time.monotonic() < deadline:
-                u = int(rng.integers(len(world.user_ids)))
-                user_id = world.user_ids[u]
-                t0 = time.perf_counter()
-                resp = http.post("/recommend", json={"user_id": user_id, "slate_size": slate_size})
-                local.recommend_latencies_s.append(time.perf_counter() - t0)
-                if resp.status_code != 200:
-                    local.errors += 1
-                    continue
-                body = resp.json()
-                items = np.array([it["item_id"] for it in body["items"]], dtype=np.int64)
-                local.impressions += items.size
-                step = env.step(np.array([u], dtype=np.int64), items[None, :])
-                chosen = int(step.clicked_item[0])
-                event, item = ("click", chosen) if chosen >= 0 else ("skip", int(items[0]))
-                if chosen >= 0:
-                    local.clicks += 1
-                t1 = time.perf_counter()
-                fb = http.post(
-                    "/feedback",
-                    json={
-                        "request_id": body["request_id"],
-                        "user_id": user_id,
-                        "item_id": item,
-                        "event": event,
-                    },
-                )
-                local.feedback_latencies_s.append(time.perf_counter() - t1)
-                if fb.status_code != 202:
-                    local.errors += 1
-        with lock:
-            stats.merge(local)
+        call = "connect"
+        try:
+            with httpx.Client(base_url=base_url, timeout=30.0) as http:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    u = int(rng.integers(len(world.user_ids)))
+                    user_id = world.user_ids[u]
+                    call = f"POST /recommend user {user_id}"
+                    t0 = time.perf_counter()
+                    resp = http.post(
+                        "/recommend", json={"user_id": user_id, "slate_size": slate_size}
+                    )
+                    local.recommend_latencies_s.append(time.perf_counter() - t0)
+                    if resp.status_code != 200:
+                        local.fail(f"{call}: HTTP {resp.status_code} {resp.text[:300]}")
+                        continue
+                    body = resp.json()
+                    items = np.array([it["item_id"] for it in body["items"]], dtype=np.int64)
+                    local.impressions += items.size
+                    step = env.step(np.array([u], dtype=np.int64), items[None, :])
+                    chosen = int(step.clicked_item[0])
+                    event, item = ("click", chosen) if chosen >= 0 else ("skip", int(items[0]))
+                    if chosen >= 0:
+                        local.clicks += 1
+                    call = f"POST /feedback user {user_id}"
+                    t1 = time.perf_counter()
+                    fb = http.post(
+                        "/feedback",
+                        json={
+                            "request_id": body["request_id"],
+                            "user_id": user_id,
+                            "item_id": item,
+                            "event": event,
+                        },
+                    )
+                    local.feedback_latencies_s.append(time.perf_counter() - t1)
+                    if fb.status_code != 202:
+                        local.fail(f"{call}: HTTP {fb.status_code} {fb.text[:300]}")
+        except httpx.HTTPError as exc:
+            local.fail(f"{call}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug: fail the run visibly, and print the traceback too
+            local.fail(f"client {worker} crashed during {call}: {exc!r}")
+            raise
+        finally:
+            with lock:
+                stats.merge(local)
 
     threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(concurrency)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()  # when interrupted: clients finish the request in flight, then stop
+        for t in threads:
+            t.join(timeout=5.0)
     return stats
 
 
 @contextmanager
 def _updater_thread(store: UserStateStore, settings: Settings) -> Iterator[OnlineUpdater]:
     source = build_event_source(settings.stream)
-    updater = OnlineUpdater(source, store, settings.stream.consumer_name)
+    updater = OnlineUpdater(source, store, settings.stream.consumer_name, build_fold(settings))
     updater.start_in_thread(timeout_s=settings.stream.poll_timeout_s)
     try:
         yield updater
     finally:
         updater.stop()
         source.close()
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM raise :class:`DemoInterrupted` in the main thread, once.
+
+    By default SIGTERM kills the process without unwinding, and Ray swaps handlers under us:
+    ``ray.init`` installs its own (``sys.exit`` behind a C++ handler that aborts the process 3 s
+    later) and ``ray.shutdown`` resets SIGTERM to the default; :meth:`take_back` re-installs ours
+    after each. From the first signal, or from :meth:`hold`, on, signals are ignored so they cannot
+    interrupt the clean-up half-way. A no-op outside the main thread, where Python has no signals.
+    """
+
+    _signums = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._stopping = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self._stopping:
+            raise self.interrupted(signum)
+
+    def interrupted(self, signum: int) -> DemoInterrupted:
+        """Stopping begins because of ``signum`` (here, or in a handler Ray had installed)."""
+        self._stopping = True
+        return DemoInterrupted(signum)
+
+    def take_back(self) -> None:
+        """(Re-)install our handlers, over whatever Ray installed since."""
+        if not self._previous:
+            return
+        for signum in self._signums:
+            signal.signal(signum, self._handle)
+
+    def hold(self) -> None:
+        """Stopping has begun: ignore further signals."""
+        self._stopping = True
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.getsignal(s) for s in self._signums}
+            self.take_back()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@contextmanager
+def _ray_serve(settings: Settings, signals: _StopSignals) -> Iterator[str]:
+    """Ray Serve for the block; Serve and Ray are stopped on every way out, even a failed start."""
+    try:
+        try:
+            url = start_serving(settings)
+        except SystemExit as exc:
+            # A SIGTERM before take_back meets ray.init's handler, which calls sys.exit(signum)
+            # and, from its C++ side, arms an alarm that aborts the process 3 s later.
+            if exc.code != signal.SIGTERM:
+                raise
+            if hasattr(signal, "alarm"):  # POSIX
+                signal.alarm(0)  # we have our own clean-up to finish
+            raise signals.interrupted(signal.SIGTERM) from None
+        finally:
+            signals.take_back()
+        yield url
+    finally:
+        try:
+            stop_serving()
+        finally:
+            signals.take_back()
 
 
 def run_demo(
@@ -149,84 +287,100 @@ def run_demo(
     workdir: Path,
     port: int | None = None,
     console: Console | None = None,
-) -> dict[str, float]:
-    """Run the demo end to end and return the traffic summary.
+) -> DemoResult:
+    """Run the demo end to end, stop everything it started, and report the traffic.
 
-    Keeps serving after the traffic phase until Ctrl-C, or until ``exit_after_s`` seconds after
-    the service came up.
+    Keeps serving after the traffic phase until Ctrl-C or SIGTERM (then returns normally), or
+    until ``exit_after_s`` seconds after the service came up. A signal at any other time stops
+    the demo and raises :class:`DemoInterrupted` once every service is stopped.
     """
     console = console or Console()
+    with _StopSignals() as signals, ExitStack() as stack:
+        try:
+            return _run(stack, signals, settings, exit_after_s, workdir, port, console)
+        except DemoInterrupted as exc:
+            console.print(f"{exc}: stopping every service the demo started")
+            raise
+        finally:
+            signals.hold()
+
+
+def _run(
+    stack: ExitStack,
+    signals: _StopSignals,
+    settings: Settings,
+    exit_after_s: float | None,
+    workdir: Path,
+    port: int | None,
+    console: Console,
+) -> DemoResult:
     started = time.monotonic()
-    with ExitStack() as stack:
-        with console.status("starting redis-server and the Kafka-protocol broker"):
-            redis = stack.enter_context(EmbeddedRedis())
-            broker = stack.enter_context(EmbeddedBroker())
-        settings = settings.model_copy(
-            update={
-                "store": settings.store.model_copy(update={"url": redis.url}),
-                "stream": settings.stream.model_copy(update={"bootstrap": broker.bootstrap}),
-                "artifacts": settings.artifacts.model_copy(update={"root": workdir / "artifacts"}),
-                "serving": settings.serving.model_copy(update={"port": port or free_port()}),
-            }
+    with console.status("starting redis-server and the Kafka-protocol broker"):
+        redis = stack.enter_context(EmbeddedRedis())
+        broker = stack.enter_context(EmbeddedBroker())
+    settings = settings.model_copy(
+        update={
+            "store": settings.store.model_copy(update={"url": redis.url}),
+            "stream": settings.stream.model_copy(update={"bootstrap": broker.bootstrap}),
+            "artifacts": settings.artifacts.model_copy(update={"root": workdir / "artifacts"}),
+            "serving": settings.serving.model_copy(update={"port": port or free_port()}),
+        }
+    )
+    console.print(f"redis-server pid {redis.pid} at {redis.url}")
+    console.print(f"tansu broker pid {broker.pid} at {broker.bootstrap}")
+
+    console.print("training the skeleton retrieval model on simulated logs")
+    models = train_skeleton(settings, progress=True)
+    console.print(f"artifact {models.artifact.name}/{models.artifact.version}")
+
+    store = build_user_state_store(settings.store)
+    stack.callback(store.close)
+    ensure_topics(
+        settings.stream.bootstrap,
+        [settings.stream.impressions_topic, settings.stream.feedback_topic],
+    )
+    stack.enter_context(_updater_thread(store, settings))
+
+    with console.status("starting Ray Serve"):
+        url = stack.enter_context(_ray_serve(settings, signals))
+    up_at = time.monotonic()
+    console.print(f"[bold green]serving at {url}[/] (set-up took {up_at - started:.1f}s)")
+
+    duration = settings.demo.duration_s
+    if exit_after_s is not None:
+        duration = min(duration, exit_after_s)
+    with console.status(f"driving simulated users for {duration:.0f}s"):
+        t0 = time.monotonic()
+        stats = drive_users(
+            url,
+            models.world,
+            duration_s=duration,
+            concurrency=settings.demo.concurrency,
+            slate_size=settings.demo.slate_size,
+            seed=settings.catalog.seed,
         )
-        console.print(f"redis-server pid {redis.pid} at {redis.url}")
-        console.print(f"tansu broker pid {broker.pid} at {broker.bootstrap}")
+        summary = stats.summary(time.monotonic() - t0)
+    time.sleep(1.0)  # let the updater apply the tail of the stream
+    records, _ = build_fold(settings).codec.decode(store.get_many(list(models.world.user_ids)))
+    summary["users_with_clicks_in_redis"] = float(np.count_nonzero(records["clicks"] > 0))
+    summary["setup_s"] = up_at - started
+    _print_summary(console, summary, url)
+    for failure in stats.failures:
+        console.print(f"[red]failed:[/] {escape(failure)}")
 
-        console.print("training the skeleton retrieval model on simulated logs")
-        models = train_skeleton(settings, progress=True)
-        console.print(f"artifact {models.artifact.name}/{models.artifact.version}")
-
-        store = build_user_state_store(settings.store)
-        stack.callback(store.close)
-        created = seed_users(store, models.world.user_ids, models.model.user_embeddings)
-        console.print(f"seeded {created} users in Redis")
-        ensure_topics(
-            settings.stream.bootstrap,
-            [settings.stream.impressions_topic, settings.stream.feedback_topic],
-        )
-        stack.enter_context(_updater_thread(store, settings))
-
-        with console.status("starting Ray Serve"):
-            url = start_serving(settings)
-        stack.callback(stop_serving)
-        up_at = time.monotonic()
-        console.print(f"[bold green]serving at {url}[/] (set-up took {up_at - started:.1f}s)")
-
-        duration = settings.demo.duration_s
-        if exit_after_s is not None:
-            duration = min(duration, exit_after_s)
-        with console.status(f"driving simulated users for {duration:.0f}s"):
-            t0 = time.monotonic()
-            stats = drive_users(
-                url,
-                models.world,
-                duration_s=duration,
-                concurrency=settings.demo.concurrency,
-                slate_size=settings.demo.slate_size,
-                seed=settings.catalog.seed,
-            )
-            summary = stats.summary(time.monotonic() - t0)
-        time.sleep(1.0)  # let the updater apply the tail of the stream
-        states = store.get_many(list(models.world.user_ids))
-        summary["users_with_clicks_in_redis"] = float(
-            sum(1 for s in states if s is not None and s.clicks > 0)
-        )
-        summary["setup_s"] = up_at - started
-        _print_summary(console, summary, url)
-
-        if exit_after_s is None:
-            console.print("serving until Ctrl-C")
-            try:
-                while True:
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
-                console.print("stopping")
-        else:
-            remaining = exit_after_s - (time.monotonic() - up_at)
-            if remaining > 0:
-                console.print(f"serving for {remaining:.0f}s more (--exit-after)")
-                time.sleep(remaining)
-    return summary
+    if exit_after_s is None:
+        console.print("serving until Ctrl-C or SIGTERM")
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:  # the expected way to end this phase, DemoInterrupted too
+            console.print("stopping")
+    else:
+        remaining = exit_after_s - (time.monotonic() - up_at)
+        if remaining > 0:
+            console.print(f"serving for {remaining:.0f}s more (--exit-after)")
+            time.sleep(remaining)
+    return DemoResult(summary, tuple(stats.failures))
 
 
 def _print_summary(console: Console, summary: dict[str, float], url: str) -> None:

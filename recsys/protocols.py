@@ -21,7 +21,6 @@ from recsys.types import (
     Signals,
     Slate,
     UserState,
-    UserStateDelta,
 )
 
 
@@ -83,42 +82,45 @@ class RewardModel(Protocol):
 
 @runtime_checkable
 class UserStateStore(Protocol):
-    """Per-user serving state (embedding, clicked history, counters).
+    """Per-user state records (opaque bytes, see :mod:`recsys.features.state`) and the online
+    updater's stream offsets.
 
-    Writes from the online updater go through :meth:`apply`, which stores the stream offsets
-    in the same atomic step, so a crash and restart neither loses nor double-applies events.
+    The store does not interpret a record: the event fold writes it and the server reads it.
+    The updater writes through :meth:`commit`, which stores the records together with the
+    offsets of the events folded into them, atomically and only if the offsets are still the
+    ones it started from, so a crash and restart (or a second updater by mistake) neither
+    loses nor double-applies an event.
     """
 
-    def get(self, user_id: str) -> UserState | None:
-        """State for one user, or ``None`` if the user is unknown."""
+    def get(self, user_id: str) -> bytes | None:
+        """One user's record, or ``None`` for a user nothing is known about (a cold start)."""
         ...
 
-    def get_many(self, user_ids: Sequence[str]) -> list[UserState | None]:
-        """Batched :meth:`get` (one round trip for remote stores)."""
+    def get_many(self, user_ids: Sequence[str]) -> list[bytes | None]:
+        """Records in the order of ``user_ids``, read at one instant (one round trip)."""
         ...
 
-    def put(self, state: UserState) -> None:
-        """Create or replace one user's state (used to seed users and by model refreshes)."""
+    def put_many(self, states: Mapping[str, bytes]) -> None:
+        """Create or replace records without touching offsets (seeding, tests, migrations)."""
         ...
 
-    def put_many(self, states: Sequence[UserState]) -> None:
-        """Batched :meth:`put`."""
-        ...
-
-    def apply(
+    def commit(
         self,
-        deltas: Sequence[UserStateDelta],
+        states: Mapping[str, bytes],
         offsets: Mapping[str, int],
         consumer: str,
+        expected: Mapping[str, int | None] | None = None,
     ) -> None:
-        """Atomically apply deltas to known users and record ``consumer``'s next offsets.
+        """Write ``states`` and ``consumer``'s next ``offsets`` in one atomic step.
 
-        Deltas for users without state are ignored (the event outlived the user).
+        With ``expected`` (partition → the stored next offset the writer started from, or
+        ``None`` for "none stored yet"), nothing is written unless every listed offset is
+        still that value: :class:`recsys.types.StaleOffsetsError` is raised instead.
         """
         ...
 
     def offsets(self, consumer: str) -> dict[str, int]:
-        """Next offsets to read per partition, as last recorded by :meth:`apply`."""
+        """Next offsets to read per partition, as last recorded by :meth:`commit`."""
         ...
 
     def ping(self) -> bool:
@@ -161,6 +163,12 @@ class EventSource(Protocol):
 
     def poll(self, max_records: int, timeout_s: float) -> list[EventRecord]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        ...
+
+    def caught_up(self) -> dict[str, float]:
+        """Partitions read to their end, each with a server time before which every event
+        that will ever be in it has been returned by :meth:`poll` (the partition's
+        watermark). Partitions with records still to read are absent."""
         ...
 
     def close(self) -> None:

@@ -14,12 +14,12 @@ Logging policies:
 - ``boltzmann``: Plackett-Luce over a myopic relevance score (the user's observable topic
   interests · the item's topic mixture) at a temperature. Conditional propensities are exact;
   marginal position propensities are Monte Carlo estimates (unbiased, floored at ``1e-6``)
-  from :func:`recsys.policy.ope.plackett_luce_target`.
+  from :func:`recsys.policy.evaluation.ope.plackett_luce_target`.
 
 Every row also carries its request's candidate ids (``candidate_ids``, in the order the logging
 policy saw them) and :func:`write_sessions` records the simulator's settings in the file
 metadata, so a log can later evaluate any policy off-policy
-(:mod:`recsys.policy.ope_policies`), not only the logging policy's own probabilities.
+(:mod:`recsys.policy.evaluation.ope_policies`), not only the logging policy's own probabilities.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import numpy.typing as npt
 from rich.progress import Progress
 
 from recsys.data.logged import LoggedFeedback, LoggedFeedbackWriter
+from recsys.policy.evaluation.ope import LoggedSlates, plackett_luce_target
 from recsys.policy.exploration import plackett_luce_sample_batch
-from recsys.policy.ope import LoggedSlates, plackett_luce_target
 from recsys.simulator import SIMULATOR_METADATA_KEY, SimulatorSpec, SlateEnv
 from recsys.simulator.policies import relevance_scores
 from recsys.types import FloatArray, IntArray

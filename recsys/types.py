@@ -45,6 +45,10 @@ class UnknownUserError(RecsysError, KeyError):
         return f"unknown user {self.user_id!r}"
 
 
+class StaleOffsetsError(RecsysError):
+    """Stream offsets moved under a writer (another updater committed): nothing was written."""
+
+
 class ArtifactError(RecsysError):
     """An artifact directory is missing, malformed or fails its checksum."""
 
@@ -75,28 +79,30 @@ class UserState:
     updated_ts: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class UserStateDelta:
-    """An additive change to one user's state derived from events.
-
-    Deltas are what the online updater writes; applying them together with the stream offsets
-    that produced them keeps the store exactly-once with respect to the event log.
-    """
-
-    user_id: str
-    clicked: tuple[int, ...] = ()
-    impressions: int = 0
-    clicks: int = 0
-    ts: float = 0.0
+# Sentinels for "not given": Candidates replaces them with arrays of the right length.
+_UNSET_IS_AD: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+_UNSET_BID: FloatArray = np.zeros(0, dtype=np.float32)
+_UNSET_IS_AD.flags.writeable = False
+_UNSET_BID.flags.writeable = False
 
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    """Retrieved candidates for one user, best first: ids, retrieval scores, item embeddings."""
+    """Retrieved candidates for one user: ids, retrieval scores, item embeddings, ad data.
+
+    Best first; candidates built from an organic block and an ad block (see
+    :meth:`recsys.candidates.FaissRetriever.candidates_for_history`) list the organic items
+    best first, then the ads best first. ``is_ad`` marks sponsored items and ``bid`` is
+    their advertiser's bid (0 for organic items, or when the catalog has no bids); both
+    default to all-False / zeros of the right length, so callers that only know ids and
+    scores need not pass them.
+    """
 
     item_ids: IntArray
     scores: FloatArray
     embeddings: FloatArray
+    is_ad: npt.NDArray[np.bool_] = field(default_factory=lambda: _UNSET_IS_AD)
+    bid: FloatArray = field(default_factory=lambda: _UNSET_BID)
 
     def __post_init__(self) -> None:
         n = self.item_ids.shape[0]
@@ -104,6 +110,20 @@ class Candidates:
             raise ValueError(
                 f"Candidates shapes disagree: ids {self.item_ids.shape}, scores "
                 f"{self.scores.shape}, embeddings {self.embeddings.shape}"
+            )
+        # object.__setattr__: the dataclass is frozen; this only fills defaults and dtypes.
+        if self.is_ad is _UNSET_IS_AD:
+            object.__setattr__(self, "is_ad", np.zeros(n, dtype=np.bool_))
+        elif not (isinstance(self.is_ad, np.ndarray) and self.is_ad.dtype == np.bool_):
+            object.__setattr__(self, "is_ad", np.asarray(self.is_ad, dtype=np.bool_))
+        if self.bid is _UNSET_BID:
+            object.__setattr__(self, "bid", np.zeros(n, dtype=np.float32))
+        elif not (isinstance(self.bid, np.ndarray) and self.bid.dtype == np.float32):
+            object.__setattr__(self, "bid", np.asarray(self.bid, dtype=np.float32))
+        if self.is_ad.shape != (n,) or self.bid.shape != (n,):
+            raise ValueError(
+                f"Candidates shapes disagree: ids {self.item_ids.shape}, is_ad "
+                f"{self.is_ad.shape}, bid {self.bid.shape}"
             )
 
     def __len__(self) -> int:
@@ -154,7 +174,11 @@ class SlateItem:
 
 @dataclass(frozen=True, slots=True)
 class ImpressionEvent:
-    """A served slate: published to the ``impressions`` topic for joining and OPE."""
+    """A served slate: published to the ``impressions`` topic for joining and OPE.
+
+    ``session_id`` is the client's session id ("" when it gave none); the event fold starts a
+    new session in the user's state when it changes.
+    """
 
     request_id: str
     user_id: str
@@ -162,11 +186,17 @@ class ImpressionEvent:
     model_version: str
     policy: str
     items: tuple[SlateItem, ...]
+    session_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class FeedbackEvent:
-    """A client-reported signal on an impressed item: published to the ``feedback`` topic."""
+    """A client-reported signal on an impressed item: published to the ``feedback`` topic.
+
+    ``ts`` is when the client says it happened; ``server_ts`` when the server received it
+    (``None`` from writers that do not stamp it). The online updater orders a user's events
+    by server time, so a click is folded after its slate and before the next one.
+    """
 
     request_id: str
     user_id: str
@@ -174,9 +204,18 @@ class FeedbackEvent:
     event: EventType
     value: float
     ts: float
+    server_ts: float | None = None
 
 
 Event = ImpressionEvent | FeedbackEvent
+
+
+def event_time(event: Event) -> float:
+    """When the server saw ``event``: an impression's ``ts``, a feedback's ``server_ts`` (its
+    ``ts`` when unstamped). The order the online updater folds a user's events in."""
+    if isinstance(event, FeedbackEvent) and event.server_ts is not None:
+        return event.server_ts
+    return event.ts
 
 
 @dataclass(frozen=True, slots=True)

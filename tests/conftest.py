@@ -25,8 +25,6 @@ from recsys.config import (
 )
 from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from recsys.pipeline import SkeletonModels, train_skeleton
-from recsys.serving.wiring import seed_users
-from recsys.store import build_user_state_store
 from recsys.stream import ensure_topics
 
 _names = itertools.count()
@@ -92,9 +90,6 @@ def serving_stack(
         serving=ServingSettings(port=free_port(), max_slate_size=50, max_body_bytes=16 * 1024),
     )
     models = train_skeleton(settings)
-    store = build_user_state_store(settings.store)
-    seed_users(store, models.world.user_ids, models.model.user_embeddings)
-    store.close()
     ensure_topics(
         kafka_broker.bootstrap, [settings.stream.impressions_topic, settings.stream.feedback_topic]
     )

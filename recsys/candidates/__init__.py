@@ -4,12 +4,19 @@ The first ranking stage narrows the catalog to a few hundred items per user. FAI
 imported only inside this package, so other components depend on the
 :class:`recsys.protocols.CandidateGenerator` protocol rather than on an index library.
 
+Serving and the simulator's training env ask the same question, "candidates for these
+recent clicks": :meth:`FaissRetriever.candidates_for_histories` answers a batch of users with
+an organic block and an ad block per user (:class:`CandidateBatch`), and
+:meth:`FaissRetriever.candidates_for_history` one user; :func:`load_retrieval` loads a
+retriever ready for both, with the item table stored beside it.
+
 Entry points for the CLI: :func:`train_candidates` (``recsys train candidates --data``),
 :func:`evaluate_candidates` (``recsys evaluate candidates``) and
 :func:`run_retrieval_benchmark` (``recsys bench retrieval``; import it from
 :mod:`recsys.candidates.bench`, which pulls in the simulator's world generator).
 """
 
+from recsys.candidates.blocks import CandidateBatch, HistoryEncoder
 from recsys.candidates.embeddings import (
     EmbeddingModel,
     TrainingOptions,
@@ -29,6 +36,8 @@ from recsys.candidates.metrics import (
 )
 from recsys.candidates.persistence import (
     RETRIEVAL_ARTIFACT,
+    LoadedRetrieval,
+    load_retrieval,
     load_retrieval_artifact,
     load_two_tower,
     save_retrieval_artifact,
@@ -45,12 +54,15 @@ from recsys.candidates.two_tower import TwoTowerModel, TwoTowerOptions, train_tw
 
 __all__ = [
     "RETRIEVAL_ARTIFACT",
+    "CandidateBatch",
     "EmbeddingModel",
     "FaissRetriever",
+    "HistoryEncoder",
     "IndexReport",
     "IndexSpec",
     "ItemCatalog",
     "ItemKNNScorer",
+    "LoadedRetrieval",
     "PopularityScorer",
     "Split",
     "TrainedCandidates",
@@ -67,6 +79,7 @@ __all__ = [
     "evaluation_settings",
     "full_ranking_metrics",
     "leave_last_out_split",
+    "load_retrieval",
     "load_retrieval_artifact",
     "load_training_data",
     "load_two_tower",

@@ -17,6 +17,15 @@ guarantees, whatever index sits underneath (exact ``Flat``, ``HNSW`` or ``IVF-PQ
   list in proportion to how little history there is; a user with neither gets the fallback
   list alone: most popular first, with a share of fresh (never-trained-on) items
   interleaved so new items get exposure.
+- **ads**: every :class:`recsys.types.Candidates` carries ``is_ad`` (from the catalog) and
+  ``bid`` (from the item table when the retriever has one, else 0).
+- **history-based blocks**: :meth:`FaissRetriever.candidates_for_histories` answers a batch
+  of users described only by their recent clicks (the event-derived state) with the best
+  organic items and, separately, the best ads per user, vectorised over users (see
+  :mod:`recsys.candidates.blocks`); :meth:`FaissRetriever.candidates_for_history` is the
+  same path for one user. Unlike :meth:`FaissRetriever.generate` it pads instead of
+  raising when too few items are eligible, and does not blend short histories with the
+  fallback list.
 - **bad input** raises :class:`recsys.types.InvalidRequestError` naming ``k``, ``exclude``,
   ``user``, ``filters`` or ``queries``; a bad catalog (empty, NaN) raises ``ValueError`` at
   construction, so a serving process never starts with one.
@@ -37,6 +46,16 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from recsys.candidates.blocks import (
+    CandidateBatch,
+    HistoryEncoder,
+    ItemBlock,
+    RowExclusions,
+    first_k,
+    padded,
+    sort_rows,
+    top_k_dense,
+)
 from recsys.candidates.index import (
     IndexKind,
     IndexReport,
@@ -46,6 +65,7 @@ from recsys.candidates.index import (
     build_index,
     create_index,
 )
+from recsys.features import ItemTable
 from recsys.types import (
     CandidateFilters,
     Candidates,
@@ -61,6 +81,10 @@ UserEncoder = Callable[[IntArray], FloatArray]
 BoolArray = npt.NDArray[np.bool_]
 # Largest fetch asked of an approximate index before switching to an exact scan.
 _MAX_ANN_FETCH = 8192
+# Scores held at once by the exact block scan (float32, 16 MiB): bounds its memory for large
+# catalogs while keeping BLAS calls few (on a busy 2-core box each multi-threaded call can
+# stall on a descheduled thread; 4 MiB chunks measured ~1.5x slower there, same when idle).
+_DENSE_CHUNK = 1 << 22
 
 
 def _check_item_embeddings(item_embeddings: npt.ArrayLike) -> FloatArray:
@@ -120,6 +144,18 @@ class ItemCatalog:
             is_ad=np.zeros(num_items, dtype=np.bool_),
         )
 
+    @classmethod
+    def from_item_table(cls, table: ItemTable) -> ItemCatalog:
+        """The catalog an :class:`~recsys.features.ItemTable` implies: its popularity prior
+        orders the fallback, its ad flags drive the ads filter; nothing fresh, no categories."""
+        n = table.num_items
+        return cls(
+            popularity=np.maximum(np.asarray(table.popularity, dtype=np.float32), 0.0),
+            fresh=np.zeros(n, dtype=np.bool_),
+            categories=np.zeros((n, 0), dtype=np.bool_),
+            is_ad=np.asarray(table.is_ad, dtype=np.bool_).copy(),
+        )
+
     @property
     def num_items(self) -> int:
         """Rows of every array."""
@@ -158,7 +194,9 @@ class FaissRetriever:
     ``spec`` names (exact ``IndexFlatIP`` by default) without tuning; :meth:`build` chooses
     and tunes one for a recall target and records the measured recall in
     :attr:`index_report`. Item embeddings are copied read-only, so candidates' embeddings
-    always match the index.
+    always match the index. ``item_table`` (observable item attributes) supplies the bids
+    candidates carry and, without a ``catalog``, the ad flags and fallback popularity;
+    ``history_encoder`` (the batched user tower) enables :meth:`candidates_for_histories`.
     """
 
     def __init__(
@@ -171,11 +209,24 @@ class FaissRetriever:
         user_encoder: UserEncoder | None = None,
         blend_history: int = 5,
         seed: int = 0,
+        item_table: ItemTable | None = None,
+        history_encoder: HistoryEncoder | None = None,
     ) -> None:
         items = _check_item_embeddings(item_embeddings)
         spec = spec or IndexSpec()
         index = create_index(items, spec, seed)
-        self._init(items, index, version, spec, catalog, user_encoder, blend_history, None)
+        self._init(
+            items,
+            index,
+            version,
+            spec,
+            catalog,
+            user_encoder,
+            blend_history,
+            None,
+            item_table=item_table,
+            history_encoder=history_encoder,
+        )
 
     @classmethod
     def build(
@@ -190,6 +241,8 @@ class FaissRetriever:
         user_encoder: UserEncoder | None = None,
         blend_history: int = 5,
         seed: int = 0,
+        item_table: ItemTable | None = None,
+        history_encoder: HistoryEncoder | None = None,
     ) -> FaissRetriever:
         """Choose the index for this catalog, tune it to ``recall_target``, measure recall.
 
@@ -201,7 +254,18 @@ class FaissRetriever:
             items, recall_target=recall_target, spec=spec, queries=queries, seed=seed
         )
         self = cls.__new__(cls)
-        self._init(items, index, version, report.spec, catalog, user_encoder, blend_history, report)
+        self._init(
+            items,
+            index,
+            version,
+            report.spec,
+            catalog,
+            user_encoder,
+            blend_history,
+            report,
+            item_table=item_table,
+            history_encoder=history_encoder,
+        )
         return self
 
     @classmethod
@@ -216,6 +280,8 @@ class FaissRetriever:
         user_encoder: UserEncoder | None = None,
         blend_history: int = 5,
         report: IndexReport | None = None,
+        item_table: ItemTable | None = None,
+        history_encoder: HistoryEncoder | None = None,
     ) -> FaissRetriever:
         """Wrap an already built (e.g. deserialized) inner-product index over these items.
 
@@ -233,7 +299,18 @@ class FaissRetriever:
         spec = spec or _spec_of(index)
         apply_search_params(index, spec)
         self = cls.__new__(cls)
-        self._init(items, index, version, spec, catalog, user_encoder, blend_history, report)
+        self._init(
+            items,
+            index,
+            version,
+            spec,
+            catalog,
+            user_encoder,
+            blend_history,
+            report,
+            item_table=item_table,
+            history_encoder=history_encoder,
+        )
         return self
 
     def _init(
@@ -246,15 +323,31 @@ class FaissRetriever:
         user_encoder: UserEncoder | None,
         blend_history: int,
         report: IndexReport | None,
+        *,
+        item_table: ItemTable | None = None,
+        history_encoder: HistoryEncoder | None = None,
     ) -> None:
         # A private read-only copy: a caller mutating its array must not desynchronise the
         # embeddings returned with candidates from the vectors inside the index.
         items = items.copy()
         items.flags.writeable = False
         n = items.shape[0]
-        catalog = catalog or ItemCatalog.uniform(n)
+        if item_table is not None and item_table.num_items != n:
+            raise ValueError(f"item_table describes {item_table.num_items} items, index has {n}")
+        if catalog is None:
+            catalog = (
+                ItemCatalog.uniform(n)
+                if item_table is None
+                else ItemCatalog.from_item_table(item_table)
+            )
         if catalog.num_items != n:
             raise ValueError(f"catalog describes {catalog.num_items} items, index has {n}")
+        if item_table is not None and not np.array_equal(item_table.is_ad, catalog.is_ad):
+            differ = np.flatnonzero(item_table.is_ad != catalog.is_ad)
+            raise ValueError(
+                f"item_table and catalog disagree on which items are ads ({differ.size} items, "
+                f"e.g. item {int(differ[0])})"
+            )
         if blend_history < 1:
             raise ValueError(f"blend_history must be >= 1, got {blend_history}")
         self._items: FloatArray = items
@@ -263,6 +356,16 @@ class FaissRetriever:
         self._spec = spec
         self._catalog = catalog
         self._encoder = user_encoder
+        self._history_encoder = history_encoder
+        self._item_table = item_table
+        bid = (
+            np.zeros(n, dtype=np.float32)
+            if item_table is None
+            else np.asarray(item_table.bid, dtype=np.float32).copy()
+        )
+        bid.flags.writeable = False
+        self._bid: FloatArray = bid
+        self._blocks: dict[CandidateFilters | None, tuple[ItemBlock, ItemBlock]] = {}
         self._blend_history = blend_history
         self._report = report
         self._fallback = catalog.fallback_order()
@@ -324,6 +427,23 @@ class FaissRetriever:
         """History -> vector function for users without a stored embedding, if any."""
         return self._encoder
 
+    @property
+    def history_encoder(self) -> HistoryEncoder | None:
+        """Batched user tower over ``[B, K]`` histories, for :meth:`candidates_for_histories`."""
+        return self._history_encoder
+
+    @property
+    def item_table(self) -> ItemTable | None:
+        """Observable item attributes (bids, topics) the retriever was given, if any."""
+        return self._item_table
+
+    def bids(self, item_ids: npt.ArrayLike) -> FloatArray:
+        """Bids of item ids of any shape: the item table's bid, 0 for organic items, for
+        padding (-1) and when the retriever has no item table."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        out: FloatArray = np.where(ids >= 0, self._bid[np.maximum(ids, 0)], np.float32(0.0))
+        return out.astype(np.float32, copy=False)
+
     def serialize(self) -> bytes:
         """The index in FAISS's own binary format (no pickle), for artifact files."""
         return np.asarray(faiss.serialize_index(self._index), dtype=np.uint8).tobytes()
@@ -339,6 +459,8 @@ class FaissRetriever:
         catalog: ItemCatalog | None = None,
         user_encoder: UserEncoder | None = None,
         report: IndexReport | None = None,
+        item_table: ItemTable | None = None,
+        history_encoder: HistoryEncoder | None = None,
     ) -> FaissRetriever:
         """Rebuild a retriever from :meth:`serialize` output and the matching item embeddings.
 
@@ -357,6 +479,8 @@ class FaissRetriever:
             catalog=catalog,
             user_encoder=user_encoder,
             report=report,
+            item_table=item_table,
+            history_encoder=history_encoder,
         )
 
     # ----------------------------------------------------------------------- retrieval
@@ -452,6 +576,332 @@ class FaissRetriever:
             self._check_k_eligible(k, ex, mask)
         return self._search_batch(q, k, rows, mask)
 
+    # ---------------------------------------------------------- history-based candidates
+
+    def candidates_for_histories(
+        self,
+        histories: npt.ArrayLike,
+        num_organic: int,
+        num_ads: int,
+        *,
+        exclude: Sequence[npt.ArrayLike] | None = None,
+        filters: CandidateFilters | None = None,
+        exclude_history: bool = True,
+    ) -> CandidateBatch:
+        """Organic and ad candidates for a batch of users described by their recent clicks.
+
+        ``histories`` ``[B, K]``: each row's last clicked item ids, newest first, ``-1`` for
+        an empty slot (``state["recent"]`` of :mod:`recsys.features`). Row ``b`` of the
+        :class:`~recsys.candidates.blocks.CandidateBatch` holds, in ``num_organic +
+        num_ads`` columns, the best non-ad items for the row's query and then the best ads
+        for the same query, each block best first (score descending, ties by id).
+
+        - **query**: the history encoder (the two-tower's user tower, mean of history-item
+          embeddings then MLP) on the row's valid ids, one forward for all rows. There is
+          no blending with the popularity list for short histories, unlike
+          :meth:`generate`: one click makes a row personal (the policy downstream sees the
+          scores and the state, and can explore).
+        - **cold rows** (no valid id, or an encoder output that is zero or not finite) get
+          the fallback list (popular first, fresh items interleaved) restricted to each
+          block, in fallback order, scored by popularity relative to the most popular item.
+        - **exclusions**: the row's history items (recently consumed; skipped with
+          ``exclude_history=False``) and ``exclude[b]`` never appear.
+        - **filters**: categories restrict both blocks; ``ads="exclude"`` leaves the ad
+          block empty and ``ads="only"`` the organic block.
+        - **padding**: a block with fewer eligible items than columns is padded (id -1,
+          score 0, ``mask`` and ``is_ad`` False); "too few" is never an error here.
+
+        Search: for an exact (flat) index, each block is one BLAS product of the queries
+        with the block's items followed by a top-k selection (the same exhaustive scan
+        FAISS's flat index does, without its per-result heap updates, which dominate at
+        this batch size); for an approximate index, one FAISS search over-fetches for both
+        blocks at once, rows that come up short are re-fetched fourfold, and rows still
+        short past a cap (or blocks too selective to over-fetch for) are scanned exactly
+        over the block's items, vectorised over rows. Deterministic: the same inputs give
+        the same output. Raises :class:`InvalidRequestError` naming ``histories``,
+        ``num_organic``, ``num_ads``, ``exclude`` or ``filters``, and ``RuntimeError``
+        when the retriever has no history encoder.
+        """
+        hist = self._check_histories(histories, field="histories")
+        return self._history_candidates(
+            hist, num_organic, num_ads, exclude, filters, exclude_history
+        )
+
+    def candidates_for_history(
+        self,
+        history: npt.ArrayLike,
+        num_organic: int,
+        num_ads: int,
+        *,
+        exclude: npt.ArrayLike | None = None,
+        filters: CandidateFilters | None = None,
+        exclude_history: bool = True,
+    ) -> Candidates:
+        """:meth:`candidates_for_histories` for one user (``history`` ``[K]``), for serving.
+
+        The same code path with a batch of one; padding is dropped, so the result holds the
+        organic candidates best first, then the ads best first, with embeddings, ad flags
+        and bids.
+        """
+        row = np.asarray(history)
+        if row.ndim != 1:
+            raise InvalidRequestError(
+                "history", f"must be a 1-D list of item ids, got shape {row.shape}"
+            )
+        hist = self._check_histories(row[None, :], field="history")
+        batch = self._history_candidates(
+            hist,
+            num_organic,
+            num_ads,
+            None if exclude is None else [exclude],
+            filters,
+            exclude_history,
+        )
+        keep = batch.mask[0]
+        ids = batch.item_ids[0, keep]
+        return Candidates(
+            item_ids=ids,
+            scores=batch.scores[0, keep],
+            embeddings=self._items[ids],
+            is_ad=batch.is_ad[0, keep],
+            bid=self._bid[ids],
+        )
+
+    def _history_candidates(
+        self,
+        hist: IntArray,
+        num_organic: int,
+        num_ads: int,
+        exclude: Sequence[npt.ArrayLike] | None,
+        filters: CandidateFilters | None,
+        exclude_history: bool,
+    ) -> CandidateBatch:
+        k_organic = _check_count(num_organic, "num_organic")
+        k_ads = _check_count(num_ads, "num_ads")
+        organic, ads = self._item_blocks(filters)
+        wants = [(organic, k_organic), (ads, k_ads)]
+        encoder = self._history_encoder
+        if encoder is None:
+            raise RuntimeError(
+                "this FaissRetriever has no history_encoder: build it with "
+                "history_encoder=TwoTowerModel.history_vectors, or load it with "
+                "recsys.candidates.load_retrieval from a two-tower artifact"
+            )
+        batch = hist.shape[0]
+        parts = [hist] if exclude_history else []
+        if exclude is not None:
+            parts.append(self._exclusion_matrix(exclude, batch))
+        excl = RowExclusions.build(self.num_items, batch, parts)
+        out = [
+            padded(np.zeros((batch, 0), np.int64), np.zeros((batch, 0), np.float32), k)
+            for _, k in wants
+        ]
+
+        warm = np.flatnonzero((hist >= 0).any(axis=1))
+        if warm.size:
+            queries = self._encode_histories(encoder, hist[warm])
+            usable = np.isfinite(queries).all(axis=1) & (queries != 0.0).any(axis=1)
+            warm, queries = warm[usable], queries[usable]
+        if warm.size:
+            for (ids, scores), (got_ids, got_scores) in zip(
+                out, self._personal_blocks(queries, warm, wants, excl), strict=True
+            ):
+                ids[warm], scores[warm] = got_ids, got_scores
+        is_cold = np.ones(batch, dtype=np.bool_)
+        is_cold[warm] = False
+        cold = np.flatnonzero(is_cold)
+        if cold.size:
+            for (ids, scores), (block, k) in zip(out, wants, strict=True):
+                ids[cold], scores[cold] = self._fallback_block(cold, block, k, excl)
+
+        item_ids = np.concatenate([ids for ids, _ in out], axis=1)
+        mask = item_ids >= 0
+        return CandidateBatch(
+            item_ids=item_ids,
+            scores=np.concatenate([scores for _, scores in out], axis=1),
+            mask=mask,
+            is_ad=self._catalog.is_ad[np.maximum(item_ids, 0)] & mask,
+        )
+
+    def _personal_blocks(
+        self,
+        queries: FloatArray,
+        rows: IntArray,
+        wants: Sequence[tuple[ItemBlock, int]],
+        excl: RowExclusions,
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """Each block's top-k for warm rows (``rows`` index the batch, queries align)."""
+        empty = (np.zeros((rows.size, 0), np.int64), np.zeros((rows.size, 0), np.float32))
+        out = [padded(*empty, k) for _, k in wants]
+        ann: list[int] = []
+        for i, (block, k) in enumerate(wants):
+            if k == 0 or block.size == 0:
+                continue
+            if self._spec.exact or self._ann_fetch(block, k, excl.width) > _MAX_ANN_FETCH:
+                out[i] = self._dense_block(queries, rows, block, k, excl)
+            else:
+                ann.append(i)
+        if ann:
+            self._ann_blocks(queries, rows, [wants[i] for i in ann], excl, [out[i] for i in ann])
+        return out
+
+    def _ann_fetch(self, block: ItemBlock, k: int, width: int) -> int:
+        """How many neighbours to fetch so ``k`` survive the block mask and exclusions."""
+        n = self.num_items
+        if block.size == n:
+            return min(n, k + width)
+        return min(n, math.ceil((k + width) / max(block.size / n, 1.0 / n) * 1.2))
+
+    def _ann_blocks(
+        self,
+        queries: FloatArray,
+        rows: IntArray,
+        wants: Sequence[tuple[ItemBlock, int]],
+        excl: RowExclusions,
+        outs: Sequence[tuple[IntArray, FloatArray]],
+    ) -> None:
+        """Fill ``outs`` from one over-fetching index search shared by the blocks."""
+        n = self.num_items
+        targets = [np.minimum(k, block.size - excl.count_in(block)[rows]) for block, k in wants]
+        need = [np.ones(rows.size, dtype=np.bool_) for _ in wants]
+        fetch = max(self._ann_fetch(block, k, excl.width) for block, k in wants)
+        while fetch <= _MAX_ANN_FETCH:
+            pending = np.flatnonzero(np.logical_or.reduce(need))
+            if not pending.size:
+                break
+            scores, ids = ann_search(self._index, self._spec, self._items, queries[pending], fetch)
+            keep_any = (ids >= 0) & ~excl.hits(rows[pending], ids)
+            safe = np.maximum(ids, 0)
+            for (block, k), target, todo, (out_ids, out_scores) in zip(
+                wants, targets, need, outs, strict=True
+            ):
+                got_ids, got_scores, counts = first_k(ids, scores, keep_any & block.member[safe], k)
+                done = todo[pending] & (counts >= target[pending])
+                out_ids[pending[done]] = got_ids[done]
+                out_scores[pending[done]] = got_scores[done]
+                todo[pending[done]] = False
+            if fetch >= n:
+                break
+            fetch = min(n, fetch * 4)
+        # Rows an approximate index could not fill: an exact scan over the block's items.
+        for (block, k), todo, (out_ids, out_scores) in zip(wants, need, outs, strict=True):
+            left = np.flatnonzero(todo)
+            if left.size:
+                out_ids[left], out_scores[left] = self._dense_block(
+                    queries[left], rows[left], block, k, excl
+                )
+            out_ids[:], out_scores[:] = sort_rows(out_ids, out_scores)
+
+    def _dense_block(
+        self,
+        queries: FloatArray,
+        rows: IntArray,
+        block: ItemBlock,
+        k: int,
+        excl: RowExclusions,
+    ) -> tuple[IntArray, FloatArray]:
+        """Exact top-k over a block's items: one product per chunk of rows, no heap."""
+        out_ids = np.full((rows.size, k), -1, dtype=np.int64)
+        out_scores = np.zeros((rows.size, k), dtype=np.float32)
+        if k == 0 or block.size == 0:
+            return out_ids, out_scores
+        items = self._items[block.ids]
+        step = max(1, _DENSE_CHUNK // block.size)
+        for start in range(0, rows.size, step):
+            stop = min(rows.size, start + step)
+            scores = queries[start:stop] @ items.T
+            ex = excl.matrix[rows[start:stop]]
+            col = block.column[np.maximum(ex, 0)]
+            r, c = np.nonzero((ex >= 0) & (col >= 0))
+            scores[r, col[r, c]] = -np.inf
+            out_ids[start:stop], out_scores[start:stop] = top_k_dense(scores, block.ids, k)
+        return out_ids, out_scores
+
+    def _fallback_block(
+        self, rows: IntArray, block: ItemBlock, k: int, excl: RowExclusions
+    ) -> tuple[IntArray, FloatArray]:
+        """The block's fallback list minus each row's exclusions, first ``k``, vectorised."""
+        head = block.fallback[: min(block.size, k + excl.width)]
+        ids = np.broadcast_to(head, (rows.size, head.size))
+        scores = np.broadcast_to(self._fallback_scores[head], ids.shape)
+        got_ids, got_scores, _ = first_k(ids, scores, ~excl.hits(rows, ids), k)
+        return got_ids, got_scores
+
+    def _item_blocks(self, filters: CandidateFilters | None) -> tuple[ItemBlock, ItemBlock]:
+        """(organic, ads) blocks under ``filters``, cached per distinct filter."""
+        mask = self._filter_mask(filters)
+        key = None if mask is None else filters
+        with self._masks_lock:
+            cached = self._blocks.get(key)
+        if cached is not None:
+            return cached
+        base = np.ones(self.num_items, dtype=np.bool_) if mask is None else mask
+        is_ad = self._catalog.is_ad
+        blocks = (
+            ItemBlock.from_mask(base & ~is_ad, self._fallback),
+            ItemBlock.from_mask(base & is_ad, self._fallback),
+        )
+        with self._masks_lock:
+            if len(self._blocks) >= 32:
+                self._blocks.clear()
+            self._blocks[key] = blocks
+        return blocks
+
+    def _encode_histories(self, encoder: HistoryEncoder, hist: IntArray) -> FloatArray:
+        vecs = np.asarray(encoder(hist), dtype=np.float32)
+        if vecs.shape != (hist.shape[0], self.dim):
+            raise ValueError(
+                f"history_encoder returned shape {vecs.shape} for {hist.shape[0]} histories, "
+                f"expected ({hist.shape[0]}, {self.dim})"
+            )
+        return vecs
+
+    def _check_histories(self, histories: npt.ArrayLike, *, field: str) -> IntArray:
+        hist = np.asarray(histories)
+        if hist.ndim != 2:
+            raise InvalidRequestError(
+                field, f"must be a [batch, K] matrix of item ids, got shape {hist.shape}"
+            )
+        if hist.size and not np.issubdtype(hist.dtype, np.integer):
+            raise InvalidRequestError(field, f"ids must be integers, got dtype {hist.dtype}")
+        hist = hist.astype(np.int64)
+        bad = hist[(hist < -1) | (hist >= self.num_items)]
+        if bad.size:
+            raise InvalidRequestError(
+                field,
+                f"{bad.size} ids are neither -1 (empty) nor in the catalog "
+                f"[0, {self.num_items}), e.g. {int(bad[0])}",
+            )
+        return hist
+
+    def _exclusion_matrix(self, exclude: Sequence[npt.ArrayLike], batch: int) -> IntArray:
+        """``[B, E]`` excluded ids per row, ``-1`` padded, validated in one pass."""
+        if len(exclude) != batch:
+            raise InvalidRequestError(
+                "exclude", f"needs one id list per row: {len(exclude)} for {batch} rows"
+            )
+        arrays = [np.asarray(e) for e in exclude]
+        if any(a.ndim != 1 for a in arrays):
+            raise InvalidRequestError("exclude", "each row must be a 1-D list of ids")
+        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=batch)
+        matrix = np.full((batch, int(lengths.max(initial=0))), -1, dtype=np.int64)
+        total = int(lengths.sum())
+        if total:
+            flat = np.concatenate([a for a in arrays if a.size])
+            if not np.issubdtype(flat.dtype, np.integer):
+                raise InvalidRequestError("exclude", f"ids must be integers, got {flat.dtype}")
+            bad = flat[(flat < 0) | (flat >= self.num_items)]
+            if bad.size:
+                raise InvalidRequestError(
+                    "exclude",
+                    f"{bad.size} ids are not in the catalog [0, {self.num_items}), "
+                    f"e.g. {int(bad[0])}",
+                )
+            rows = np.repeat(np.arange(batch), lengths)
+            cols = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            matrix[rows, cols] = flat
+        return matrix
+
     # ----------------------------------------------------------------------- internals
 
     def _generate_one(
@@ -484,10 +934,13 @@ class FaissRetriever:
         return self._candidates(ids, scores)
 
     def _candidates(self, ids: IntArray, scores: FloatArray) -> Candidates:
+        ids = ids.astype(np.int64, copy=False)
         return Candidates(
-            item_ids=ids.astype(np.int64, copy=False),
+            item_ids=ids,
             scores=scores.astype(np.float32, copy=False),
             embeddings=self._items[ids],
+            is_ad=self._catalog.is_ad[ids],
+            bid=self._bid[ids],
         )
 
     def _search_batch(
@@ -698,6 +1151,18 @@ class FaissRetriever:
 
 _NONE: IntArray = np.zeros(0, dtype=np.int64)
 _NONE.flags.writeable = False
+
+
+def _check_count(value: int, field: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidRequestError(field, f"must be an integer, got {value!r}")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise InvalidRequestError(field, f"must be an integer, got {value!r}") from None
+    if count < 0:
+        raise InvalidRequestError(field, f"must be >= 0, got {count}")
+    return count
 
 
 def _spec_of(index: Any) -> IndexSpec:

@@ -2,9 +2,11 @@
 
 Layout under ``<root>/retrieval/<version>/``:
 
-- ``tensors.safetensors``: user and item embeddings, global bias, and the item catalog the
+- ``tensors.safetensors``: user and item embeddings, global bias, the item catalog the
   retriever filters and falls back on (``item_popularity``, ``item_fresh``,
-  ``item_categories``, ``item_is_ad``);
+  ``item_categories``, ``item_is_ad``) and, when given, the observable item table the event
+  fold and featurisers read (``catalog/*``, :meth:`recsys.features.ItemTable.to_tensors`;
+  its bids fill the candidates' ``bid``);
 - ``index.faiss``: the FAISS index in its own binary format;
 - ``two_tower.safetensors`` (two-tower models only): the towers' weights, so serving can
   compute vectors for users and items that were not in the training data;
@@ -13,6 +15,9 @@ Layout under ``<root>/retrieval/<version>/``:
 
 The index is stored rather than rebuilt on load because approximate indexes (IVF, HNSW) are
 costly to build and must be served exactly as evaluated. Nothing is unpickled.
+
+:func:`load_retrieval` returns everything serving and training need in one
+:class:`LoadedRetrieval`; :func:`load_retrieval_artifact` is its older tuple form.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,7 @@ from recsys.candidates.embeddings import EmbeddingModel
 from recsys.candidates.faiss_index import FaissRetriever, ItemCatalog
 from recsys.candidates.index import IndexReport, IndexSpec
 from recsys.candidates.two_tower import TwoTowerModel
+from recsys.features import ItemTable
 from recsys.types import ArtifactError
 
 RETRIEVAL_ARTIFACT = "retrieval"
@@ -52,6 +59,26 @@ _RESERVED_METADATA = frozenset(
     }
 )
 _CATALOG_TENSORS = ("item_popularity", "item_fresh", "item_categories", "item_is_ad")
+ITEM_TABLE_PREFIX = "catalog/"
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedRetrieval:
+    """One verified ``retrieval`` artifact, loaded: what serving and training read from it.
+
+    ``model`` the embedding tables; ``retriever`` the FAISS retriever over them, with the
+    stored catalog, tuned search knobs and, for two-tower artifacts, the user tower as its
+    ``user_encoder`` and ``history_encoder`` (so
+    :meth:`FaissRetriever.candidates_for_histories` works); ``two_tower`` the full model
+    (``None`` for matrix factorisation); ``item_table`` the stored observable item table
+    (``None`` when the artifact has none); ``artifact`` the manifest and its metadata.
+    """
+
+    model: EmbeddingModel
+    retriever: FaissRetriever
+    two_tower: TwoTowerModel | None
+    item_table: ItemTable | None
+    artifact: Artifact
 
 
 def save_retrieval_artifact(
@@ -62,6 +89,7 @@ def save_retrieval_artifact(
     retriever: FaissRetriever | None = None,
     version: str | None = None,
     recall_target: float = 0.95,
+    item_table: ItemTable | None = None,
 ) -> Artifact:
     """Write embeddings, their FAISS index and the catalog as a new ``retrieval`` version.
 
@@ -70,20 +98,32 @@ def save_retrieval_artifact(
     catalog size, recall measured on the model's user vectors). ``metadata`` (e.g. the
     training settings and seed) is stored beside the model's own description; a ``metrics``
     mapping in it is merged with the model's metrics, the model's values winning.
+    ``item_table`` (default: the retriever's own, if any) is stored under ``catalog/``; it
+    must describe the model's items and agree with the retriever's catalog on which are ads
+    (``ValueError`` otherwise).
     """
     clash = _RESERVED_METADATA & set(metadata)
     if clash:
         raise ValueError(f"metadata keys {sorted(clash)} are reserved for the retrieval artifact")
     two_tower = model if isinstance(model, TwoTowerModel) else None
     tables = model.embedding_model() if isinstance(model, TwoTowerModel) else model
+    if item_table is not None and item_table.num_items != tables.num_items:
+        raise ValueError(
+            f"item_table describes {item_table.num_items} items, the model {tables.num_items}"
+        )
     if retriever is None:
         retriever = FaissRetriever.build(
             tables.item_embeddings,
             recall_target=recall_target,
             queries=tables.user_embeddings,
+            item_table=item_table,
         )
     elif not np.array_equal(retriever.item_embeddings, tables.item_embeddings):
         raise ValueError("retriever was built from different item embeddings than the model")
+    if item_table is None:
+        item_table = retriever.item_table
+    elif not np.array_equal(item_table.is_ad, retriever.catalog.is_ad):
+        raise ValueError("item_table and the retriever's catalog disagree on which items are ads")
     report = retriever.index_report
     index_meta: dict[str, Any] = (
         report.to_dict()
@@ -114,6 +154,8 @@ def save_retrieval_artifact(
         "item_categories": catalog.categories,
         "item_is_ad": catalog.is_ad,
     }
+    if item_table is not None:
+        tensors.update(item_table.to_tensors(ITEM_TABLE_PREFIX))
     files = {INDEX_FILE: retriever.serialize()}
     if two_tower is not None:
         full_metadata["two_tower"] = dict(two_tower.config)
@@ -129,14 +171,15 @@ def save_retrieval_artifact(
     )
 
 
-def load_retrieval_artifact(path: Path) -> tuple[EmbeddingModel, FaissRetriever, Artifact]:
+def load_retrieval(path: Path) -> LoadedRetrieval:
     """Verify and load one ``retrieval`` artifact version directory.
 
     Every file's sha256 is checked against the manifest, and the bytes that are parsed are
     the bytes that were hashed. Raises :class:`ArtifactError` for anything missing, corrupt
-    or inconsistent. The retriever's ``version`` is the artifact version; it carries the
-    stored catalog (filters, fallback), the tuned search knobs, and for two-tower artifacts
-    the user tower as its encoder for users without a stored vector.
+    or inconsistent (e.g. an item table whose size differs from the index, or that marks
+    other items as ads than the catalog). The retriever's ``version`` is the artifact
+    version; it carries the stored catalog (filters, fallback), the tuned search knobs, the
+    item table's bids, and for two-tower artifacts the user tower as its encoders.
     """
     artifact = _load_checked(path)
     where = f"{artifact.name}/{artifact.version}"
@@ -159,6 +202,7 @@ def load_retrieval_artifact(path: Path) -> tuple[EmbeddingModel, FaissRetriever,
                 categories=tensors["item_categories"].astype(np.bool_),
                 is_ad=tensors["item_is_ad"].astype(np.bool_),
             )
+        item_table = _item_table_from(tensors, model.num_items, catalog, where)
         index_meta = dict(artifact.metadata.get("index") or {})
         spec = IndexSpec.from_dict(dict(index_meta["spec"])) if "spec" in index_meta else None
         report = _report_from(index_meta, spec)
@@ -171,12 +215,26 @@ def load_retrieval_artifact(path: Path) -> tuple[EmbeddingModel, FaissRetriever,
             catalog=catalog,
             user_encoder=two_tower.user_vector if two_tower is not None else None,
             report=report,
+            item_table=item_table,
+            history_encoder=two_tower.history_vectors if two_tower is not None else None,
         )
     except ArtifactError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, SafetensorError) as exc:
         raise ArtifactError(f"invalid retrieval artifact {where}: {exc}") from exc
-    return model, retriever, artifact
+    return LoadedRetrieval(
+        model=model,
+        retriever=retriever,
+        two_tower=two_tower,
+        item_table=item_table,
+        artifact=artifact,
+    )
+
+
+def load_retrieval_artifact(path: Path) -> tuple[EmbeddingModel, FaissRetriever, Artifact]:
+    """``(model, retriever, artifact)`` of :func:`load_retrieval`, same checks and errors."""
+    loaded = load_retrieval(path)
+    return loaded.model, loaded.retriever, loaded.artifact
 
 
 def load_two_tower(path: Path) -> TwoTowerModel:
@@ -221,6 +279,33 @@ def _two_tower_from(artifact: Artifact, tables: EmbeddingModel) -> TwoTowerModel
         dict(artifact.metadata["two_tower"]),
         tables.metrics,
     )
+
+
+def _item_table_from(
+    tensors: Mapping[str, np.ndarray[Any, Any]],
+    num_items: int,
+    catalog: ItemCatalog | None,
+    where: str,
+) -> ItemTable | None:
+    """The stored item table, checked against the index it must describe (or ``None``)."""
+    if not any(name.startswith(ITEM_TABLE_PREFIX) for name in tensors):
+        return None
+    try:
+        table = ItemTable.from_tensors(tensors, ITEM_TABLE_PREFIX)
+    except ValueError as exc:
+        raise ArtifactError(f"invalid item table in {where}: {exc}") from exc
+    if table.num_items != num_items:
+        raise ArtifactError(
+            f"item table in {where} describes {table.num_items} items, but the index holds "
+            f"{num_items}"
+        )
+    if catalog is not None and not np.array_equal(table.is_ad, catalog.is_ad):
+        differ = int(np.count_nonzero(table.is_ad != catalog.is_ad))
+        raise ArtifactError(
+            f"item table in {where} disagrees with the catalog on which items are ads "
+            f"({differ} items)"
+        )
+    return table
 
 
 def _report_from(meta: Mapping[str, Any], spec: IndexSpec | None) -> IndexReport | None:

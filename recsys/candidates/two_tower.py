@@ -27,7 +27,8 @@ map into one space where nearest-neighbour search finds each user's candidates.
 Training early-stops on validation NDCG@10 (full ranking over all items, the user's training
 items masked) and keeps the best epoch's weights. :class:`TwoTowerModel` is the exported,
 torch-free result: numpy weights, item embeddings, stored user vectors for known users, and
-:meth:`TwoTowerModel.user_vector` to recompute a user's vector online from fresh history.
+:meth:`TwoTowerModel.user_vector` to recompute a user's vector online from fresh history
+(:meth:`TwoTowerModel.history_vectors` for a batch of event-derived states at once).
 """
 
 from __future__ import annotations
@@ -229,6 +230,33 @@ class TwoTowerModel:
         feats = self._check_user_features(user_features, len(hist))
         return _user_forward(self.weights, flat, lengths, feats)
 
+    def history_vectors(self, histories: npt.ArrayLike) -> FloatArray:
+        """The user tower on a padded history matrix: ``[B, K]`` ids, ``-1`` = empty slot.
+
+        The batch form of :meth:`user_vector` for event-derived user states (the last ``K``
+        clicked items, newest first, ``-1`` padded; a ``-1`` may sit anywhere, e.g. for a
+        click the fold could not resolve). Each row reads its first :attr:`max_history`
+        valid ids; a row without any gives the zero vector. One vectorised forward, no
+        Python loop over rows: this is the retriever's
+        :data:`~recsys.candidates.blocks.HistoryEncoder`. Raises
+        :class:`InvalidRequestError` (field ``history``) for ids outside ``[-1, num_items)``.
+        """
+        ids = np.asarray(histories)
+        if ids.ndim != 2 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+            raise InvalidRequestError(
+                "history", f"must be a [batch, K] integer id matrix, got shape {ids.shape}"
+            )
+        ids = ids.astype(np.int64, copy=False)
+        bad = ids[(ids < -1) | (ids >= self.num_items)]
+        if bad.size:
+            raise InvalidRequestError(
+                "history", f"{bad.size} ids are not in the catalog, e.g. {int(bad[0])}"
+            )
+        valid = ids >= 0
+        if ids.shape[1] > self.max_history:
+            valid &= np.cumsum(valid, axis=1) <= self.max_history
+        return _user_forward_padded(self.weights, ids, valid)
+
     def item_vectors(
         self, item_features: npt.ArrayLike, item_ids: npt.ArrayLike | None = None
     ) -> FloatArray:
@@ -325,6 +353,30 @@ def _user_forward(
         np.add.at(pooled, rows, w["hist"][flat])
     has = lengths > 0
     pooled[has] /= lengths[has, None].astype(np.float32)
+    return _user_head(w, pooled, has, feats)
+
+
+def _user_forward_padded(
+    w: Mapping[str, FloatArray], histories: IntArray, valid: npt.NDArray[np.bool_]
+) -> FloatArray:
+    """The user tower on a ``[B, K]`` id matrix where ``valid`` marks the real entries."""
+    table = w["hist"]
+    gathered = table[np.where(valid, histories, table.shape[0] - 1)]  # [B, K, dim]
+    gathered *= valid[:, :, None]
+    counts = valid.sum(axis=1)
+    has = counts > 0
+    pooled = gathered.sum(axis=1, dtype=np.float32)
+    pooled[has] /= counts[has, None].astype(np.float32)
+    feats = np.zeros((histories.shape[0], w["user_feat"].shape[0]), dtype=np.float32)
+    return _user_head(w, pooled, has, feats)
+
+
+def _user_head(
+    w: Mapping[str, FloatArray],
+    pooled: FloatArray,
+    has: npt.NDArray[np.bool_],
+    feats: FloatArray,
+) -> FloatArray:
     pooled[~has] = w["hist"][-1]  # the learned "no history" row
     x = np.concatenate([pooled, feats @ w["user_feat"]], axis=1)
     out = _normalize(_mlp(x, w["user_w1"], w["user_b1"], w["user_w2"], w["user_b2"]))

@@ -10,20 +10,34 @@ its ``max_ads``), so ``max_ads`` caps sponsored items per slate everywhere; the 
 objective enters through the per-slot reward the policies learn from,
 ``LearnedRewardModel.slate_rewards(response, revenue_weight)`` = learned engagement reward
 + ``revenue_weight * revenue``. Ad fatigue is the simulator's business.
+
+Layout: the contract and shared machinery at the top (:mod:`.base`, :mod:`.batch`,
+:mod:`.exploration`, :mod:`.slate_optimization`, :mod:`.choice_model`); one module per
+algorithm in :mod:`.algorithms`; the learned reward in :mod:`.reward`; the trainer, its
+environments, rollout workers and checkpoints in :mod:`.training`; on-policy (simulator) and
+off-policy evaluation in :mod:`.evaluation`.
 """
 
+from recsys.policy.algorithms.baselines import (
+    LinUCBPolicy,
+    MyopicGreedyPolicy,
+    PopularityPolicy,
+    RandomPolicy,
+)
+from recsys.policy.algorithms.myopic import MyopicPolicy
+from recsys.policy.algorithms.reinforce import (
+    ReinforceConfig,
+    ReinforceTopKPolicy,
+    capped_importance_weights,
+    top_k_multiplier,
+)
+from recsys.policy.algorithms.slateq import SlateQConfig, SlateQPolicy
 from recsys.policy.base import (
     BatchSlatePolicy,
     ServingPolicy,
     SlateSampler,
     TrainableSlatePolicy,
     embedding_features,
-)
-from recsys.policy.baselines import (
-    LinUCBPolicy,
-    MyopicGreedyPolicy,
-    PopularityPolicy,
-    RandomPolicy,
 )
 from recsys.policy.batch import (
     SIGNAL_NAMES,
@@ -44,16 +58,8 @@ from recsys.policy.exploration import (
     plackett_luce_sample_batch,
     slate_log_probability,
 )
-from recsys.policy.myopic import MyopicPolicy
-from recsys.policy.reinforce import (
-    ReinforceConfig,
-    ReinforceTopKPolicy,
-    capped_importance_weights,
-    top_k_multiplier,
-)
-from recsys.policy.reward import LearnedRewardModel, rank_correlation
+from recsys.policy.reward.model import LearnedRewardModel, rank_correlation
 from recsys.policy.slate_optimization import optimize_slates, slate_values
-from recsys.policy.slateq import SlateQConfig, SlateQPolicy
 
 __all__ = [
     "SIGNAL_NAMES",

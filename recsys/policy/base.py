@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from recsys.policy.batch import SlateAction, SlateObs, Transition, gather_slots
 from recsys.policy.exploration import (
@@ -30,6 +31,8 @@ from recsys.types import Candidates, InvalidRequestError, Slate, UserState
 
 Float64Array = npt.NDArray[np.float64]
 ExplorationKind = Literal["greedy", "epsilon", "boltzmann"]
+#: Named arrays, e.g. a policy's weights: what safetensors stores and Ray broadcasts.
+Tensors = dict[str, np.ndarray[Any, Any]]
 
 
 @runtime_checkable
@@ -60,6 +63,19 @@ class TrainableSlatePolicy(BatchSlatePolicy, Protocol):
     def update(self, rollout: Sequence[Transition]) -> Mapping[str, float]:
         """One learning step on a time-ordered rollout (``rollout[t]`` is step ``t`` of ``B``
         parallel users); value-based and bandit policies ignore the order. Returns metrics."""
+        ...
+
+    def weights(self) -> Tensors:
+        """Everything learned, as a flat ``{name: array}`` (checkpoints, Ray broadcasts)."""
+        ...
+
+    def load_weights(self, tensors: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Inverse of :meth:`weights` into a policy of the same architecture."""
+        ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The torch optimisers by name, so a checkpoint can store their moments (none for
+        closed-form learners)."""
         ...
 
 

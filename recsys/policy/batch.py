@@ -185,7 +185,7 @@ class Transition(NamedTuple):
 
     ``reward`` ``[B, S]`` float32 is the per-slot reward (learned engagement reward plus
     ``revenue_weight * revenue``, see
-    :meth:`recsys.policy.reward.LearnedRewardModel.slate_rewards`).
+    :meth:`recsys.policy.reward.model.LearnedRewardModel.slate_rewards`).
     ``done`` ``[B]`` bool marks terminal steps (no bootstrapping past them). ``next_action`` is
     the slate actually served at ``next_obs`` when known; SARSA targets need it.
     """

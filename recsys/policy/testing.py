@@ -176,7 +176,8 @@ class TinySlateEnv:
         return model
 
     def immediate_click_reward(self, obs: SlateObs) -> FloatArray:
-        """Scorer for :class:`~recsys.policy.baselines.MyopicGreedyPolicy`: reward if clicked."""
+        """Scorer for :class:`~recsys.policy.algorithms.baselines.MyopicGreedyPolicy`: reward
+        if clicked."""
         out: FloatArray = obs.user_features @ self.click_rewards()
         return out
 

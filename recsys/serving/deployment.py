@@ -74,9 +74,13 @@ def start_serving(settings: Settings, *, num_cpus: int | None = None) -> str:
 
 
 def stop_serving(shutdown_ray: bool = True) -> None:
-    """Tear down Serve (and the local Ray we started)."""
-    if not ray.is_initialized():
-        return
-    serve.shutdown()
+    """Tear down Serve (and the local Ray we started), waiting for Ray's processes to exit.
+
+    Safe to call whatever :func:`start_serving` got to: with ``shutdown_ray`` it also reaps a
+    local Ray whose ``ray.init`` was interrupted half-way. ``ray.shutdown`` resets SIGTERM to the
+    default action, so a caller with its own SIGTERM handler re-installs it afterwards.
+    """
+    if ray.is_initialized():
+        serve.shutdown()
     if shutdown_ray:
-        ray.shutdown()
+        ray.shutdown(wait_for_processes=True)

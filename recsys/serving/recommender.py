@@ -19,6 +19,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from recsys.config import ServingSettings
+from recsys.features import EventFold
 from recsys.protocols import CandidateGenerator, EventSink, SlatePolicy, UserStateStore
 from recsys.types import (
     CandidateFilters,
@@ -28,7 +29,7 @@ from recsys.types import (
     InvalidRequestError,
     Slate,
     SlateItem,
-    UnknownUserError,
+    UserState,
 )
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -84,6 +85,7 @@ class Recommender:
         store: UserStateStore,
         candidates: CandidateGenerator,
         policy: SlatePolicy,
+        fold: EventFold,
         sink: EventSink,
         settings: ServingSettings,
         default_k: int,
@@ -93,6 +95,7 @@ class Recommender:
         on_close: Sequence[Callable[[], None]] = (),
     ) -> None:
         self._store = store
+        self._fold = fold
         self._candidates = candidates
         self._policy = policy
         self._sink = sink
@@ -126,8 +129,8 @@ class Recommender:
     ) -> Recommendation:
         """Pick a slate for a known user, excluding clicked items and ``exclude``.
 
-        Raises :class:`UnknownUserError` or :class:`InvalidRequestError` on bad input; both map
-        to 4xx answers and leave no trace in the store or stream.
+        Raises :class:`InvalidRequestError` on bad input (a 4xx answer that leaves no trace
+        in the store or stream). A user with no state yet is served as a cold start.
         """
         start = time.perf_counter()
         max_slate = self._settings.max_slate_size
@@ -152,9 +155,14 @@ class Recommender:
             raise InvalidRequestError(
                 "exclude", f"unknown item id {bad} (catalog has ids 0..{self.num_items - 1})"
             )
-        state = self._store.get(user_id)
-        if state is None:
-            raise UnknownUserError(user_id)
+        records, _ = self._fold.codec.decode([self._store.get(user_id)])
+        recent = records["recent"][0]
+        # An unknown user is a cold start, not an error: state is folded from their events.
+        state = UserState(
+            user_id=user_id,
+            embedding=np.zeros(0, dtype=np.float32),
+            clicked=recent[recent >= 0].astype(np.int64),
+        )
         excluded = np.union1d(state.clicked, requested)
         available = self._candidates.count_eligible(excluded, filters)
         if available < slate_size:
@@ -200,8 +208,6 @@ class Recommender:
             raise InvalidRequestError(
                 "item_id", f"unknown item id {item_id} (catalog has ids 0..{self.num_items - 1})"
             )
-        if self._store.get(user_id) is None:
-            raise UnknownUserError(user_id)
         fb = FeedbackEvent(
             request_id=request_id,
             user_id=user_id,

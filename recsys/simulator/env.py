@@ -38,7 +38,7 @@ from recsys.simulator.results import (
     SessionInfo,
     StepResult,
 )
-from recsys.simulator.user import LatentUserState, UserModel
+from recsys.simulator.user import LatentUserState, SlateView, UserModel
 from recsys.types import FloatArray, IntArray
 
 
@@ -230,10 +230,14 @@ class SlateEnv:
 
     # -- side-effect-free views of the hidden model (evaluation, oracles, tests) ------------
 
+    def slate_view(self, user_idx: npt.ArrayLike, slates: npt.ArrayLike) -> SlateView:
+        """Hidden click appeal ``[B, S]`` and its pieces (item memory, satiation), no change."""
+        users, items = self._validated(user_idx, slates)
+        return self.user_model.slate_view(self._state.take(users), items)
+
     def appeal(self, user_idx: npt.ArrayLike, slates: npt.ArrayLike) -> FloatArray:
         """Hidden click appeal ``[B, S]`` of each user for each slotted item (no state change)."""
-        users, items = self._validated(user_idx, slates)
-        return self.user_model.slate_view(self._state.take(users), items).appeal
+        return self.slate_view(user_idx, slates).appeal
 
     def choice_probabilities(self, user_idx: npt.ArrayLike, slates: npt.ArrayLike) -> FloatArray:
         """Hidden choice distribution ``[B, S + 1]`` (last column: no click), no state change."""

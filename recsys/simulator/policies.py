@@ -97,13 +97,19 @@ def greedy_satisfaction_policy(
     """Oracle personalized quality: highest expected satisfaction for this user right now.
 
     Expected satisfaction is the appeal with the clickbait and ad appeal replaced by the
-    satisfaction terms (quality, clickbait penalty), i.e. what the user will be glad to have
-    clicked.
+    satisfaction terms (quality, clickbait penalty) and satiation weighed as satisfaction
+    weighs it, i.e. what the user will be glad to have clicked.
     """
     model = env.user_model
-    appeal = env.appeal(users, candidates)
+    view = env.slate_view(users, candidates)
     delta = model.static_satisfaction - model.static_appeal
-    return top_k_slates(candidates, appeal + np.take(delta, candidates), slate_size)
+    scores = view.appeal + np.take(delta, candidates)
+    if view.satiation is not None:
+        s = env.settings
+        extra = np.float32(s.satiation_satisfaction_weight - s.satiation_appeal_weight)
+        topics = np.take(model.topics, candidates, axis=0)  # [B, C, T]
+        scores -= extra * np.matmul(topics, view.satiation[:, :, None])[:, :, 0]
+    return top_k_slates(candidates, scores, slate_size)
 
 
 REFERENCE_POLICIES: dict[str, ReferencePolicy] = {

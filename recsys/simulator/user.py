@@ -1,11 +1,13 @@
 """The simulated user: latent state, click appeal, responses and state transitions.
 
 A user has signed topic interests that drift towards what satisfied them, per-topic boredom
-(fatigue) that grows with consumption and decays with time, a memory of recently consumed
-items (re-showing one is unappealing), ad fatigue, a session time budget that good content
-extends and clickbait, irrelevant slates and ads drain, and a probability of returning for
-another session that depends on how satisfying the last one was. The equations are in
-``docs/simulator.md``; parameters live in :class:`recsys.config.SimulatorSettings`.
+(fatigue) that grows with consumption and decays with time, per-topic satiation after a
+purchase (an ad conversion sates the user on the ad's topics for a long while), a memory of
+recently consumed items (re-showing one is unappealing), ad fatigue, a session time budget
+that good content extends and clickbait, irrelevant slates and ads drain, and a probability
+of returning for another session that depends on how satisfying the last one was. The
+equations are in ``docs/simulator.md``; parameters live in
+:class:`recsys.config.SimulatorSettings`.
 
 Everything is vectorized over a batch of users ``[B]`` and slate slots ``[B, S]``: the only
 per-step gathers are of the slate's items and the clicked item, never ``[B, num_items]``.
@@ -47,6 +49,7 @@ class LatentUserState:
 
     interests: FloatArray  # [B, T] in [-1, 1]
     fatigue: FloatArray  # [B, T] >= 0
+    satiation: FloatArray  # [B, T] >= 0, grows with conversions
     ad_fatigue: FloatArray  # [B] >= 0
     budget: FloatArray  # [B] seconds left in the session
     clock: FloatArray  # [B] steps lived, gaps included
@@ -102,7 +105,8 @@ class SlateView(NamedTuple):
     appeal: FloatArray  # [B, S]
     repeat: FloatArray | None  # [B, S] recency of consumption, None when nothing consumed
     num_ads: FloatArray  # [B] ads in the slate
-    pref: FloatArray  # [B, T] fatigue-adjusted interests
+    pref: FloatArray  # [B, T] interests less fatigue and satiation, as click appeal weighs them
+    satiation: FloatArray | None  # [B, T] the users' satiation, None when it has no effect
 
 
 class UserModel:
@@ -141,6 +145,15 @@ class UserModel:
         self.gap_ad_fatigue_decay = np.float32(
             _decay(s.ad_fatigue_half_life_steps) ** s.session_gap_steps
         )
+        self.satiation_decay = np.float32(_decay(s.satiation_half_life_steps))
+        self.gap_satiation_decay = np.float32(
+            _decay(s.satiation_half_life_steps) ** s.session_gap_steps
+        )
+        # Satiation changes nothing when it never grows or weighs nothing; the step then skips
+        # its terms, so such settings give exactly the trajectories of a model without it.
+        self.satiation_acts = s.satiation_gain > 0 and (
+            s.satiation_appeal_weight > 0 or s.satiation_satisfaction_weight > 0
+        )
         self.log_activity: FloatArray = np.log(world.user_activity).astype(np.float32)
 
     # -- state construction -------------------------------------------------------------
@@ -151,6 +164,7 @@ class UserModel:
         return LatentUserState(
             interests=self.world.user_interests[users].astype(np.float32, copy=True),
             fatigue=np.zeros((b, t), dtype=np.float32),
+            satiation=np.zeros((b, t), dtype=np.float32),
             ad_fatigue=np.zeros(b, dtype=np.float32),
             budget=(self.settings.session_budget_s * self.world.user_activity[users]).astype(
                 np.float32
@@ -203,10 +217,16 @@ class UserModel:
     def slate_view(self, state: LatentUserState, items: IntArray) -> SlateView:
         """Click appeal ``[B, S]`` of the slotted items, with intermediates the step reuses.
 
-        ``appeal = topics_i . (I - w_F F) + static_i - w_R R_i - w_A A [i is ad]``.
+        ``appeal = topics_i . (I - w_F F - w_Sa S) + static_i - w_R R_i - w_A A [i is ad]``.
+        Satiation enters through the ``[B, T]`` preference, so it costs no extra ``[B, S, T]``
+        work; satisfaction re-weighs it (``w_Ss``) for the one clicked item.
         """
         s = self.settings
         pref = state.interests - np.float32(s.fatigue_weight) * state.fatigue  # [B, T]
+        satiation: FloatArray | None = None
+        if self.satiation_acts:
+            satiation = state.satiation
+            pref -= np.float32(s.satiation_appeal_weight) * satiation
         topics = np.take(self.topics, items, axis=0)  # [B, S, T]
         appeal: FloatArray = np.matmul(topics, pref[:, :, None])[:, :, 0]
         appeal += np.take(self.static_appeal, items)
@@ -218,7 +238,9 @@ class UserModel:
         appeal -= ads * ad_penalty[:, None]
         # Row counts via a GEMV: numpy reduces a short last axis slowly.
         num_ads = ads.astype(np.float32) @ np.ones(items.shape[1], dtype=np.float32)
-        return SlateView(appeal=appeal, repeat=repeat, num_ads=num_ads, pref=pref)
+        return SlateView(
+            appeal=appeal, repeat=repeat, num_ads=num_ads, pref=pref, satiation=satiation
+        )
 
     def respond_and_update(
         self,
@@ -249,13 +271,17 @@ class UserModel:
         noise = np.log(uniform[3] / (1.0 - uniform[3]) + np.float32(1e-30))
         noise *= np.float32(np.sqrt(3.0) / np.pi)
 
-        # Satisfaction with the clicked item: topic match (bored topics satisfy less), quality,
-        # clickbait paid back, a recently consumed item satisfies less, plus noise.
+        # Satisfaction with the clicked item: topic match (bored and sated topics satisfy
+        # less), quality, clickbait paid back, a recently consumed item satisfies less, noise.
         theta = np.take(self.topics, chosen, axis=0)  # [B, T]
         sat = np.einsum("bt,bt->b", theta, view.pref)
         sat += np.take(self.static_satisfaction, chosen)
         if view.repeat is not None:
             sat -= np.float32(s.repeat_weight) * view.repeat[rows, pos]
+        if view.satiation is not None:
+            # view.pref already holds -w_Sa S: satisfaction weighs satiation w_Ss in total.
+            extra = np.float32(s.satiation_satisfaction_weight - s.satiation_appeal_weight)
+            sat -= extra * np.einsum("bt,bt->b", theta, view.satiation)
         sat += np.float32(s.satisfaction_noise) * noise
         sat = np.where(clicked, sat, np.float32(s.no_click_satisfaction)).astype(np.float32)
 
@@ -294,6 +320,12 @@ class UserModel:
         step *= drift[:, None]
         state.interests += step
         np.clip(state.interests, -1.0, 1.0, out=state.interests)  # float rounding only
+        # Satiation grows with a purchase on the item's topics and decays slowly (before the
+        # fatigue update below, which scales theta in place).
+        state.satiation *= self.satiation_decay
+        bought = np.flatnonzero(conversion)
+        if bought.size:
+            state.satiation[bought] += np.float32(s.satiation_gain) * theta[bought]
         # Boredom and ad fatigue grow with exposure and decay with time.
         state.fatigue *= self.fatigue_decay
         theta *= (np.float32(s.fatigue_gain) * clicked_f)[:, None]
@@ -353,10 +385,11 @@ class UserModel:
         )
 
     def _start_next_session(self, state: LatentUserState, rows: IntArray, users: IntArray) -> None:
-        """A returning user: fresh budget; boredom and ad fatigue decayed over the gap."""
+        """A returning user: fresh budget; boredom, satiation, ad fatigue decayed over the gap."""
         s = self.settings
         state.budget[rows] = s.session_budget_s * self.world.user_activity[users]
         state.fatigue[rows] *= self.gap_fatigue_decay
+        state.satiation[rows] *= self.gap_satiation_decay
         state.ad_fatigue[rows] *= self.gap_ad_fatigue_decay
         state.clock[rows] += np.float32(s.session_gap_steps)
         state.session[rows] += 1
@@ -376,17 +409,20 @@ class UserModel:
             "log1p_session",
             "log1p_life_step",
             "activity",
+            *(f"satiation_{k}" for k in t),
         )
 
     def user_features(self, state: LatentUserState, users: IntArray) -> FloatArray:
-        """``[B, 2T + 5]`` what a production system could know about each user.
+        """``[B, 3T + 5]`` what a production system could know about each user.
 
         Current interests (a system with a good user model knows them), boredom per topic and
         ad fatigue (functions of the consumption log), how deep into the session and life the
-        user is, and their activity level. The time budget and satisfaction stay hidden.
+        user is, their activity level, and satiation per topic (a function of the purchase
+        log). Satiation is the last block so the older columns keep their positions. The time
+        budget and satisfaction stay hidden.
         """
         t = self.num_topics
-        out = np.empty((state.size, 2 * t + 5), dtype=np.float32)
+        out = np.empty((state.size, 3 * t + 5), dtype=np.float32)
         out[:, :t] = state.interests
         out[:, t : 2 * t] = state.fatigue
         out[:, 2 * t] = state.ad_fatigue
@@ -394,27 +430,31 @@ class UserModel:
         out[:, 2 * t + 2] = np.log1p(state.session)
         out[:, 2 * t + 3] = np.log1p(state.life_step)
         out[:, 2 * t + 4] = np.take(self.world.user_activity, users)
+        out[:, 2 * t + 5 :] = state.satiation
         return out
 
     def user_feature_bounds(self, slate_size: int) -> tuple[FloatArray, FloatArray]:
         """Bounds ``(low, high)`` of :meth:`user_features` for slates of ``slate_size`` items.
 
         Fatigue is a decayed sum of topic mixtures (each adds at most ``fatigue_gain`` to a
-        topic), so it stays below ``gain / (1 - decay)``; ad fatigue likewise with at most
-        ``slate_size`` ads per step. Counts are log1p'd (50 covers any feasible run).
+        topic), so it stays below ``gain / (1 - decay)``; satiation likewise (at most one
+        conversion per step); ad fatigue with at most ``slate_size`` ads per step. Counts are
+        log1p'd (50 covers any feasible run).
         """
         s = self.settings
         t = self.num_topics
         fatigue_max = s.fatigue_gain / (1.0 - float(self.fatigue_decay))
+        satiation_max = s.satiation_gain / (1.0 - float(self.satiation_decay))
         ad_max = s.ad_fatigue_gain * slate_size / (1.0 - float(self.ad_fatigue_decay))
-        low = np.zeros(2 * t + 5, dtype=np.float32)
-        high = np.empty(2 * t + 5, dtype=np.float32)
+        low = np.zeros(3 * t + 5, dtype=np.float32)
+        high = np.empty(3 * t + 5, dtype=np.float32)
         low[:t] = -1.0
         high[:t] = 1.0
         high[t : 2 * t] = fatigue_max * 1.01 + 1e-3
         high[2 * t] = ad_max * 1.01 + 1e-3
         high[2 * t + 1 : 2 * t + 4] = 50.0
         high[2 * t + 4] = float(self.world.user_activity.max()) if self.world.num_users else 1.0
+        high[2 * t + 5 :] = satiation_max * 1.01 + 1e-3
         return low, high
 
     def item_feature_names(self) -> tuple[str, ...]:

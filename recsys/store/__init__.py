@@ -1,4 +1,4 @@
-"""User-state store: per-user embedding, clicked history and counters, plus stream offsets.
+"""User-state store: one packed event-derived record per user, plus stream offsets.
 
 Backends implement :class:`recsys.protocols.UserStateStore`; :func:`build_user_state_store`
 picks one from the configured URL. This is the only package that imports ``redis``.

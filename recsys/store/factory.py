@@ -18,11 +18,9 @@ def build_user_state_store(settings: StoreSettings) -> UserStateStore:
     call :meth:`UserStateStore.ping`.
     """
     if settings.url.startswith(MEMORY_SCHEMES):
-        return InMemoryUserStateStore(max_history=settings.max_history)
+        return InMemoryUserStateStore()
     if settings.url.startswith(REDIS_SCHEMES):
-        return RedisUserStateStore.from_url(
-            settings.url, key_prefix=settings.key_prefix, max_history=settings.max_history
-        )
+        return RedisUserStateStore.from_url(settings.url, key_prefix=settings.key_prefix)
     raise ValueError(
         f"unsupported store url {settings.url!r}: expected one of "
         f"{', '.join(MEMORY_SCHEMES + REDIS_SCHEMES)}"

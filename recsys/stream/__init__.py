@@ -24,14 +24,13 @@ from recsys.stream.memory import (
     InMemoryEventSource,
     partition_key,
 )
-from recsys.stream.updater import ImpressionJoinCache, OnlineUpdater, UpdaterStats
+from recsys.stream.updater import OnlineUpdater, UpdaterStats
 
 __all__ = [
     "SCHEMA_VERSION",
     "EventDecodeError",
     "EventPublishError",
     "EventStreamError",
-    "ImpressionJoinCache",
     "InMemoryEventLog",
     "InMemoryEventSink",
     "InMemoryEventSource",

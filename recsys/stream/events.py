@@ -62,6 +62,7 @@ def encode_event(event: Event) -> bytes:
             "ts": event.ts,
             "model_version": event.model_version,
             "policy": event.policy,
+            "session_id": event.session_id,
             "items": [
                 {
                     "item_id": int(it.item_id),
@@ -83,6 +84,8 @@ def encode_event(event: Event) -> bytes:
             "value": float(event.value),
             "ts": event.ts,
         }
+        if event.server_ts is not None:
+            payload["server_ts"] = event.server_ts
     else:
         raise TypeError(f"not an event: {type(event).__name__}")
     try:
@@ -146,6 +149,8 @@ def _decode_impression(obj: dict[str, Any]) -> ImpressionEvent:
         model_version=_str(obj, "model_version"),
         policy=_str(obj, "policy"),
         items=tuple(items),
+        # Optional within v1 (added later): writers that predate it send none.
+        session_id=_str(obj, "session_id") if "session_id" in obj else "",
     )
 
 
@@ -162,6 +167,8 @@ def _decode_feedback(obj: dict[str, Any]) -> FeedbackEvent:
         event=event,
         value=_float(obj, "value"),
         ts=_float(obj, "ts"),
+        # Optional within v1 (added later): writers that predate it send none.
+        server_ts=_float(obj, "server_ts") if "server_ts" in obj else None,
     )
 
 

@@ -158,6 +158,7 @@ class KafkaEventSource:
         partitions_if_created: int = 1,
         metadata_timeout_s: float = 10.0,
         fetch_max_wait_ms: int = 100,
+        watermark_delay_s: float = 0.5,
     ) -> None:
         if not topics:
             raise ValueError("an event source needs at least one topic")
@@ -175,6 +176,10 @@ class KafkaEventSource:
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self.decode_errors = 0
+        # How far behind "now" a caught-up partition's watermark is put: covers the age of
+        # the high-water mark from the last fetch and events stamped but not yet published.
+        self._watermark_delay_s = float(watermark_delay_s)
+        self._polled_at = 0.0
         try:
             self._assigned = self._discover(topics, metadata_timeout_s)
             self._consumer.assign(self._assigned)
@@ -221,6 +226,7 @@ class KafkaEventSource:
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
         deadline = time.monotonic() + max(timeout_s, 0.0)
+        self._polled_at = time.time()
         while True:
             remaining_ms = max(int((deadline - time.monotonic()) * 1000), 0)
             batch: dict[Any, list[Any]] = self._consumer.poll(
@@ -245,6 +251,17 @@ class KafkaEventSource:
                     continue
                 records.append(EventRecord(key, int(msg.offset), event))
         return records
+
+    def caught_up(self) -> dict[str, float]:
+        """Partitions whose position reached the high-water mark of the last fetch, with a
+        watermark ``watermark_delay_s`` before the last poll started."""
+        out: dict[str, float] = {}
+        for tp in self._assigned:
+            high = self._consumer.highwater(tp)
+            if high is not None and self._consumer.position(tp) >= high:
+                key = partition_key(tp.topic, tp.partition)
+                out[key] = self._polled_at - self._watermark_delay_s
+        return out
 
     def close(self) -> None:
         """Close the consumer (no offsets are committed to Kafka; the store keeps them)."""

@@ -165,6 +165,10 @@ class InMemoryEventLog:
         """Read from the built-in cursor, waiting up to ``timeout_s`` for the first record."""
         return self._cursor().poll(max_records, timeout_s)
 
+    def caught_up(self) -> dict[str, float]:
+        """The built-in cursor's caught-up partitions."""
+        return self._cursor().caught_up()
+
     def close(self) -> None:
         """Keep the records: other writers and readers may still share this log."""
 
@@ -254,6 +258,17 @@ class InMemoryEventSource:
                 continue
             records.append(EventRecord(partition_key(topic), offset, event))
         return records
+
+    def caught_up(self) -> dict[str, float]:
+        """Partitions read to their end, with the current time: publishing is synchronous,
+        so anything published from now on carries a later server time."""
+        now = time.time()
+        with self._log._cond:
+            return {
+                partition_key(t): now
+                for t in self._topics
+                if self._positions[t] >= self._log._topic(t).end
+            }
 
     def close(self) -> None:
         """Nothing to release."""

@@ -1,22 +1,39 @@
-"""Online updater: folds the event stream into per-user serving state, exactly once.
+"""Online updater: folds the event stream into per-user state records, exactly once.
 
-Each batch is polled, aggregated to at most one :class:`~recsys.types.UserStateDelta` per user
-and written with a single :meth:`UserStateStore.apply` call that also records the next offset
-of every partition the batch touched. The store applies both atomically, so the stored offsets
-always describe exactly the events already folded in: after a crash the updater seeks to them
-and neither skips nor repeats an event. The updater itself keeps no durable state.
+Each batch is polled, the touched users' records are read in one round trip, the events are
+folded into them with the same :class:`~recsys.features.EventFold` the simulator's training
+env and the server use, and the records are written back with one
+:meth:`UserStateStore.commit` that also stores the next offset of every partition the batch
+consumed, conditional on the offsets the updater started from. The stored offsets therefore
+always describe exactly the events already folded in: after a crash the updater seeks to
+them and neither skips nor repeats an event, and a second updater racing it writes nothing.
+
+Ordering across topics. Impressions and feedback arrive on different topics, and a consumer
+may read a click before its slate, or the next slate before the click. The fold must see a
+user's events in the order they happened (a slate, its feedback, the next slate), so the
+updater folds in server-time order (:func:`recsys.types.event_time`) behind a watermark: a
+batch only folds events older than what every partition is known to have delivered (the last
+event read from it, or, for a partition read to its end, the source's
+:meth:`~recsys.protocols.EventSource.caught_up` time). The rest of a partition is left for the
+next batch, which re-reads it from the committed offsets. Feedback whose slate is not among
+the user's last two is an orphan: counted, and it changes nothing. Records held back stay
+in memory (the source keeps reading ahead, so a partition that is behind is always reached);
+they are not committed, so a crash re-reads them from the stored offsets.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from recsys.features import EventFold, StateDecodeError
 from recsys.protocols import EventSource, UserStateStore
-from recsys.types import EventRecord, EventType, FeedbackEvent, ImpressionEvent, UserStateDelta
+from recsys.types import EventRecord, ImpressionEvent, event_time
 
 _log = logging.getLogger(__name__)
 
@@ -26,21 +43,19 @@ class UpdaterStats:
     """Running counters, for logs, metrics and tests (not persisted; reset on restart).
 
     Counters cover batches the store accepted; ``failures`` counts batches that raised.
-
-    The join counters describe clicks against the in-memory impression cache: ``joined`` when
-    the clicked item was in the cached slate, ``unmatched`` when the slate is cached but lacks
-    the item, ``unjoined`` when the impression is not cached (not read yet, evicted, or read
-    before a restart).
+    ``orphans`` is feedback that joined none of its user's last two slates; ``held_back``
+    counts records a batch read but left for later because they were newer than the
+    watermark; ``reset_states`` records that could not be decoded (another layout) and were
+    started afresh.
     """
 
     batches: int = 0
     records: int = 0
     impressions: int = 0
     feedback: int = 0
-    clicks: int = 0
-    clicks_joined: int = 0
-    clicks_unmatched: int = 0
-    clicks_unjoined: int = 0
+    orphans: int = 0
+    held_back: int = 0
+    reset_states: int = 0
     failures: int = 0
 
     def add(self, other: UpdaterStats) -> None:
@@ -49,58 +64,12 @@ class UpdaterStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-class _UserAccumulator:
-    """Additive changes for one user within one batch."""
-
-    __slots__ = ("clicked", "clicks", "impressions", "ts")
-
-    def __init__(self) -> None:
-        self.clicked: list[int] = []
-        self.impressions = 0
-        self.clicks = 0
-        self.ts = 0.0
-
-
-class ImpressionJoinCache:
-    """Bounded map of recent ``request_id`` -> impressed item ids (LRU eviction).
-
-    Feedback arrives on a different topic than its impression, so it is joined back to the slate
-    by request id. The cache is best effort: it lives in memory and only covers impressions this
-    process has read. It will feed reward joining (position, propensity) later; for now it only
-    lets the updater count whether clicks refer to items that were actually shown.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._slates: OrderedDict[str, frozenset[int]] = OrderedDict()
-
-    def add(self, event: ImpressionEvent) -> None:
-        """Remember which items ``event`` showed, evicting the oldest entry when full."""
-        self._slates[event.request_id] = frozenset(it.item_id for it in event.items)
-        self._slates.move_to_end(event.request_id)
-        while len(self._slates) > self.capacity:
-            self._slates.popitem(last=False)
-
-    def items_for(self, request_id: str) -> frozenset[int] | None:
-        """Item ids impressed by ``request_id``, or ``None`` if that impression is not cached."""
-        return self._slates.get(request_id)
-
-    def __len__(self) -> int:
-        return len(self._slates)
-
-
 class OnlineUpdater:
-    """Consumes impression and feedback events and applies per-user deltas to a store.
+    """Consumes impression and feedback events and folds them into a store's user records.
 
-    ``consumer`` names the offsets this updater owns in the store; two updaters with the same
-    name over the same partitions would both apply every event, so run one per name.
-
-    Delta semantics: an impression adds ``len(items)`` impressions to its user; a click adds a
-    click and appends its item id to ``clicked`` (in event order, oldest first: stores prepend
-    them so the newest click ends up first in :attr:`UserState.clicked`); other feedback only
-    advances the user's ``ts``. ``ts`` is the newest event time seen for the user in the batch.
+    ``consumer`` names the offsets this updater owns in the store; a second updater with the
+    same name loses every commit race (its commits are refused) instead of double-applying.
+    ``fold`` must be the serving system's fold (same feature spec and catalog as the server).
     """
 
     def __init__(
@@ -108,96 +77,142 @@ class OnlineUpdater:
         source: EventSource,
         store: UserStateStore,
         consumer: str,
-        *,
-        join_cache_size: int = 100_000,
+        fold: EventFold,
     ) -> None:
         if not consumer:
             raise ValueError("consumer name must be non-empty")
         self.source = source
         self.store = store
         self.consumer = consumer
-        self.join_cache = ImpressionJoinCache(join_cache_size)
+        self.fold = fold
         self.stats = UpdaterStats()
         self._needs_seek = True
+        # Records read but not folded yet (newer than the watermark), in read order.
+        self._buffer: list[EventRecord] = []
+        self._marks: dict[str, float] = {}
+        self._committed: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def run_once(self, max_records: int = 500, timeout_s: float = 0.2) -> int:
-        """Poll one batch, apply it with its offsets in one store write; return records applied.
+    @property
+    def waiting(self) -> bool:
+        """True while records newer than the watermark are held back for a later batch."""
+        return bool(self._buffer)
 
-        The first call (and the first after any failure) positions the source at the offsets
-        the store holds, so the store, not the source, decides where reading resumes.
+    def run_once(self, max_records: int = 500, timeout_s: float = 0.2) -> int:
+        """Poll one batch and commit what can be folded now; return records committed.
+
+        The first call (and the first after any failure) positions the source at the
+        offsets the store holds, so the store, not the source, decides where reading resumes.
         """
         try:
             if self._needs_seek:
-                self.source.seek(self.store.offsets(self.consumer))
+                self._committed = self.store.offsets(self.consumer)
+                self.source.seek(self._committed)
+                self._buffer, self._marks = [], {}
                 self._needs_seek = False
             records = self.source.poll(max_records, timeout_s)
-            if not records:
+            if not records and not self._buffer:
                 return 0
-            deltas, batch = self._aggregate(records)
-            next_offsets = self._next_offsets(records)
-            self.store.apply(deltas, next_offsets, self.consumer)
+            applied = self._apply(records)
         except BaseException:
             # The source may have moved past records the store never took: rewind to the
             # stored offsets before the next attempt.
             self._needs_seek = True
             self.stats.failures += 1
             raise
-        self.stats.add(batch)
-        return len(records)
+        return applied
 
-    def _aggregate(
+    def _apply(self, records: Sequence[EventRecord]) -> int:
+        for r in records:
+            t = event_time(r.event)
+            self._marks[r.partition] = max(self._marks.get(r.partition, -math.inf), t)
+        pending = [*self._buffer, *records]
+        taken, held = self._below_watermark(pending)
+        stats = UpdaterStats(batches=1, records=len(taken), held_back=len(held))
+        if not taken:
+            self._buffer = held
+            self.stats.held_back += stats.held_back
+            return 0
+        users = list(dict.fromkeys(r.event.user_id for r in taken))
+        row_of = {u: i for i, u in enumerate(users)}
+        states, stats.reset_states = self._decode(self.store.get_many(users))
+
+        # A user's events in server-time order; at equal times a slate before its feedback.
+        order = sorted(
+            range(len(taken)),
+            key=lambda i: (
+                event_time(taken[i].event),
+                not isinstance(taken[i].event, ImpressionEvent),
+                i,
+            ),
+        )
+        counts = self.fold.fold_events(
+            states, [row_of[taken[i].event.user_id] for i in order], [taken[i].event for i in order]
+        )
+        stats.impressions = counts.impressions
+        stats.feedback = counts.feedback
+        stats.orphans = counts.orphans
+
+        next_offsets: dict[str, int] = {}
+        for r in taken:
+            next_offsets[r.partition] = max(next_offsets.get(r.partition, 0), r.offset + 1)
+        self.store.commit(
+            dict(zip(users, self.fold.codec.encode(states), strict=True)),
+            next_offsets,
+            self.consumer,
+            expected={p: self._committed.get(p) for p in next_offsets},
+        )
+        self._committed.update(next_offsets)
+        self._buffer = held
+        self.stats.add(stats)
+        return len(taken)
+
+    def _below_watermark(
         self, records: Sequence[EventRecord]
-    ) -> tuple[list[UserStateDelta], UpdaterStats]:
-        acc: dict[str, _UserAccumulator] = {}
-        stats = UpdaterStats(batches=1, records=len(records))
-        # Cache the batch's impressions first: a click read in the same batch as its slate
-        # (from the other topic, so possibly ahead of it) still joins.
-        for record in records:
-            if isinstance(record.event, ImpressionEvent):
-                self.join_cache.add(record.event)
-        for record in records:
-            event = record.event
-            user = acc.get(event.user_id)
-            if user is None:
-                user = acc[event.user_id] = _UserAccumulator()
-            user.ts = max(user.ts, event.ts)
-            if isinstance(event, ImpressionEvent):
-                stats.impressions += 1
-                user.impressions += len(event.items)
-            elif isinstance(event, FeedbackEvent):
-                stats.feedback += 1
-                if event.event == EventType.CLICK:
-                    stats.clicks += 1
-                    user.clicks += 1
-                    user.clicked.append(event.item_id)
-                    shown = self.join_cache.items_for(event.request_id)
-                    if shown is None:
-                        stats.clicks_unjoined += 1
-                    elif event.item_id in shown:
-                        stats.clicks_joined += 1
-                    else:
-                        stats.clicks_unmatched += 1
-        deltas = [
-            UserStateDelta(
-                user_id=user_id,
-                clicked=tuple(a.clicked),
-                impressions=a.impressions,
-                clicks=a.clicks,
-                ts=a.ts,
-            )
-            for user_id, a in acc.items()
-        ]
-        return deltas, stats
+    ) -> tuple[list[EventRecord], list[EventRecord]]:
+        """Split ``records`` into the prefix of every partition older than the watermark
+        (folded now) and the rest (held back).
 
-    @staticmethod
-    def _next_offsets(records: Sequence[EventRecord]) -> dict[str, int]:
-        nxt: dict[str, int] = {}
-        for record in records:
-            if record.offset + 1 > nxt.get(record.partition, -1):
-                nxt[record.partition] = record.offset + 1
-        return nxt
+        A partition's watermark is the newest event read from it, or its caught-up time when
+        it has been read to its end; a batch may fold what is older than every partition's
+        watermark, since nothing older can still arrive.
+        """
+        marks = dict.fromkeys(self.source.partitions(), -math.inf)
+        marks.update(self._marks)
+        for p, t in self.source.caught_up().items():
+            marks[p] = max(marks.get(p, -math.inf), t)
+        safe = min(marks.values(), default=math.inf)
+        blocked: set[str] = set()
+        taken: list[EventRecord] = []
+        held: list[EventRecord] = []
+        for r in records:
+            if r.partition in blocked or event_time(r.event) > safe:
+                blocked.add(r.partition)
+                held.append(r)
+            else:
+                taken.append(r)
+        return taken, held
+
+    def _decode(self, blobs: list[bytes | None]) -> tuple[np.ndarray, int]:
+        try:
+            states, _ = self.fold.codec.decode(blobs)
+            return states, 0
+        except StateDecodeError:
+            pass
+        # One bad record must not stop the stream: start that user afresh and count it.
+        good: list[bytes | None] = []
+        reset = 0
+        for blob in blobs:
+            try:
+                self.fold.codec.decode([blob])
+                good.append(blob)
+            except StateDecodeError:
+                _log.warning("user state of another layout was reset")
+                good.append(None)
+                reset += 1
+        states, _ = self.fold.codec.decode(good)
+        return states, reset
 
     def run(self, stop: threading.Event, max_records: int = 500, timeout_s: float = 0.2) -> None:
         """Apply batches until ``stop`` is set; store or broker errors are logged and retried.
@@ -210,6 +225,8 @@ class OnlineUpdater:
             try:
                 self.run_once(max_records, timeout_s)
                 backoff_s = 0.1
+                if self.waiting:
+                    stop.wait(0.01)  # waiting for the watermark: do not spin on the broker
             except Exception:
                 _log.exception("online updater batch failed; retrying in %.1fs", backoff_s)
                 if stop.wait(backoff_s):

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys.policy.training import PolicyTrainConfig, load_policy_checkpoint, train_policy
+from recsys.policy.training.checkpoint import load_policy_checkpoint
+from recsys.policy.training.config import PolicyTrainConfig
+from recsys.policy.training.trainer import train_policy
 
 pytestmark = pytest.mark.integration
 

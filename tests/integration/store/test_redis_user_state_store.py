@@ -16,8 +16,9 @@ import redis
 from redis.connection import AbstractConnection
 
 from recsys.embedded import EmbeddedRedis, free_port
+from recsys.features import EventFold, FeatureSpec, UserFeaturizer
 from recsys.store import RedisUserStateStore
-from recsys.types import UserState, UserStateDelta
+from recsys.types import EventType, FeedbackEvent, ImpressionEvent, SlateItem
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ def client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def store(redis_server: EmbeddedRedis, unique_name: str) -> Iterator[RedisUserStateStore]:
-    built = RedisUserStateStore.from_url(redis_server.url, key_prefix=unique_name, max_history=50)
+    built = RedisUserStateStore.from_url(redis_server.url, key_prefix=unique_name)
     yield built
     built.close()
 
@@ -52,122 +53,98 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
-def state(user_id: str, clicked: list[int] | None = None, dim: int = 16) -> UserState:
-    rng = np.random.default_rng(len(user_id))
-    return UserState(
-        user_id=user_id,
-        embedding=rng.standard_normal(dim).astype(np.float32),
-        clicked=np.asarray(clicked or [], dtype=np.int64),
-        updated_ts=12.5,
-    )
+def _fifty_event_user(fold: EventFold) -> bytes:
+    """A realistic record: 20 slates of 10 items; a click with its dwell on every other one;
+    likes on 8 of them and 2 conversions: 50 events, folded with the default spec."""
+    rng = np.random.default_rng(3)
+    events: list[ImpressionEvent | FeedbackEvent] = []
+    for t in range(20):
+        items = rng.choice(fold.num_items, 10, replace=False)
+        req = f"r{t}"
+        slate = tuple(SlateItem(int(i), p, 0.5, 0.1) for p, i in enumerate(items))
+        events.append(ImpressionEvent(req, "u", 1.7e9 + t, "m", "p", slate, f"s{t // 8}"))
+        if t % 2 == 0:
+            item = int(items[3])
+            events.append(FeedbackEvent(req, "u", item, EventType.CLICK, 1.0, 0.0))
+            events.append(FeedbackEvent(req, "u", item, EventType.DWELL, 95.0, 0.0))
+            kind = EventType.CONVERSION if t in (4, 12) else EventType.LIKE
+            events.append(FeedbackEvent(req, "u", item, kind, 1.0, 0.0))
+    assert len(events) == 50
+    state = fold.codec.empty(1)
+    counts = fold.fold_events(state, [0] * len(events), events)
+    assert counts.orphans == 0
+    return fold.codec.encode(state)[0]
 
 
-def test_key_layout_stores_raw_float32_and_a_recent_first_list(
+def test_a_user_with_50_events_takes_at_most_300_bytes(
+    store: RedisUserStateStore, unique_name: str
+) -> None:
+    rng = np.random.default_rng(0)
+    topics = rng.dirichlet(np.full(16, 0.3), size=2000).astype(np.float32)
+    fold = EventFold(FeatureSpec(num_topics=16), topics, rng.random(2000) < 0.1)
+    record = _fifty_event_user(fold)
+    user_id = "u1234567"
+    store.commit({user_id: record}, {"feedback:0": 50}, CONSUMER)
+
+    used = store.memory_usage(user_id)
+
+    assert used is not None
+    assert used <= 300, f"{used} bytes in Redis for {len(record)} bytes of state"
+    back, known = fold.codec.decode([store.get(user_id)])
+    assert known[0]
+    assert back[0]["steps"] == 20
+    features = UserFeaturizer(fold.spec).features(back)
+    assert np.isfinite(features).all()
+
+
+def test_key_layout_is_one_raw_string_per_user_and_an_offsets_hash(
     store: RedisUserStateStore, client: redis.Redis, unique_name: str
 ) -> None:
-    original = state("u1", clicked=[3, 2, 1])
-    store.put(original)
-    store.apply([UserStateDelta("u1", clicked=(4,), impressions=2, ts=20.0)], {"p:0": 9}, CONSUMER)
-
-    fields = client.hgetall(f"{unique_name}:user:u1")
-    assert fields[b"emb"] == original.embedding.astype("<f4").tobytes()
-    assert (fields[b"impressions"], fields[b"clicks"], fields[b"updated_ts"]) == (
-        b"2",
-        b"0",
-        b"20.0",
-    )
-    assert client.lrange(f"{unique_name}:clicked:u1", 0, -1) == [b"4", b"3", b"2", b"1"]
+    store.commit({"u1": b"\x00\xffstate"}, {"p:0": 9}, CONSUMER)
+    assert client.type(f"{unique_name}:s:u1") == b"string"
+    assert client.get(f"{unique_name}:s:u1") == b"\x00\xffstate"
     assert client.hgetall(f"{unique_name}:offsets:{CONSUMER}") == {b"p:0": b"9"}
 
 
-def test_get_many_is_one_round_trip(store: RedisUserStateStore, round_trips: list[int]) -> None:
+def test_reads_and_writes_are_one_round_trip_each(
+    store: RedisUserStateStore, round_trips: list[int]
+) -> None:
     ids = [f"u{i}" for i in range(50)]
-    store.put_many([state(u, clicked=[1, 2]) for u in ids[::2]])
+    store.commit({"warm": b"w"}, {}, CONSUMER)  # loads the script
     assert store.ping()  # connection handshake happens outside the counted calls
     round_trips.clear()
 
+    store.put_many({u: b"x" for u in ids[::2]})
+    assert len(round_trips) == 1
     got = store.get_many(ids)
-
-    assert len(round_trips) == 1
-    assert [s is not None for s in got] == [i % 2 == 0 for i in range(50)]
-
-
-def test_put_many_and_apply_are_one_round_trip_each(
-    store: RedisUserStateStore, round_trips: list[int]
-) -> None:
-    ids = [f"u{i}" for i in range(40)]
-    store.put_many([state("warm")])
-    store.apply([UserStateDelta("warm", impressions=1)], {}, CONSUMER)  # loads the script
-    round_trips.clear()
-
-    store.put_many([state(u) for u in ids])
-    assert len(round_trips) == 1
-    store.apply([UserStateDelta(u, clicked=(7,), impressions=1) for u in ids], {"p:0": 1}, CONSUMER)
     assert len(round_trips) == 2
+    assert [s is not None for s in got] == [i % 2 == 0 for i in range(50)]
+    store.commit({u: b"y" for u in ids}, {"p:0": 1}, CONSUMER, expected={"p:0": None})
+    assert len(round_trips) == 3
 
 
-def test_apply_survives_a_script_cache_flush(
+def test_commit_survives_a_script_cache_flush(
     store: RedisUserStateStore, client: redis.Redis
 ) -> None:
-    store.put(state("u1"))
-    store.apply([UserStateDelta("u1", impressions=1)], {}, CONSUMER)
+    store.commit({"u1": b"a"}, {}, CONSUMER)
     client.script_flush()
-
-    store.apply([UserStateDelta("u1", impressions=1)], {}, CONSUMER)
-
-    got = store.get("u1")
-    assert got is not None
-    assert got.impressions == 2
+    store.commit({"u1": b"b"}, {"p:0": 1}, CONSUMER)
+    assert store.get("u1") == b"b"
 
 
-def test_large_batches_are_chunked_inside_the_script(
-    redis_server: EmbeddedRedis, unique_name: str
-) -> None:
-    # More arguments than Lua's unpack() accepts at once, in both the list push and offsets.
-    big = RedisUserStateStore.from_url(redis_server.url, key_prefix=unique_name, max_history=9000)
-    try:
-        big.put(state("u1"))
-        offsets = {f"p:{i}": i for i in range(5000)}
-
-        big.apply([UserStateDelta("u1", clicked=tuple(range(9000)))], offsets, CONSUMER)
-
-        got = big.get("u1")
-        assert got is not None
-        assert got.clicked.tolist() == list(range(8999, -1, -1))
-        assert big.offsets(CONSUMER) == offsets
-    finally:
-        big.close()
-
-
-def test_corrupt_state_aborts_the_whole_batch_before_any_write(
-    store: RedisUserStateStore, client: redis.Redis, unique_name: str
-) -> None:
-    store.put_many([state("good"), state("bad")])
-    store.apply([], {"p:0": 1}, CONSUMER)
-    client.hset(f"{unique_name}:user:bad", "clicks", "not-a-number")
-
-    with pytest.raises(redis.ResponseError, match="corrupt user state"):
-        store.apply(
-            [
-                UserStateDelta("good", clicked=(1,), impressions=1, clicks=1),
-                UserStateDelta("bad", clicks=1),
-            ],
-            {"p:0": 2},
-            CONSUMER,
-        )
-
-    good = store.get("good")
-    assert good is not None
-    assert (good.impressions, good.clicks, good.clicked.tolist()) == (0, 0, [])
-    assert store.offsets(CONSUMER) == {"p:0": 1}
+def test_many_partitions_and_users_in_one_commit(store: RedisUserStateStore) -> None:
+    offsets = {f"p:{i}": i for i in range(3000)}
+    states = {f"u{i}": bytes([i % 256]) * 20 for i in range(3000)}
+    store.commit(states, offsets, CONSUMER, expected=dict.fromkeys(offsets))
+    assert store.offsets(CONSUMER) == offsets
+    assert store.get_many(["u0", "u2999"]) == [states["u0"], states["u2999"]]
 
 
 def test_key_prefixes_isolate_stores(redis_server: EmbeddedRedis, unique_name: str) -> None:
     a = RedisUserStateStore.from_url(redis_server.url, key_prefix=f"{unique_name}-a")
     b = RedisUserStateStore.from_url(redis_server.url, key_prefix=f"{unique_name}-b")
     try:
-        a.put(state("u1"))
-        a.apply([], {"p:0": 3}, CONSUMER)
+        a.commit({"u1": b"x"}, {"p:0": 3}, CONSUMER)
 
         assert b.get("u1") is None
         assert b.offsets(CONSUMER) == {}

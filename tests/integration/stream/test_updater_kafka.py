@@ -1,20 +1,28 @@
 """OnlineUpdater against the real broker: Kafka sink -> topics -> Kafka source -> store.
 
 The store is in-process here (the Redis end-to-end lives with the serving tests); what this
-checks is the Kafka side: offsets from the broker, manual assignment, seeking on restart.
+checks is the Kafka side: offsets from the broker, manual assignment, seeking on restart, and
+the watermark that keeps a user's events in order across the two topics.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import time
+
 import pytest
 
 from recsys.config import StreamSettings
 from recsys.embedded import EmbeddedBroker
-from recsys.protocols import UserStateStore
+from recsys.store import InMemoryUserStateStore
 from recsys.stream import KafkaEventSink, KafkaEventSource, OnlineUpdater
-from recsys.types import Event, EventType, ImpressionEvent, UserState
-from tests.unit.stream.fakes import FakeUserStateStore, feedback, impression
+from recsys.types import Event, EventType, ImpressionEvent
+from tests.unit.stream.fakes import (
+    feedback,
+    impression,
+    reference_states,
+    small_fold,
+    stored_states,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,26 +30,18 @@ USERS = ("u0", "u1", "u2", "u3")
 CONSUMER = "kafka-updater-test"
 
 
-def _store() -> UserStateStore:
-    try:
-        from recsys.store.memory import InMemoryUserStateStore
-    except ImportError:
-        return FakeUserStateStore(USERS)
-    store = InMemoryUserStateStore()
-    store.put_many([UserState(uid, np.zeros(4, dtype=np.float32)) for uid in USERS])
-    return store
-
-
 def _traffic(start: int, n: int) -> list[Event]:
+    """Steps with server times in the past (so every topic's watermark has passed them)."""
+    t0 = time.time() - 3600.0
     events: list[Event] = []
     for i in range(start, start + n):
         user = USERS[i % len(USERS)]
-        items = [i, i + 1000, i + 2000]
-        events.append(impression(f"r{i}", user, items, ts=float(i)))
+        items = [i, i + 500, i + 1000]
+        events.append(impression(f"r{i}", user, items, ts=t0 + i))
         if i % 2 == 0:
-            events.append(feedback(f"r{i}", user, items[1], ts=i + 0.5))
+            events.append(feedback(f"r{i}", user, items[1], ts=t0 + i + 0.5))
         if i % 5 == 0:
-            events.append(feedback(f"r{i}", user, items[0], event=EventType.SKIP, ts=i + 0.6))
+            events.append(feedback(f"r{i}", user, items[1], EventType.SKIP, ts=t0 + i + 0.6))
     return events
 
 
@@ -51,22 +51,8 @@ def _drain(updater: OnlineUpdater, max_records: int, idle_polls: int = 2) -> int
     while idle < idle_polls:
         n = updater.run_once(max_records=max_records, timeout_s=0.2)
         total += n
-        idle = idle + 1 if n == 0 else 0
+        idle = idle + 1 if n == 0 and not updater.waiting else 0
     return total
-
-
-def _assert_exact(store: UserStateStore, events: list[Event]) -> None:
-    for user in USERS:
-        mine = [e for e in events if e.user_id == user]
-        impressions = sum(len(e.items) for e in mine if isinstance(e, ImpressionEvent))
-        clicked = [
-            e.item_id for e in mine if not isinstance(e, ImpressionEvent) and e.event == "click"
-        ]
-        state = store.get(user)
-        assert state is not None
-        assert state.impressions == impressions
-        assert state.clicks == len(clicked)
-        assert state.clicked.tolist() == clicked[::-1]
 
 
 def test_updater_over_kafka_restarts_exactly_once(
@@ -78,7 +64,8 @@ def test_updater_over_kafka_restarts_exactly_once(
         feedback_topic=f"{unique_name}-fb",
     )
     topics = [settings.impressions_topic, settings.feedback_topic]
-    store = _store()
+    store = InMemoryUserStateStore()
+    fold = small_fold()
     sink = KafkaEventSink(kafka_broker.bootstrap, settings)
     first_wave, second_wave = _traffic(0, 30), _traffic(30, 30)
     try:
@@ -87,7 +74,7 @@ def test_updater_over_kafka_restarts_exactly_once(
         sink.flush()
 
         source = KafkaEventSource(kafka_broker.bootstrap, topics)
-        first = OnlineUpdater(source, store, CONSUMER)
+        first = OnlineUpdater(source, store, CONSUMER, fold)
         applied = 0
         while applied < 25:  # part of the stream, in small batches
             applied += first.run_once(max_records=10, timeout_s=0.5)
@@ -101,7 +88,7 @@ def test_updater_over_kafka_restarts_exactly_once(
 
         source = KafkaEventSource(kafka_broker.bootstrap, topics)
         try:
-            second = OnlineUpdater(source, store, CONSUMER)
+            second = OnlineUpdater(source, store, CONSUMER, fold)
             remaining = _drain(second, max_records=17)
         finally:
             source.close()
@@ -110,7 +97,7 @@ def test_updater_over_kafka_restarts_exactly_once(
 
     everything = first_wave + second_wave
     assert applied + remaining == len(everything)
-    _assert_exact(store, everything)
+    assert stored_states(fold, store, USERS) == reference_states(fold, USERS, everything)
     end = store.offsets(CONSUMER)
     assert end == {
         f"{settings.impressions_topic}:0": sum(isinstance(e, ImpressionEvent) for e in everything),

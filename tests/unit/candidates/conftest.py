@@ -123,3 +123,38 @@ def small_two_tower(small_split: SmallSplit) -> TwoTowerModel:
         valid_rows=split.valid,
         history_rows=split.train,
     )
+
+
+def random_two_tower(num_items: int, dim: int = 16, seed: int = 0) -> TwoTowerModel:
+    """An untrained two-tower model with random weights: a fast, deterministic user tower.
+
+    Item embeddings are random unit vectors (not the item tower's output: retrieval only
+    needs a consistent table), and a few users get stored vectors from random histories.
+    """
+    rng = np.random.default_rng(seed)
+    hidden, item_feats = 2 * dim, 3
+
+    def mat(*shape: int) -> FloatArray:
+        out: FloatArray = (rng.normal(size=shape) / np.sqrt(shape[-1])).astype(np.float32)
+        return out
+
+    weights = {
+        "item_id": mat(num_items + 1, dim),
+        "item_feat": mat(item_feats, dim),
+        "item_w1": mat(hidden, dim),
+        "item_b1": mat(hidden),
+        "item_w2": mat(dim, hidden),
+        "item_b2": mat(dim),
+        "hist": mat(num_items + 1, dim),
+        "user_feat": np.zeros((0, dim), dtype=np.float32),
+        "user_w1": mat(hidden, 2 * dim),
+        "user_b1": mat(hidden),
+        "user_w2": mat(dim, hidden),
+        "user_b2": mat(dim),
+    }
+    items = rng.normal(size=(num_items, dim)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    config = {"dim": dim, "hidden": hidden, "num_items": num_items, "max_history": 256}
+    model = TwoTowerModel(items, np.zeros((0, dim), np.float32), weights, config)
+    users = model.history_vectors(rng.integers(0, num_items, size=(20, 4)))
+    return TwoTowerModel(items, users, weights, config)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
 from recsys.artifacts import latest_version, save_artifact
 from recsys.candidates import (
@@ -16,14 +20,17 @@ from recsys.candidates import (
     EmbeddingModel,
     FaissRetriever,
     IndexSpec,
+    LoadedRetrieval,
     TwoTowerModel,
     catalog_from_dataset,
+    load_retrieval,
     load_retrieval_artifact,
     load_two_tower,
     save_retrieval_artifact,
 )
+from recsys.features import ItemTable
 from recsys.types import ArtifactError, CandidateFilters, UserState
-from tests.unit.candidates.conftest import SmallSplit
+from tests.unit.candidates.conftest import SmallSplit, random_two_tower
 
 
 @pytest.fixture
@@ -205,3 +212,141 @@ def test_default_save_builds_and_measures_an_index(model: EmbeddingModel, tmp_pa
     assert saved.metadata["index"]["recall_at_k"] == 1.0
     with pytest.raises(ArtifactError, match="not a two-tower model"):
         load_two_tower(saved.path)
+
+
+def _item_table(num_items: int, seed: int = 0, ads: float = 0.2) -> ItemTable:
+    rng = np.random.default_rng(seed)
+    is_ad = rng.random(num_items) < ads
+    return ItemTable(
+        topics=rng.dirichlet(np.ones(3), size=num_items).astype(np.float32),
+        is_ad=is_ad,
+        bid=np.where(is_ad, rng.uniform(0.1, 3.0, num_items), 0.0).astype(np.float32),
+        length_s=rng.uniform(5, 600, num_items).astype(np.float32),
+        popularity=rng.dirichlet(np.ones(num_items)).astype(np.float32),
+    )
+
+
+def _rewrite_tensors(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Edit the stored tensors and re-sign the manifest: consistent checksums, bad content."""
+    file = path / "tensors.safetensors"
+    tensors = dict(load_safetensors(file.read_bytes()))
+    change(tensors)
+    data = save_safetensors(tensors)
+    file.write_bytes(data)
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["tensors.safetensors"]["sha256"] = hashlib.sha256(data).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_item_table_round_trip_gives_a_retriever_ready_for_histories(tmp_path: Path) -> None:
+    two_tower = random_two_tower(120, dim=8, seed=2)
+    table = _item_table(120)
+    built = FaissRetriever(
+        two_tower.item_embeddings,
+        item_table=table,
+        history_encoder=two_tower.history_vectors,
+    )
+    saved = save_retrieval_artifact(tmp_path, two_tower, {"seed": 1}, retriever=built)
+    assert any(name.startswith("catalog/") for name in saved.tensors())
+
+    loaded = load_retrieval(saved.path)
+    assert isinstance(loaded, LoadedRetrieval)
+    assert loaded.item_table is not None
+    assert loaded.two_tower is not None
+    for name in ("topics", "is_ad", "bid", "length_s", "popularity"):
+        np.testing.assert_array_equal(getattr(loaded.item_table, name), getattr(table, name))
+    assert loaded.retriever.item_table is loaded.item_table
+    assert loaded.retriever.version == loaded.artifact.version == saved.version
+    np.testing.assert_array_equal(loaded.retriever.catalog.is_ad, table.is_ad)
+    np.testing.assert_array_equal(loaded.model.item_embeddings, two_tower.item_embeddings)
+
+    hist = np.random.default_rng(0).integers(-1, 120, size=(30, 5))
+    a = built.candidates_for_histories(hist, 10, 3)
+    b = loaded.retriever.candidates_for_histories(hist, 10, 3)
+    np.testing.assert_array_equal(a.item_ids, b.item_ids)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    one = loaded.retriever.candidates_for_history(hist[0], 10, 3)
+    np.testing.assert_array_equal(one.bid, table.bid[one.item_ids])
+    assert one.is_ad.sum() == 3
+
+    # The tuple loader serving uses is the same load.
+    model, retriever, artifact = load_retrieval_artifact(saved.path)
+    assert artifact.version == saved.version
+    assert retriever.item_table is not None
+    np.testing.assert_array_equal(model.user_embeddings, loaded.model.user_embeddings)
+
+
+def test_an_explicit_item_table_is_stored_and_checked(
+    model: EmbeddingModel, tmp_path: Path
+) -> None:
+    table = _item_table(model.num_items, seed=1)
+    saved = save_retrieval_artifact(tmp_path, model, {}, item_table=table)
+    loaded = load_retrieval(saved.path)
+    assert loaded.two_tower is None  # matrix factorisation: no towers, no history encoder
+    assert loaded.retriever.history_encoder is None
+    assert loaded.item_table is not None
+    np.testing.assert_array_equal(loaded.item_table.bid, table.bid)
+    np.testing.assert_array_equal(loaded.retriever.catalog.is_ad, table.is_ad)
+
+    with pytest.raises(ValueError, match="describes 49 items"):
+        save_retrieval_artifact(tmp_path, model, {}, item_table=_item_table(49))
+    plain = FaissRetriever(model.item_embeddings)  # its catalog has no ads
+    if table.is_ad.any():
+        with pytest.raises(ValueError, match="disagree on which items are ads"):
+            save_retrieval_artifact(tmp_path, model, {}, retriever=plain, item_table=table)
+    without = load_retrieval(save_retrieval_artifact(tmp_path, model, {}, version="v0").path)
+    assert without.item_table is None
+    assert without.retriever.item_table is None
+
+
+def _shrink_table(tensors: dict[str, Any]) -> None:
+    for name in [n for n in tensors if n.startswith("catalog/")]:
+        tensors[name] = np.ascontiguousarray(tensors[name][:-1])
+
+
+def _flip_an_ad(tensors: dict[str, Any]) -> None:
+    tensors["catalog/is_ad"] = tensors["catalog/is_ad"].copy()
+    tensors["catalog/is_ad"][0] ^= 1
+
+
+def _nan_bid(tensors: dict[str, Any]) -> None:
+    tensors["catalog/bid"] = tensors["catalog/bid"].copy()
+    tensors["catalog/bid"][3] = np.nan
+
+
+def _drop_a_field(tensors: dict[str, Any]) -> None:
+    del tensors["catalog/length_s"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_shrink_table, "describes 49 items, but the index holds 50"),
+        (_flip_an_ad, "disagrees with the catalog on which items are ads"),
+        (_nan_bid, "invalid item table.*bid contains NaN"),
+        (_drop_a_field, "invalid item table.*missing catalog/length_s"),
+    ],
+)
+def test_an_inconsistent_item_table_is_refused(
+    model: EmbeddingModel,
+    tmp_path: Path,
+    change: Callable[[dict[str, Any]], None],
+    message: str,
+) -> None:
+    saved = save_retrieval_artifact(tmp_path, model, {}, item_table=_item_table(50, seed=5))
+    _rewrite_tensors(saved.path, change)
+    with pytest.raises(ArtifactError, match=message):
+        load_retrieval(saved.path)
+    with pytest.raises(ArtifactError, match=message):
+        load_retrieval_artifact(saved.path)
+
+
+def test_a_tampered_item_table_fails_its_checksum(model: EmbeddingModel, tmp_path: Path) -> None:
+    saved = save_retrieval_artifact(tmp_path, model, {}, item_table=_item_table(50, seed=6))
+    file = saved.path / "tensors.safetensors"
+    tensors = dict(load_safetensors(file.read_bytes()))
+    tensors["catalog/bid"] = tensors["catalog/bid"] * 2  # richer advertisers, same manifest
+    file.write_bytes(save_safetensors(tensors))
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for tensors\.safetensors"):
+        load_retrieval(saved.path)

@@ -15,7 +15,7 @@ from recsys.candidates import (
 from recsys.candidates.training import dataset_from_clicks
 from recsys.config import CandidateSettings
 from recsys.types import InvalidRequestError
-from tests.unit.candidates.conftest import SmallSplit
+from tests.unit.candidates.conftest import SmallSplit, random_two_tower
 
 
 def _test_metrics(model_scores: object, small: SmallSplit) -> dict[str, float]:
@@ -187,3 +187,37 @@ def test_training_rejects_empty_data() -> None:
     )
     with pytest.raises(ValueError, match="no interactions"):
         train_two_tower(ds, CandidateSettings(dim=4, epochs=1))
+
+
+def test_history_vectors_match_user_vectors_on_padded_histories(
+    small_two_tower: TwoTowerModel,
+) -> None:
+    model = small_two_tower
+    rng = np.random.default_rng(4)
+    hist = rng.integers(0, model.num_items, size=(50, 6))
+    hist[rng.random(hist.shape) < 0.3] = -1  # empty slots anywhere, as the fold leaves them
+    hist[::7] = -1  # some rows with no history at all
+    got = model.history_vectors(hist.astype(np.int32))
+    expected = model.user_vectors([row[row >= 0] for row in hist])
+    assert got.shape == (50, model.dim)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_array_equal(got[::7], 0.0)  # no history, no features: no embedding
+    np.testing.assert_allclose(got[3], model.user_vector(hist[3][hist[3] >= 0]), atol=1e-5)
+
+
+def test_history_vectors_read_at_most_max_history_items() -> None:
+    model = random_two_tower(40, dim=8, seed=1)
+    short = TwoTowerModel(
+        model.item_embeddings,
+        model.user_embeddings,
+        model.weights,
+        {**model.config, "max_history": 2},
+    )
+    hist = np.array([[5, -1, 9, 11, 13]])
+    np.testing.assert_allclose(
+        short.history_vectors(hist), model.history_vectors(np.array([[5, 9]])), atol=1e-6
+    )
+    for bad in (np.array([[0, -2]]), np.array([[40]]), np.array([1, 2]), np.array([[0.5]])):
+        with pytest.raises(InvalidRequestError, match="history"):
+            model.history_vectors(bad)

@@ -171,7 +171,8 @@ def test_evaluate_ope_with_a_policy_checkpoint(
 ) -> None:
     import torch
 
-    from recsys.policy.training import PolicyTrainConfig, train_policy
+    from recsys.policy.training.config import PolicyTrainConfig
+    from recsys.policy.training.trainer import train_policy
 
     torch.set_num_threads(1)
     config = PolicyTrainConfig(

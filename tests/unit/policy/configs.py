@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recsys.policy.training import PolicyTrainConfig
+from recsys.policy.training.config import PolicyTrainConfig
 
 #: The project simulator shrunk so a full setup (logs, learned reward, item statistics) and
 #: two training iterations take a few seconds: enough to produce real checkpoints.

@@ -1,4 +1,4 @@
-"""User dynamics the simulator exists for: drift, fatigue, clickbait, ads, sessions, LTV.
+"""User dynamics the simulator exists for: drift, fatigue, satiation, clickbait, ads, LTV.
 
 Hand-built pure-topic worlds make most effects exact (read off the hidden choice
 probabilities, so no sampling noise); the policy-level claims use fixed seeds and wide margins.
@@ -6,7 +6,10 @@ probabilities, so no sampling noise); the policy-level claims use fixed seeds an
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from recsys.config import CatalogSettings, SimulatorSettings
@@ -19,6 +22,7 @@ from recsys.simulator.policies import (
     quality_policy,
     random_policy,
 )
+from recsys.types import FloatArray, IntArray
 from tests.unit.simulator.conftest import pure_topic_world, settings
 
 # Sessions that never end, so one mechanism can be watched in isolation.
@@ -190,13 +194,15 @@ def test_ads_drain_the_budget_and_grow_ad_fatigue() -> None:
 
 def test_ads_raise_revenue() -> None:
     world = _ad_world()
-    env = SlateEnv(world, seed=0, settings=settings(no_click_logit=-50.0, num_candidates=2))
+    cfg = settings(no_click_logit=-50.0, num_candidates=2)
+    env = SlateEnv(world, seed=0, settings=cfg)
     users = np.zeros(4000, dtype=np.int64)  # parallel impressions of one fresh user
     ads = env.step(users, np.tile([0, 2], (4000, 1))).observable
     organic = env.step(users, np.tile([6, 8], (4000, 1))).observable
     assert organic.revenue.sum() == 0.0
     assert not organic.conversion.any()
-    assert 0.02 < ads.conversion.mean() < 0.5
+    # P(conversion | ad click) = 2 r_conv sigma(satisfaction) < 2 r_conv.
+    assert 0.02 < ads.conversion.mean() < 2 * cfg.conversion_rate
     np.testing.assert_allclose(ads.revenue[ads.conversion], 5.0)
     assert ads.revenue.sum() > 100.0
 
@@ -248,3 +254,187 @@ def test_lifetime_value_is_the_engagement_of_the_whole_life(small_world: Synthet
         finished.extend(ended.tolist())
         dwell[ended] = 0.0
     assert len(finished) > small_world.num_users  # many lives, several sessions each
+
+
+# -- post-conversion satiation ---------------------------------------------------------------
+
+# Item 0 is an ad with a mixed topic mixture; every other item i is pure topic i % 4.
+AD_TOPICS = np.array([0.6, 0.4, 0.0, 0.0], dtype=np.float32)
+SAME_0, SAME_1, OTHER = 4, 5, 6  # organic items of topics 0, 1 and 2
+
+
+def _buyers_world(
+    num_users: int = 400, interests: tuple[float, ...] = (0.5,) * 4
+) -> SyntheticWorld:
+    ads = np.zeros(20, dtype=np.bool_)
+    ads[0] = True
+    world = pure_topic_world(
+        interests=np.tile(interests, (num_users, 1)), quality=0.5, is_ad=ads, bid=1.0
+    )
+    topics = world.item_topics.copy()
+    topics[0] = AD_TOPICS
+    return dataclasses.replace(world, item_topics=topics)
+
+
+def _buyer_settings(**overrides: object) -> SimulatorSettings:
+    # Everyone clicks what they are shown; satisfaction is deterministic, so the conversion
+    # draw is the only difference between users.
+    base: dict[str, object] = {
+        "no_click_logit": -50.0,
+        "satisfaction_noise": 0.0,
+        "conversion_rate": 0.5,
+        **ENDLESS,
+    }
+    return settings(**{**base, **overrides})
+
+
+def _satiation(env: SlateEnv, users: npt.ArrayLike | None = None) -> FloatArray:
+    cols = [env.user_feature_names.index(f"satiation_{k}") for k in range(env.world.num_topics)]
+    return env.user_features(users)[:, cols]
+
+
+def _buy(env: SlateEnv) -> tuple[IntArray, IntArray]:
+    """Show every user the ad once: (users who converted, users who did not)."""
+    users = np.arange(env.num_users)
+    conv = env.step(users, np.zeros((users.size, 1), dtype=np.int64)).observable.conversion
+    assert 50 < conv.sum() < users.size - 50  # both groups are populated
+    return users[conv], users[~conv]
+
+
+def test_conversion_raises_satiation_on_the_items_topics_by_gain() -> None:
+    cfg = _buyer_settings(satiation_gain=0.7)
+    env = SlateEnv(_buyers_world(), seed=0, settings=cfg)
+    np.testing.assert_array_equal(_satiation(env), 0.0)  # a new life starts unsated
+    bought, clicked_only = _buy(env)
+    np.testing.assert_allclose(_satiation(env, bought), np.tile(0.7 * AD_TOPICS, (bought.size, 1)))
+    np.testing.assert_array_equal(_satiation(env, clicked_only), 0.0)  # a click is not a purchase
+    assert not env.world.item_is_ad[OTHER]
+    env.step(bought, np.full((bought.size, 1), OTHER))  # organic consumption adds nothing
+    decay = 2.0 ** (-1.0 / cfg.satiation_half_life_steps)
+    np.testing.assert_allclose(_satiation(env, bought)[0], 0.7 * AD_TOPICS * decay, rtol=1e-6)
+
+
+def test_satiation_decays_with_its_half_life() -> None:
+    cfg = _buyer_settings(satiation_half_life_steps=8.0)
+    env = SlateEnv(_buyers_world(), seed=0, settings=cfg)
+    bought, _ = _buy(env)
+    trace = [_satiation(env, bought[:1])[0]]
+    for _ in range(16):  # consuming an unrelated organic item: time passes
+        env.step(bought, np.full((bought.size, 1), OTHER))
+        trace.append(_satiation(env, bought[:1])[0])
+    np.testing.assert_allclose(trace[8], 0.5 * trace[0], rtol=1e-5)
+    np.testing.assert_allclose(trace[16], 0.25 * trace[0], rtol=1e-5)
+    assert trace[16][0] > 0.0  # still there: a long-term effect
+
+
+def test_satiation_decays_over_the_gap_between_sessions() -> None:
+    # Every step ends the session (budget below the browsing cost) and the user always returns.
+    cfg = _buyer_settings(
+        session_budget_s=1.0, return_bias=20.0, return_max=1.0, satiation_half_life_steps=25.0
+    )
+    env = SlateEnv(_buyers_world(), seed=0, settings=cfg)
+    bought, _ = _buy(env)
+    h, gap = cfg.satiation_half_life_steps, cfg.session_gap_steps
+    after_buy = _satiation(env, bought)
+    np.testing.assert_allclose(after_buy[0], AD_TOPICS * 2.0 ** (-gap / h), rtol=1e-5)
+    res = env.step(bought, np.full((bought.size, 1), OTHER))
+    assert res.session.session_end.all()
+    assert not res.session.terminated.any()
+    np.testing.assert_allclose(
+        _satiation(env, bought), after_buy * 2.0 ** (-(1 + gap) / h), rtol=1e-5
+    )
+
+
+def test_satiation_lowers_later_appeal_and_satisfaction_of_the_same_topics() -> None:
+    cfg = _buyer_settings()  # default satiation strength
+    env = SlateEnv(_buyers_world(), seed=0, settings=cfg)
+    bought, clicked_only = _buy(env)
+    b, c = bought[:1], clicked_only[:1]  # identical users but for the purchase
+    later = 5
+    for _ in range(later):
+        env.step([b[0], c[0]], [[OTHER], [OTHER]])
+    sated = cfg.satiation_gain * AD_TOPICS * 2.0 ** (-later / cfg.satiation_half_life_steps)
+
+    # Click appeal: a little lower on the bought topics (habit), unchanged elsewhere.
+    probe = [[SAME_0, SAME_1, OTHER]]
+    appeal_gap = env.appeal(c, probe)[0] - env.appeal(b, probe)[0]
+    expected = cfg.satiation_appeal_weight * np.array([sated[0], sated[1], 0.0])
+    np.testing.assert_allclose(appeal_gap, expected, rtol=1e-4, atol=1e-6)
+    assert env.choice_probabilities(b, [[SAME_0]])[0, 0] > 0.99  # still clicks out of habit
+
+    # Satisfaction: much lower, here negative, with the costs negative satisfaction carries.
+    res = env.step([b[0], c[0]], [[SAME_0], [SAME_0]])
+    sat = res.hidden.satisfaction
+    assert res.observable.clicked_item.tolist() == [SAME_0, SAME_0]
+    np.testing.assert_allclose(
+        sat[1] - sat[0], cfg.satiation_satisfaction_weight * sated[0], rtol=1e-4
+    )
+    assert sat[0] < 0.0 < sat[1]
+    assert res.observable.dwell_s[0] < 0.5 * res.observable.dwell_s[1]
+    assert res.hidden.budget_s[0] < res.hidden.budget_s[1] - 10.0  # less dwell, yet more drain
+    interest_0 = env.user_features([b[0], c[0]])[:, 0]
+    assert interest_0[0] < interest_0[1]  # the disappointment pushes the interest away
+
+
+def test_satiation_resets_at_a_new_life() -> None:
+    cfg = _buyer_settings(session_budget_s=1.0, return_max=0.0)  # one-step lives
+    env = SlateEnv(_buyers_world(), seed=0, settings=cfg)
+    bought, _ = _buy(env)
+    assert not env.alive(bought).any()
+    assert _satiation(env, bought).max() > 0.5  # a churned user shows the state they left in
+    res = env.step(bought, np.full((bought.size, 1), OTHER))
+    assert (res.session.life == 1).all()
+    np.testing.assert_array_equal(res.user_features[:, -env.world.num_topics :], 0.0)
+    env2 = SlateEnv(_buyers_world(), seed=0, settings=_buyer_settings())
+    bought2, _ = _buy(env2)
+    env2.reset_users(bought2)
+    np.testing.assert_array_equal(_satiation(env2, bought2), 0.0)
+
+
+def _trajectory(world: SyntheticWorld, **overrides: object) -> list[tuple[FloatArray, ...]]:
+    cfg = SimulatorSettings(num_candidates=20, conversion_rate=0.5, **overrides)  # type: ignore[arg-type]
+    env = SlateEnv(world, seed=5, settings=cfg)
+    t = world.num_topics
+    out = []
+    for _ in range(60):
+        res = env.step(None, env.sample_candidates()[:, :5])
+        obs, hid = res.observable, res.hidden
+        out.append(
+            (
+                res.user_features[:, : 2 * t + 5],  # all but satiation
+                obs.click_position,
+                obs.dwell_s,
+                obs.conversion,
+                hid.satisfaction,
+                hid.appeal,
+                hid.budget_s,
+                res.session.terminated,
+            )
+        )
+    return out
+
+
+def test_zero_gain_or_zero_weights_turn_satiation_off_exactly(small_world: SyntheticWorld) -> None:
+    off = _trajectory(small_world, satiation_gain=0.0)
+    unweighted = _trajectory(
+        small_world, satiation_appeal_weight=0.0, satiation_satisfaction_weight=0.0
+    )
+    on = _trajectory(small_world)
+    assert sum(int(step[3].sum()) for step in off) > 20  # conversions happen
+    for a, b in zip(off, unweighted, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(a[4], b[4]) for a, b in zip(off, on, strict=True))
+
+
+def test_satisfaction_oracle_avoids_a_sated_topic_the_click_oracle_still_likes() -> None:
+    world = _buyers_world(num_users=400, interests=(0.7, 0.5, -1.0, -1.0))
+    env = SlateEnv(world, seed=0, settings=_buyer_settings())
+    bought, clicked_only = _buy(env)
+    rng = np.random.default_rng(0)
+    users = np.array([bought[0], clicked_only[0]])
+    candidates = np.array([[SAME_0, SAME_1]] * 2)
+    click = greedy_click_policy(env, users, candidates, 1, rng)[:, 0]
+    value = greedy_satisfaction_policy(env, users, candidates, 1, rng)[:, 0]
+    assert click.tolist() == [SAME_0, SAME_0]  # satiation barely moves click appeal
+    assert value.tolist() == [SAME_1, SAME_0]  # but the buyer would regret topic 0

@@ -96,7 +96,8 @@ def test_repeated_user_in_one_batch_keeps_last_row(small_world: SyntheticWorld) 
     # Both rows saw the same pre-step state ...
     np.testing.assert_array_equal(res.user_features[0], res.user_features[1])
     # ... and the state carried forward is the last row's.
-    np.testing.assert_allclose(env.user_features([5])[0, -4], np.log1p(1))  # one session step
+    step_col = env.user_feature_names.index("log1p_session_step")
+    np.testing.assert_allclose(env.user_features([5])[0, step_col], np.log1p(1))  # one step
     assert env.step([5], [[4, 5]]).session.step[0] == 1
 
 
@@ -218,8 +219,9 @@ def test_reset_users_starts_fresh_lives_only_for_them(small_world: SyntheticWorl
     env.reset_users([1])
     feats = env.user_features([1, 2])
     np.testing.assert_array_equal(feats[0, : small_world.num_topics], small_world.user_interests[1])
-    assert feats[0, -4] == 0.0  # session step back to 0
-    assert feats[1, -4] > 0.0
+    step_col = env.user_feature_names.index("log1p_session_step")
+    assert feats[0, step_col] == 0.0  # session step back to 0
+    assert feats[1, step_col] > 0.0
     assert env.step([1], [[3, 4]]).session.life[0] == 1
 
 
@@ -251,7 +253,16 @@ def test_candidate_stream_does_not_change_responses(small_world: SyntheticWorld)
 def test_feature_metadata(small_world: SyntheticWorld) -> None:
     env = SlateEnv(small_world, seed=0)
     t = small_world.num_topics
-    assert len(env.user_feature_names) == 2 * t + 5
+    assert len(env.user_feature_names) == 3 * t + 5
+    # Satiation is appended: the older columns keep their positions.
+    assert env.user_feature_names[2 * t : 2 * t + 5] == (
+        "ad_fatigue",
+        "log1p_session_step",
+        "log1p_session",
+        "log1p_life_step",
+        "activity",
+    )
+    assert env.user_feature_names[2 * t + 5 :] == tuple(f"satiation_{k}" for k in range(t))
     assert env.item_feature_names[:2] == ("topic_0", "topic_1")
     table = env.item_feature_table
     assert table.shape == (small_world.num_items, t + 4)
@@ -259,7 +270,7 @@ def test_feature_metadata(small_world: SyntheticWorld) -> None:
     np.testing.assert_array_equal(table[:, :t], small_world.item_topics)
     np.testing.assert_array_equal(table[:, t + 1], small_world.item_is_ad)
     assert "quality" not in " ".join(env.item_feature_names)  # hidden ground truth
-    assert env.user_features().shape == (small_world.num_users, 2 * t + 5)
+    assert env.user_features().shape == (small_world.num_users, 3 * t + 5)
 
 
 def test_empty_batch(small_world: SyntheticWorld) -> None:

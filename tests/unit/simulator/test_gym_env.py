@@ -138,6 +138,7 @@ def test_vector_env_steps_autoresets_and_stays_in_space(world: SyntheticWorld) -
     env.action_space.seed(0)
     assert obs in env.observation_space
     assert obs["user"].shape == (40, len(env.core.user_feature_names))
+    step_col = env.core.user_feature_names.index("log1p_session_step")
     pending = np.zeros(40, dtype=np.bool_)
     ended = 0
     for _ in range(150):
@@ -146,7 +147,7 @@ def test_vector_env_steps_autoresets_and_stays_in_space(world: SyntheticWorld) -
         np.testing.assert_array_equal(info["autoreset"], pending)
         assert np.all(rewards[pending] == 0.0)
         assert not np.any(terminated[pending] | truncated[pending])
-        assert np.all(obs["user"][pending, -4] == 0.0)  # fresh lives
+        assert np.all(obs["user"][pending, step_col] == 0.0)  # fresh lives
         np.testing.assert_allclose(rewards, info["dwell_s"] / 60.0, rtol=1e-6)
         pending = terminated | truncated
         ended += int(pending.sum())

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from recsys.store._common import aggregate_deltas, check_id, check_offsets
-from recsys.types import UserStateDelta
+from recsys.store._common import (
+    check_expected,
+    check_id,
+    check_offsets,
+    check_states,
+    stale_partitions,
+)
 
 
 @pytest.mark.parametrize("value", ["u", "x" * 256, "ユーザー", "a:b/c@d e", "zero\u200bwidth"])
@@ -44,25 +49,23 @@ def test_check_offsets_rejects_negative_and_bool_offsets() -> None:
         check_offsets({"": 1})
 
 
-def test_aggregate_deltas_merges_per_user_in_first_seen_order() -> None:
-    merged, skipped = aggregate_deltas(
-        [
-            UserStateDelta("b", clicked=(1,), impressions=2, clicks=1, ts=5.0),
-            UserStateDelta("a", impressions=1, ts=9.0),
-            UserStateDelta("b", clicked=(2, 3), impressions=1, clicks=2, ts=4.0),
-            UserStateDelta("bad\x00", impressions=1),
-        ]
-    )
-
-    assert skipped == 1
-    assert list(merged) == ["b", "a"]
-    b = merged["b"]
-    assert (b.clicked, b.impressions, b.clicks, b.ts) == ([1, 2, 3], 3, 3, 5.0)
-    assert b.recent_clicked(2) == [2, 3]
+def test_expected_offsets_allow_none_and_stale_partitions_are_named() -> None:
+    expected = check_expected({"a:0": None, "b:0": 3})
+    assert expected == {"a:0": None, "b:0": 3}
+    assert stale_partitions({"b:0": 3}, expected) == []
+    assert stale_partitions({"a:0": 1, "b:0": 3}, expected) == ["a:0"]
+    assert stale_partitions({}, expected) == ["b:0"]
+    with pytest.raises(ValueError, match="offset"):
+        check_expected({"a:0": -2})
 
 
-def test_aggregate_deltas_rejects_malformed_content() -> None:
-    with pytest.raises(ValueError, match="finite"):
-        aggregate_deltas([UserStateDelta("a", ts=float("inf"))])
-    with pytest.raises(ValueError, match="int64"):
-        aggregate_deltas([UserStateDelta("a", clicked=(2**63,))])
+def test_check_states_refuses_empty_oversized_and_non_bytes() -> None:
+    assert check_states({"u": b"x"}) == {"u": b"x"}
+    with pytest.raises(ValueError, match="bytes"):
+        check_states({"u": b""})
+    with pytest.raises(ValueError, match="bytes"):
+        check_states({"u": b"x" * (64 * 1024 + 1)})
+    with pytest.raises(TypeError, match="bytes"):
+        check_states({"u": "x"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="user_id"):
+        check_states({"": b"x"})

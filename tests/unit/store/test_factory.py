@@ -10,11 +10,10 @@ from recsys.store import InMemoryUserStateStore, RedisUserStateStore, build_user
 
 
 def test_memory_url_builds_the_in_memory_store() -> None:
-    store = build_user_state_store(StoreSettings(url="memory://", max_history=7))
+    store = build_user_state_store(StoreSettings(url="memory://"))
 
     assert isinstance(store, InMemoryUserStateStore)
     assert isinstance(store, UserStateStore)
-    assert store.max_history == 7
 
 
 @pytest.mark.parametrize(
@@ -26,18 +25,18 @@ def test_memory_url_builds_the_in_memory_store() -> None:
     ],
 )
 def test_redis_urls_build_the_redis_store_without_connecting(url: str) -> None:
-    store = build_user_state_store(StoreSettings(url=url, key_prefix="svc", max_history=9))
+    store = build_user_state_store(StoreSettings(url=url, key_prefix="svc"))
     try:
         assert isinstance(store, RedisUserStateStore)
         assert isinstance(store, UserStateStore)
-        assert (store.key_prefix, store.max_history) == ("svc", 9)
+        assert store.key_prefix == "svc"
     finally:
         store.close()
 
 
 def test_unknown_scheme_is_rejected() -> None:
     # StoreSettings refuses this URL itself; model_construct skips that to test the factory.
-    settings = StoreSettings.model_construct(url="http://example.invalid", max_history=5)
+    settings = StoreSettings.model_construct(url="http://example.invalid")
 
     with pytest.raises(ValueError, match="unsupported store url"):
         build_user_state_store(settings)

@@ -1,34 +1,32 @@
-"""Test helpers for the stream tests: event factories, a fake store, a draining poll.
+"""Test helpers for the stream tests: event factories, a failing store, reference folds.
 
-The fake store implements :class:`recsys.protocols.UserStateStore` with the documented delta
-semantics (counters add, clicked items prepended newest first, ``ts`` only moves forward,
-unknown users ignored) and records every :meth:`apply` call, so tests can count store writes
-and make a write fail on purpose to simulate a crash.
+:class:`FlakyStore` is the real in-memory store that counts commits and can fail one on
+purpose to simulate a crash; :func:`reference_states` folds events one by one, the answer an
+updater must reach whatever its batching, ordering or restarts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import threading
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from recsys.protocols import EventSource
+from recsys.features import EventFold, FeatureSpec
+from recsys.protocols import EventSource, UserStateStore
+from recsys.store import InMemoryUserStateStore
 from recsys.types import (
+    Event,
     EventRecord,
     EventType,
     FeedbackEvent,
     ImpressionEvent,
     SlateItem,
-    UserState,
-    UserStateDelta,
 )
 
 
 def impression(
-    request_id: str, user_id: str, items: Sequence[int], ts: float = 1.0
+    request_id: str, user_id: str, items: Sequence[int], ts: float = 1.0, session: str = "s"
 ) -> ImpressionEvent:
     """An impression of ``items`` (in slate order) with made-up scores and propensities."""
     return ImpressionEvent(
@@ -41,6 +39,7 @@ def impression(
             SlateItem(item_id=item, position=pos, score=1.0 / (pos + 1), propensity=0.5)
             for pos, item in enumerate(items)
         ),
+        session_id=session,
     )
 
 
@@ -70,64 +69,49 @@ def drain(source: EventSource, n: int, timeout_s: float = 10.0) -> list[EventRec
 
 
 class SimulatedCrashError(RuntimeError):
-    """Raised by :class:`FakeUserStateStore` to stand in for a process dying mid-write."""
+    """Raised by :class:`FlakyStore` to stand in for a process dying mid-write."""
 
 
-class FakeUserStateStore:
-    """A dict-backed :class:`UserStateStore` that records its ``apply`` calls."""
+class FlakyStore(InMemoryUserStateStore):
+    """The in-memory store that counts commits and fails the next ``fail_commits`` of them."""
 
-    def __init__(self, user_ids: Sequence[str] = (), dim: int = 4) -> None:
-        self._lock = threading.Lock()
-        self._users: dict[str, UserState] = {}
-        self._offsets: dict[str, dict[str, int]] = {}
-        self.applies: list[tuple[list[UserStateDelta], dict[str, int]]] = []
-        self.fail_applies = 0
-        self.put_many([UserState(uid, np.zeros(dim, dtype=np.float32)) for uid in user_ids])
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: list[dict[str, int]] = []
+        self.fail_commits = 0
 
-    def get(self, user_id: str) -> UserState | None:
-        with self._lock:
-            return self._users.get(user_id)
-
-    def get_many(self, user_ids: Sequence[str]) -> list[UserState | None]:
-        with self._lock:
-            return [self._users.get(uid) for uid in user_ids]
-
-    def put(self, state: UserState) -> None:
-        self.put_many([state])
-
-    def put_many(self, states: Sequence[UserState]) -> None:
-        with self._lock:
-            for state in states:
-                self._users[state.user_id] = state
-
-    def apply(
-        self, deltas: Sequence[UserStateDelta], offsets: Mapping[str, int], consumer: str
+    def commit(
+        self,
+        states: Mapping[str, bytes],
+        offsets: Mapping[str, int],
+        consumer: str,
+        expected: Mapping[str, int | None] | None = None,
     ) -> None:
-        with self._lock:
-            if self.fail_applies > 0:
-                self.fail_applies -= 1
-                raise SimulatedCrashError("store write failed")
-            self.applies.append((list(deltas), dict(offsets)))
-            for d in deltas:
-                old = self._users.get(d.user_id)
-                if old is None:
-                    continue
-                recent = np.asarray(d.clicked[::-1], dtype=np.int64)
-                self._users[d.user_id] = dataclasses.replace(
-                    old,
-                    clicked=np.concatenate([recent, old.clicked]),
-                    impressions=old.impressions + d.impressions,
-                    clicks=old.clicks + d.clicks,
-                    updated_ts=max(old.updated_ts, d.ts),
-                )
-            self._offsets.setdefault(consumer, {}).update(offsets)
+        if self.fail_commits > 0:
+            self.fail_commits -= 1
+            raise SimulatedCrashError("store write failed")
+        super().commit(states, offsets, consumer, expected)
+        self.commits.append(dict(offsets))
 
-    def offsets(self, consumer: str) -> dict[str, int]:
-        with self._lock:
-            return dict(self._offsets.get(consumer, {}))
 
-    def ping(self) -> bool:
-        return True
+def small_fold(num_items: int = 2000, num_topics: int = 4) -> EventFold:
+    """A fold over a small seeded catalog (the updater tests' catalog)."""
+    rng = np.random.default_rng(11)
+    topics = rng.dirichlet(np.full(num_topics, 0.5), size=num_items).astype(np.float32)
+    return EventFold(FeatureSpec(num_topics=num_topics), topics, rng.random(num_items) < 0.1)
 
-    def close(self) -> None:
-        pass
+
+def reference_states(fold: EventFold, users: Sequence[str], events: Sequence[Event]) -> bytes:
+    """What every user's state must be: their events folded one by one, in order."""
+    states = fold.codec.empty(len(users))
+    row = {u: i for i, u in enumerate(users)}
+    for e in events:
+        i = row[e.user_id]
+        fold.fold_events(states[i : i + 1], [0], [e])
+    return states.tobytes()
+
+
+def stored_states(fold: EventFold, store: UserStateStore, users: Sequence[str]) -> bytes:
+    """The users' states as the store holds them (cold users as empty states)."""
+    states, _ = fold.codec.decode(store.get_many(list(users)))
+    return states.tobytes()

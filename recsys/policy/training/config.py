@@ -1,0 +1,288 @@
+"""What a training run depends on: :class:`PolicyTrainConfig`, the documented settings of each
+algorithm, and the policy a config describes.
+
+:func:`documented_config` gives the settings the docs report (docs/policy.md): what
+``recsys train policy`` starts from and what ``benchmarks/policy_experiments.py`` trains.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from recsys.config import CatalogSettings, SimulatorSettings
+from recsys.policy.algorithms.reinforce import ReinforceConfig, ReinforceTopKPolicy
+from recsys.policy.algorithms.slateq import SlateQConfig, SlateQPolicy
+from recsys.policy.base import SlateSampler, TrainableSlatePolicy
+from recsys.policy.choice_model import ConditionalLogitChoiceModel
+from recsys.policy.reward.fit import REWARD_OBJECTIVES, RewardObjective
+from recsys.policy.reward.spec import REWARD_KINDS, RewardKind
+
+Algo = Literal["slateq", "reinforce"]
+ALGOS: tuple[Algo, ...] = ("slateq", "reinforce")
+
+#: Users in the simulator world the trainer and evaluation draw from. Disjoint slices serve
+#: the logging policy, the training workers and (from the end) evaluation, so evaluation
+#: users are never trained on.
+POPULATION = 65_536
+
+__all__ = [
+    "ALGOS",
+    "POPULATION",
+    "Algo",
+    "PolicyFactory",
+    "PolicyTrainConfig",
+    "build_policy",
+    "documented_config",
+]
+
+
+@dataclass(frozen=True)
+class PolicyTrainConfig:
+    """Everything a training run depends on (saved in full beside every checkpoint).
+
+    Algorithm: ``algo``, ``reward`` (``clicks | engagement | hidden | learned | env``),
+    ``revenue_weight``, ``gamma``, network ``hidden`` widths, ``lr``, exploration
+    (``epsilon`` for SlateQ's epsilon-greedy, ``temperature`` for REINFORCE's Plackett-Luce).
+    Rollouts: ``workers`` (0/1 in-process, >= 2 Ray actors), ``users`` per worker,
+    ``steps_per_iteration`` per worker, ``iterations``. Learner: SlateQ does
+    ``updates_per_iteration`` minibatch updates of ``batch_size`` rows from the last
+    ``replay_iterations`` iterations; REINFORCE updates on minibatches of ``batch_size`` users.
+    Simulator (ignored with a custom ``env_factory``): catalog (``num_items``, ``num_topics``,
+    ``world_seed``), ``num_candidates`` and ``slate_size``, the random-policy logs that fit the
+    learned reward and item statistics (``log_users``, ``log_max_steps``).
+    """
+
+    algo: Algo = "slateq"
+    reward: RewardKind = "learned"
+    revenue_weight: float = 0.0
+    workers: int = 0
+    iterations: int = 40
+    steps_per_iteration: int = 5
+    users: int = 2048
+    gamma: float = 0.95
+    hidden: tuple[int, ...] = (64,)
+    lr: float = 1e-3
+    batch_size: int = 1024
+    updates_per_iteration: int = 20
+    replay_iterations: int = 4
+    epsilon: float = 0.1
+    temperature: float = 1.0
+    #: REINFORCE: weight of the policy-entropy bonus (keeps the softmax from collapsing).
+    entropy_coef: float = 0.0
+    tau: float = 0.02
+    #: Fixed reward multiplier; ``None`` picks ``(1 - gamma) / mean |step reward|`` of the
+    #: first rollout.
+    reward_scale: float | None = None
+    checkpoint_every: int = 10
+    seed: int = 0
+    # Project simulator.
+    num_items: int = 2000
+    num_topics: int = 16
+    world_seed: int = 0
+    num_candidates: int = 50
+    slate_size: int = 10
+    log_users: int = 4096
+    log_max_steps: int = 100
+    item_statistics: bool = True
+    cross_features: bool = True
+    #: SlateQ on the simulator: share of every minibatch drawn from the logging policy's
+    #: sessions (broad coverage of items the current policy no longer shows), and updates on
+    #: those logs alone before the first rollout (warm start of Q and the choice model).
+    log_replay_fraction: float = 0.25
+    pretrain_updates: int = 200
+    #: How the learned reward is fit from the logs (both are fit and reported either way).
+    reward_objective: RewardObjective = "regression"
+    #: SlateQ: learn ``Qbar = R + C`` with ``R`` by regression and ``C`` by TD (see
+    #: :mod:`recsys.policy.algorithms.slateq`); the untrained policy is then the myopic one.
+    immediate_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        if self.reward not in REWARD_KINDS:
+            raise ValueError(
+                f"reward must be one of {', '.join(REWARD_KINDS)}, got {self.reward!r}"
+            )
+        positive = (
+            "iterations",
+            "steps_per_iteration",
+            "users",
+            "batch_size",
+            "replay_iterations",
+            "checkpoint_every",
+            "num_items",
+            "num_topics",
+            "num_candidates",
+            "slate_size",
+            "log_users",
+            "log_max_steps",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.workers, int) or not 0 <= self.workers <= 256:
+            raise ValueError(f"workers must be an integer in [0, 256], got {self.workers!r}")
+        if self.updates_per_iteration < 0:
+            raise ValueError(
+                f"updates_per_iteration must be >= 0, got {self.updates_per_iteration}"
+            )
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"gamma must lie in [0, 1), got {self.gamma}")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+        if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
+            raise ValueError(f"entropy_coef must be finite and >= 0, got {self.entropy_coef}")
+        if not 0.0 <= self.log_replay_fraction < 1.0:
+            raise ValueError(
+                f"log_replay_fraction must lie in [0, 1), got {self.log_replay_fraction}"
+            )
+        if self.reward_objective not in REWARD_OBJECTIVES:
+            raise ValueError(
+                "reward_objective must be regression or bradley_terry, "
+                f"got {self.reward_objective!r}"
+            )
+        if self.pretrain_updates < 0:
+            raise ValueError(f"pretrain_updates must be >= 0, got {self.pretrain_updates}")
+        if not 0.0 <= self.epsilon <= 1.0 or not 0.0 <= self.tau <= 1.0:
+            raise ValueError("epsilon and tau must lie in [0, 1]")
+        if not math.isfinite(self.revenue_weight):
+            raise ValueError(f"revenue_weight must be finite, got {self.revenue_weight}")
+        if self.reward_scale is not None and not (
+            math.isfinite(self.reward_scale) and self.reward_scale > 0
+        ):
+            raise ValueError(f"reward_scale must be finite and > 0, got {self.reward_scale}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        if self.slate_size > self.num_candidates or self.num_candidates > self.num_items:
+            raise ValueError(
+                f"need slate_size ({self.slate_size}) <= num_candidates "
+                f"({self.num_candidates}) <= num_items ({self.num_items})"
+            )
+        if self.log_users + max(self.workers, 1) * self.users > POPULATION // 2:
+            raise ValueError(
+                f"log_users + workers * users must be <= {POPULATION // 2} (the rest of the "
+                "simulated population is kept for evaluation)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples become lists)."""
+        out = asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyTrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused with their names."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown policy training settings: {', '.join(unknown)}")
+        values = dict(data)
+        if "hidden" in values:
+            values["hidden"] = tuple(int(h) for h in values["hidden"])
+        return cls(**values)
+
+    @property
+    def actual_workers(self) -> int:
+        """Rollout workers that exist (``workers=0`` still has one, in-process)."""
+        return max(self.workers, 1)
+
+    def simulator_settings(self) -> SimulatorSettings:
+        """Simulator settings of this run (documented defaults except sizes)."""
+        return SimulatorSettings(
+            seed=self.seed, num_candidates=self.num_candidates, slate_size=self.slate_size
+        )
+
+    def catalog(self) -> CatalogSettings:
+        """The simulated world (catalog plus the whole user population)."""
+        return CatalogSettings(
+            num_items=self.num_items,
+            num_users=POPULATION,
+            num_topics=self.num_topics,
+            seed=self.world_seed,
+        )
+
+
+def documented_config(algo: Algo) -> PolicyTrainConfig:
+    """The documented settings of ``algo`` (docs/policy.md, "Experiments"), tuned on the
+    validation users; everything not named here is a :class:`PolicyTrainConfig` default."""
+    if algo == "slateq":
+        return PolicyTrainConfig(
+            algo="slateq",
+            iterations=20,
+            updates_per_iteration=50,
+            tau=0.05,
+            gamma=0.8,
+            immediate_head=True,
+        )
+    if algo == "reinforce":
+        return PolicyTrainConfig(
+            algo="reinforce",
+            iterations=30,
+            users=1024,
+            steps_per_iteration=10,
+            batch_size=256,
+            gamma=0.9,
+            lr=3e-4,
+            entropy_coef=0.01,
+        )
+    raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {algo!r}")
+
+
+# ---- the policy a config describes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyFactory:
+    """Builds the configured policy for given feature widths (picklable, for Ray workers)."""
+
+    config: PolicyTrainConfig
+    user_dim: int
+    item_dim: int
+    slate_size: int
+
+    def __call__(self) -> TrainableSlatePolicy:
+        return build_policy(self.config, self.user_dim, self.item_dim, self.slate_size)
+
+
+def build_policy(
+    config: PolicyTrainConfig, user_dim: int, item_dim: int, slate_size: int
+) -> TrainableSlatePolicy:
+    """A fresh SlateQ (Q-learning, greedy slate optimiser, learned choice model) or
+    REINFORCE-top-K policy with the configured hyperparameters."""
+    if config.algo == "slateq":
+        choice = ConditionalLogitChoiceModel(user_dim, item_dim, slate_size, seed=config.seed)
+        return SlateQPolicy(
+            user_dim,
+            item_dim,
+            choice,
+            SlateQConfig(
+                gamma=config.gamma,
+                td="q_learning",
+                optimizer="greedy",
+                hidden=config.hidden,
+                lr=config.lr,
+                tau=config.tau,
+                immediate_head=config.immediate_head,
+                sampler=SlateSampler("epsilon", epsilon=config.epsilon),
+            ),
+            seed=config.seed,
+        )
+    return ReinforceTopKPolicy(
+        user_dim,
+        item_dim,
+        ReinforceConfig(
+            gamma=config.gamma,
+            hidden=config.hidden,
+            lr=config.lr,
+            entropy_coef=config.entropy_coef,
+            sampler=SlateSampler("boltzmann", temperature=config.temperature),
+        ),
+        seed=config.seed,
+    )

@@ -1,0 +1,549 @@
+"""Training slate policies on rollouts: the learner loop.
+
+``train_policy(config)`` is what ``recsys train policy`` calls. The loop (cleanrl-style, top
+to bottom):
+
+1. Environment: the project simulator by default (its world, logged random-policy sessions,
+   per-item statistics and the learned reward are built once by :func:`build_simulator_setup`),
+   or any :class:`~recsys.policy.training.envs.BatchSlateEnv` from ``env_factory``.
+2. Workers: ``workers <= 1`` plays rollouts in-process (no Ray: unit tests and small runs);
+   ``workers >= 2`` starts that many single-threaded Ray actors
+   (:mod:`recsys.policy.training.rollout`), each with its own users and a policy copy.
+3. Every iteration the learner broadcasts its weights, gathers ``steps_per_iteration`` steps
+   from every worker, and learns: SlateQ from a replay of recent steps (minibatch TD
+   updates), REINFORCE on-policy from the fresh, time-ordered rollouts.
+4. Every ``checkpoint_every`` iterations (and at the end) a versioned artifact
+   ``policy-<algo>`` is written (:mod:`recsys.policy.training.checkpoint`): policy weights,
+   optimiser state, the reward model and the item statistics as safetensors (never pickle),
+   the config, iteration and reward scale as metadata, the learning curve as CSV.
+5. ``resume=<artifact dir>`` reloads weights, optimiser state, iteration count, reward scale
+   and curve, and continues. The environments restart from fresh users seeded by the
+   iteration, so a resumed run is statistically, not bitwise, the uninterrupted one.
+
+Rewards are rescaled by one constant fixed on the first rollout (``reward_scale``), so one
+learning rate and Huber threshold suit clicks, minutes and the learned reward alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.config import CatalogSettings, SimulatorSettings
+from recsys.data.synthetic import SyntheticWorld, make_world
+from recsys.policy.base import Tensors, TrainableSlatePolicy
+from recsys.policy.batch import SlateObs, SlateResponse, Transition, concat_transitions
+from recsys.policy.reward.fit import fit_learned_reward
+from recsys.policy.reward.spec import RewardSpec, reward_model_tensors
+from recsys.policy.training.checkpoint import (
+    load_policy_checkpoint,
+    save_policy_checkpoint,
+    write_learning_curve,
+)
+from recsys.policy.training.config import PolicyFactory, PolicyTrainConfig
+from recsys.policy.training.envs import EnvStep, SimulatorFeatures, SimulatorSlateEnv
+from recsys.policy.training.rollout import (
+    EnvFactory,
+    RolloutBatch,
+    RolloutWorker,
+    ensure_ray,
+    make_ray_workers,
+    sample_all,
+)
+from recsys.policy.training.sessions import (
+    SessionLog,
+    collect_random_sessions,
+    session_transitions,
+)
+from recsys.policy.training.sessions import item_statistics as compute_item_statistics
+from recsys.types import FloatArray
+
+__all__ = [
+    "SimulatorEnvFactory",
+    "SimulatorSetup",
+    "TrainResult",
+    "build_simulator_setup",
+    "simulator_env_factory",
+    "train_policy",
+]
+
+
+# ---- the project simulator -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class SimulatorSetup:
+    """What is learned from the logging policy before RL: item statistics, the reward model.
+
+    ``log`` is kept for baselines trained from the same logs (myopic, popularity).
+    """
+
+    world: SyntheticWorld
+    settings: SimulatorSettings
+    item_extra: FloatArray | None
+    reward_tensors: Tensors | None
+    reward_report: dict[str, Any]
+    log: SessionLog | None = field(default=None, repr=False)
+
+
+def build_simulator_setup(config: PolicyTrainConfig, *, need_reward: bool = True) -> SimulatorSetup:
+    """World, random-policy logs of ``log_users`` users, item statistics and learned reward."""
+    world = make_world(config.catalog())
+    settings = config.simulator_settings()
+    log_world = world.select_users(np.arange(config.log_users, dtype=np.int64))
+    log = collect_random_sessions(
+        log_world, settings, seed=config.seed + 17, max_steps=config.log_max_steps
+    )
+    extra = compute_item_statistics(log, world) if config.item_statistics else None
+    tensors: Tensors | None = None
+    report: dict[str, Any] = {}
+    if need_reward:
+        fit = fit_learned_reward(log, seed=config.seed, objective=config.reward_objective)
+        tensors = reward_model_tensors(fit.model)
+        report = dict(fit.report)
+    return SimulatorSetup(world, settings, extra, tensors, report, log)
+
+
+@dataclass(frozen=True)
+class SimulatorEnvFactory:
+    """Builds worker ``k``'s simulator env: its own slice of the population, its own seed.
+
+    A picklable dataclass rather than a closure, so Ray ships it to actors cheaply (the world
+    is re-drawn from its seed on the worker instead of being shipped).
+    """
+
+    catalog: dict[str, Any]
+    settings: dict[str, Any]
+    first_user: int
+    users: int
+    seed: int
+    item_extra: FloatArray | None = None
+    cross_features: bool = True
+
+    def __call__(self, worker_index: int) -> SimulatorSlateEnv:
+        world = make_world(CatalogSettings(**self.catalog))
+        start = self.first_user + worker_index * self.users
+        population = world.select_users(np.arange(start, start + self.users, dtype=np.int64))
+        return SimulatorSlateEnv(
+            population,
+            SimulatorSettings(**self.settings),
+            seed=self.seed + 7919 * worker_index,
+            item_extra=self.item_extra,
+            cross_features=self.cross_features,
+        )
+
+
+def simulator_env_factory(
+    config: PolicyTrainConfig, item_extra: FloatArray | None, seed: int
+) -> SimulatorEnvFactory:
+    """Training envs: the ``workers * users`` users right after the logging users."""
+    return SimulatorEnvFactory(
+        catalog=config.catalog().model_dump(),
+        settings=config.simulator_settings().model_dump(),
+        first_user=config.log_users,
+        users=config.users,
+        seed=seed,
+        item_extra=item_extra,
+        cross_features=config.cross_features,
+    )
+
+
+# ---- the learner ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """A finished (or resumed and finished) run."""
+
+    policy: TrainableSlatePolicy
+    config: PolicyTrainConfig
+    curve: list[dict[str, float]]
+    iterations: int
+    reward_scale: float
+    user_dim: int
+    item_dim: int
+    slate_size: int
+    item_extra: FloatArray | None
+    reward_tensors: Tensors | None
+    reward_report: dict[str, Any]
+    wall_s: float
+    checkpoints: list[Path] = field(default_factory=list)
+    curve_csv: Path | None = None
+    curve_png: Path | None = None
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The last checkpoint written."""
+        return self.checkpoints[-1] if self.checkpoints else None
+
+
+class _InProcessWorkers:
+    """One :class:`RolloutWorker` in the driver: the ``workers <= 1`` path (no Ray)."""
+
+    def __init__(self, worker: RolloutWorker) -> None:
+        self.worker = worker
+
+    def sample(self, steps: int, weights: Tensors) -> list[RolloutBatch]:
+        return [self.worker.sample(steps, weights)]
+
+    def close(self) -> None:
+        return None
+
+
+class _RayWorkers:
+    def __init__(self, actors: list[Any], started_ray: bool) -> None:
+        self.actors = actors
+        self.started_ray = started_ray
+
+    def sample(self, steps: int, weights: Tensors) -> list[RolloutBatch]:
+        return sample_all(self.actors, steps, weights)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        if self.started_ray:
+            ray.shutdown()
+
+
+def _scaled(tr: Transition, scale: float) -> Transition:
+    return tr._replace(reward=(tr.reward * np.float32(scale)).astype(np.float32))
+
+
+def _auto_scale(batches: Sequence[RolloutBatch], gamma: float) -> float:
+    """``(1 - gamma) / mean |step reward|``: discounted returns of order 1 whatever the reward
+    unit, so SlateQ's Huber loss stays in its quadratic range and one ``lr`` fits all."""
+    total, count = 0.0, 0
+    for batch in batches:
+        for tr in batch.transitions:
+            total += float(np.abs(tr.reward.sum(axis=1)).sum())
+            count += tr.batch_size
+    mean_abs = total / max(count, 1)
+    return (1.0 - gamma) / mean_abs if mean_abs > 1e-8 else 1.0
+
+
+def _mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    if not metrics:
+        return {}
+    return {k: float(np.mean([m[k] for m in metrics if k in m])) for k in metrics[0]}
+
+
+def _without_scores(tr: Transition) -> Transition:
+    """Drop the optional slate scores so online and logged rows concatenate."""
+    nxt = tr.next_action
+    return tr._replace(
+        action=tr.action._replace(scores=None),
+        next_action=None if nxt is None else nxt._replace(scores=None),
+    )
+
+
+class _LogReplay:
+    """Minibatches of the logging policy's sessions as transitions (built on demand: the
+    whole log as ``[N, C, F_i]`` features would not fit in memory)."""
+
+    def __init__(self, log: SessionLog, features: SimulatorFeatures, spec: RewardSpec) -> None:
+        self.log = log
+        self.features = features
+        response = SlateResponse.from_signals(log.signals)
+        dummy = SlateObs(
+            np.zeros((1, 1), np.float32),
+            np.zeros((1, 1, 1), np.float32),
+            np.zeros((1, 1), np.int64),
+        )
+        step = EnvStep(response, dummy, log.done, hidden_reward=log.hidden_reward)
+        self.reward = spec.build()(step)
+
+    def sample(self, rows: int, scale: float, rng: np.random.Generator) -> Transition:
+        idx = rng.integers(0, self.log.num_rows, rows)
+        reward = self.reward[idx] * np.float32(scale)
+        return session_transitions(self.log, self.features, idx, reward)
+
+
+def _learn_slateq(
+    policy: TrainableSlatePolicy,
+    replay: deque[Transition],
+    config: PolicyTrainConfig,
+    rng: np.random.Generator,
+    log_replay: _LogReplay | None = None,
+    scale: float = 1.0,
+    updates: int | None = None,
+) -> list[Mapping[str, float]]:
+    """Minibatch TD updates; each minibatch mixes rows of up to 4 random replayed steps and,
+    with ``log_replay``, a ``log_replay_fraction`` of logged rows."""
+    out: list[Mapping[str, float]] = []
+    n_log = 0 if log_replay is None else round(config.batch_size * config.log_replay_fraction)
+    if not replay:
+        n_log = config.batch_size
+    n_online = config.batch_size - n_log
+    for _ in range(config.updates_per_iteration if updates is None else updates):
+        parts: list[Transition] = []
+        if n_online and replay:
+            k = min(4, len(replay))
+            picks = [replay[int(i)] for i in rng.integers(0, len(replay), k)]
+            per = max(1, n_online // k)
+            parts += [
+                _without_scores(tr.take(rng.integers(0, tr.batch_size, per)))
+                for tr in picks
+                if tr.batch_size
+            ]
+        if n_log and log_replay is not None:
+            parts.append(log_replay.sample(n_log, scale, rng))
+        if parts:
+            out.append(policy.update([concat_transitions(parts)]))
+    return out
+
+
+def _learn_reinforce(
+    policy: TrainableSlatePolicy,
+    rollouts: Sequence[list[Transition]],
+    config: PolicyTrainConfig,
+    rng: np.random.Generator,
+) -> list[Mapping[str, float]]:
+    out: list[Mapping[str, float]] = []
+    for rollout in rollouts:
+        sizes = {tr.batch_size for tr in rollout}
+        if len(sizes) != 1:  # rows were dropped (vector-env resets): no shared time axis
+            out.extend(policy.update([tr]) for tr in rollout)
+            continue
+        b = sizes.pop()
+        perm = rng.permutation(b)
+        for start in range(0, b, config.batch_size):
+            rows = perm[start : start + config.batch_size]
+            out.append(policy.update([tr.take(rows) for tr in rollout]))
+    return out
+
+
+def train_policy(
+    config: PolicyTrainConfig,
+    *,
+    artifacts_root: Path | None = None,
+    resume: Path | None = None,
+    progress: bool = False,
+    output_dir: Path | None = None,
+    env_factory: EnvFactory | None = None,
+    setup: SimulatorSetup | None = None,
+    reward_tensors: Tensors | None = None,
+    on_iteration: Callable[[int, TrainableSlatePolicy, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``config.algo`` on rollouts; checkpoint, write curves, optionally resume.
+
+    ``artifacts_root``: where ``policy-<algo>/<version>`` checkpoints go (none without it).
+    ``resume``: a checkpoint directory to continue from (same algo and feature widths).
+    ``output_dir``: where ``learning_curve.csv`` / ``.png`` are written.
+    ``env_factory``: a custom :class:`~recsys.policy.training.envs.BatchSlateEnv` per worker instead
+    of the project simulator (``setup`` and the simulator fields of the config are then
+    unused; ``reward='learned'`` needs ``reward_tensors``). ``setup``: a prebuilt
+    :class:`SimulatorSetup` to share between runs (e.g. the experiments' several rewards).
+    ``on_iteration(iteration, policy, row)`` is called after each iteration (e.g. evaluation).
+    """
+    start_time = time.perf_counter()
+    torch.manual_seed(config.seed)
+    ckpt = load_policy_checkpoint(resume) if resume is not None else None
+    if ckpt is not None and ckpt.config.algo != config.algo:
+        raise ValueError(f"cannot resume a {ckpt.config.algo} checkpoint as {config.algo}")
+
+    item_extra: FloatArray | None = None
+    reward_report: dict[str, Any] = {}
+    log: SessionLog | None = None
+    if env_factory is None:
+        if ckpt is not None:
+            item_extra, reward_tensors = ckpt.item_extra, ckpt.reward_tensors
+        else:
+            setup = setup or build_simulator_setup(config, need_reward=config.reward == "learned")
+            item_extra = setup.item_extra
+            reward_tensors = setup.reward_tensors
+            reward_report = setup.reward_report
+            log = setup.log
+        start_iteration = ckpt.iteration if ckpt else 0
+        env_seed = config.seed + 101 * start_iteration
+        env_factory = simulator_env_factory(config, item_extra, seed=env_seed)
+    else:
+        start_iteration = ckpt.iteration if ckpt else 0
+        if ckpt is not None and reward_tensors is None:
+            reward_tensors = ckpt.reward_tensors
+    if ckpt is not None:
+        reward_report = dict(ckpt.artifact.metadata.get("reward_report", {}))
+    spec = RewardSpec(
+        config.reward,
+        config.revenue_weight,
+        reward_tensors if config.reward == "learned" else None,
+    )
+
+    # Build one env first: its observation fixes the policy's feature widths.
+    env0 = env_factory(0)
+    obs0 = env0.reset(seed=config.seed + start_iteration)
+    dims = (int(obs0.user_features.shape[1]), int(obs0.item_features.shape[2]), env0.slate_size)
+    if ckpt is not None and (ckpt.user_dim, ckpt.item_dim, ckpt.slate_size) != dims:
+        raise ValueError(
+            f"checkpoint was trained on (user_dim, item_dim, slate_size) = "
+            f"{(ckpt.user_dim, ckpt.item_dim, ckpt.slate_size)}, this env has {dims}"
+        )
+    factory = PolicyFactory(config, *dims)
+    policy = ckpt.policy if ckpt is not None else factory()
+    log_replay = None
+    if (
+        config.algo == "slateq"
+        and log is not None
+        and isinstance(env0, SimulatorSlateEnv)
+        and (config.log_replay_fraction > 0 or config.pretrain_updates > 0)
+    ):
+        log_replay = _LogReplay(log, env0.features, spec)
+    pool: _InProcessWorkers | _RayWorkers
+    if config.workers < 2:
+        worker = RolloutWorker(
+            env_factory, factory, spec, seed=config.seed + start_iteration, env=env0
+        )
+        pool = _InProcessWorkers(worker)
+    else:
+        del env0
+        started = ensure_ray()
+        actors = make_ray_workers(
+            config.workers, env_factory, factory, spec, seed=config.seed + start_iteration
+        )
+        pool = _RayWorkers(actors, started)
+
+    scale = ckpt.reward_scale if ckpt is not None else config.reward_scale
+    curve: list[dict[str, float]] = list(ckpt.curve) if ckpt is not None else []
+    user_steps_total = float(curve[-1]["user_steps"]) if curve else 0.0
+    wall_offset = float(curve[-1]["wall_s"]) if curve else 0.0
+    replay: deque[Transition] = deque(
+        maxlen=config.replay_iterations * config.steps_per_iteration * config.actual_workers
+    )
+    np_rng = np.random.default_rng([config.seed, start_iteration])
+    checkpoints: list[Path] = []
+    bar = _progress(progress, config, start_iteration)
+    try:
+        for iteration in range(start_iteration + 1, config.iterations + 1):
+            batches = pool.sample(config.steps_per_iteration, policy.weights())
+            stats = [b.stats for b in batches]
+            steps = sum(s.user_steps for s in stats)
+            if scale is None:
+                scale = _auto_scale(batches, config.gamma)
+            rollouts = [[_scaled(tr, scale) for tr in b.transitions] for b in batches]
+            if config.algo == "slateq":
+                for rollout in rollouts:
+                    replay.extend(rollout)
+                if iteration == 1 and log_replay is not None and config.pretrain_updates:
+                    _learn_slateq(
+                        policy,
+                        deque(),
+                        config,
+                        np_rng,
+                        log_replay,
+                        scale,
+                        updates=config.pretrain_updates,
+                    )
+                metrics = _learn_slateq(policy, replay, config, np_rng, log_replay, scale)
+            else:
+                metrics = _learn_reinforce(policy, rollouts, config, np_rng)
+            user_steps_total += steps
+            done = sum(s.episodes_done for s in stats)
+            hidden = sum(s.hidden_reward for s in stats) / max(steps, 1)
+            churn = done / max(steps, 1)
+            row: dict[str, float] = {
+                "iteration": float(iteration),
+                "user_steps": user_steps_total,
+                "wall_s": wall_offset + time.perf_counter() - start_time,
+                "rollout_s": max(s.seconds for s in stats),
+                "reward_per_user_step": sum(s.reward for s in stats) / max(steps, 1),
+                "hidden_reward_per_user_step": hidden,
+                "clicks_per_user_step": sum(s.clicks for s in stats) / max(steps, 1),
+                "revenue_per_user_step": sum(s.revenue for s in stats) / max(steps, 1),
+                "churn_per_user_step": churn,
+                "life_value_estimate": hidden / churn if churn > 0 else float("nan"),
+                **_mean_metrics(metrics),
+            }
+            curve.append(row)
+            if on_iteration is not None:
+                on_iteration(iteration, policy, row)
+            if bar is not None:
+                bar.update(iteration, row)
+            if artifacts_root is not None and (
+                iteration % config.checkpoint_every == 0 or iteration == config.iterations
+            ):
+                art = save_policy_checkpoint(
+                    artifacts_root,
+                    policy,
+                    config,
+                    iteration=iteration,
+                    dims=dims,
+                    reward_scale=float(scale),
+                    item_extra=item_extra,
+                    reward_tensors=reward_tensors,
+                    curve=curve,
+                    reward_report=reward_report,
+                )
+                checkpoints.append(art.path)
+    finally:
+        if bar is not None:
+            bar.close()
+        pool.close()
+    result = TrainResult(
+        policy=policy,
+        config=config,
+        curve=curve,
+        iterations=config.iterations,
+        reward_scale=float(scale if scale is not None else 1.0),
+        user_dim=dims[0],
+        item_dim=dims[1],
+        slate_size=dims[2],
+        item_extra=item_extra,
+        reward_tensors=reward_tensors,
+        reward_report=reward_report,
+        wall_s=time.perf_counter() - start_time,
+        checkpoints=checkpoints,
+    )
+    if output_dir is not None:
+        result.curve_csv = output_dir / "learning_curve.csv"
+        result.curve_png = output_dir / "learning_curve.png"
+        write_learning_curve(
+            curve, result.curve_csv, result.curve_png, f"{config.algo} ({config.reward} reward)"
+        )
+    return result
+
+
+class _Progress:
+    def __init__(self, config: PolicyTrainConfig, start: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn(f"[bold]{config.algo}[/] ({config.reward})"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=config.iterations, completed=start, info=""
+        )
+
+    def update(self, iteration: int, row: Mapping[str, float]) -> None:
+        info = (
+            f"reward/step {row['reward_per_user_step']:.3f}  "
+            f"LTV+/step {row['hidden_reward_per_user_step']:.3f}"
+        )
+        self.progress.update(self.task, completed=iteration, info=info)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _progress(enabled: bool, config: PolicyTrainConfig, start: int) -> _Progress | None:
+    return _Progress(config, start) if enabled else None

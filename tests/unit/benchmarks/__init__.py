@@ -1,0 +1,1 @@
+"""Tests for the benchmark drivers under benchmarks/ (importable as the benchmarks package)."""

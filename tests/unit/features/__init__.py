@@ -1,0 +1,1 @@
+"""Tests of the event fold, the compact state and the featurisers."""

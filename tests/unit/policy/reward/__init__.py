@@ -1,0 +1,1 @@
+"""Tests for recsys.policy.reward."""
