@@ -1,14 +1,19 @@
 """Policy experiments: ``python benchmarks/policy_experiments.py [--quick]``.
 
-The experiments behind the policy's Must-show claims (fixed seeds throughout):
+The experiments behind the served-RL issue's Must-show claims (fixed seeds throughout):
 
-- :func:`run_policy_experiments`: on the project simulator, train SlateQ with each reward
-  (clicks-only, the hidden true reward, the learned reward) and REINFORCE-top-K with the
-  learned reward, from the library's documented settings
-  (:func:`recsys.policy.training.config.documented_config`); evaluate them with the baselines
-  on the same held-out users; report SlateQ/myopic and SlateQ/random return ratios with
-  paired bootstrap CIs and the gap closed by the learned reward,
-  ``(learned - clicks) / (hidden - clicks)`` of true long-term return.
+- :func:`run_policy_experiments`: on the project simulator (satiation on, one ad per slate),
+  build the setup once (logs of a random policy, the two-tower retriever, item statistics,
+  the learned reward); for each kind of user features, ``event`` (folded from the simulated
+  events, what the service has) and ``latent`` (the simulator's hidden truth), train SlateQ
+  and REINFORCE-top-K from the library's documented settings
+  (:func:`recsys.policy.training.config.documented_config`) on retriever candidates, fit the
+  baselines from the logs, and evaluate all of them on the same held-out users; report the
+  best RL policy on event features (chosen on validation users) against the dwell-greedy
+  myopic baseline and against the one-step optimiser of the same learned reward, with paired
+  bootstrap CIs; the cost of partial observability (each policy's return on event features
+  next to latent ones); and how much of a just-bought topic each policy shows after a
+  conversion.
 - :func:`ope_known_answer`: off-policy estimates of a target policy from logs of an
   exploring logging policy, next to that target's on-policy value measured by running it.
 
@@ -16,11 +21,13 @@ The script runs both and writes
 
 - ``benchmarks/results/policy_experiments.json`` (everything, including learning curves),
 - ``docs/img/policy_learning_curves.png`` (from that JSON),
-- the results table between the ``<!-- policy-table -->`` markers of ``docs/policy.md``.
+- the results block between the ``<!-- policy-table -->`` markers of ``docs/policy.md``;
 
-``--quick`` shrinks every budget (a smoke run; its numbers are not the documented ones, and
-it writes nothing unless ``--output`` is given).
-``--from-json`` regenerates the figure and table from an existing JSON without training.
+with ``--publish DIR`` it also publishes the event-feature SlateQ, REINFORCE and myopic
+policies it trained (servable artifacts, for ``benchmarks/live_eval.py``). ``--quick``
+shrinks every budget (a smoke run; its numbers are not the documented ones, and it writes
+nothing unless ``--output`` is given). ``--from-json`` regenerates the figure and table from
+an existing JSON without training.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import json
 import math
 import re
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -39,8 +47,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from recsys.config import CatalogSettings, SimulatorSettings
+from recsys.config import CandidateSettings, CatalogSettings, SimulatorSettings
 from recsys.data.synthetic import make_world
+from recsys.pipeline import (
+    build_simulator_setup,
+    myopic_config,
+    publish_policy,
+    train_simulator_policy,
+)
 from recsys.policy.base import BatchSlatePolicy
 from recsys.policy.evaluation.ope import LoggedSlates, evaluate_off_policy, plackett_luce_target
 from recsys.policy.evaluation.simulator import (
@@ -48,13 +62,13 @@ from recsys.policy.evaluation.simulator import (
     evaluate_in_simulator,
     evaluation_users,
     mean_ci,
+    paired_ratio,
+    train_myopic,
     validation_users,
 )
 from recsys.policy.exploration import plackett_luce_sample_batch
-from recsys.policy.reward.spec import RewardKind, reward_model_from_tensors
+from recsys.policy.observation import FeatureKind
 from recsys.policy.training.config import POPULATION, PolicyTrainConfig, documented_config
-from recsys.policy.training.envs import SimulatorFeatures
-from recsys.policy.training.trainer import build_simulator_setup, train_policy
 from recsys.simulator.env import SlateEnv
 from recsys.simulator.policies import relevance_scores
 
@@ -65,6 +79,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "policy_experiments.json"
 FIGURE = ROOT / "docs" / "img" / "policy_learning_curves.png"
 DOC = ROOT / "docs" / "policy.md"
 BEGIN, END = "<!-- policy-table:begin -->", "<!-- policy-table:end -->"
+RL_NAMES = ("slateq", "reinforce")
 
 
 # ---- the experiments -----------------------------------------------------------------------
@@ -74,58 +89,36 @@ BEGIN, END = "<!-- policy-table:begin -->", "<!-- policy-table:end -->"
 class ExperimentConfig:
     """The documented configuration of the policy experiments (fixed seeds throughout).
 
-    ``slateq`` is the SlateQ training config (its ``reward`` is overridden per run);
-    ``reinforce`` the REINFORCE one; both default to the library's
-    :func:`~recsys.policy.training.config.documented_config`. ``slateq_rewards`` /
-    ``reinforce_rewards`` list the rewards each is trained with; ``headline_reward`` names the
-    SlateQ run reported as ``slateq`` (the others appear as ``slateq_<reward>``). Evaluation
-    follows held-out users for one life each, at most ``eval_max_steps`` steps:
-    ``validation_users`` (the last users of the population; budgets and hyperparameters were
-    tuned on these) and ``eval_users`` test users
+    ``slateq`` / ``reinforce`` are the training configs (their ``features`` is overridden per
+    kind); both default to the library's
+    :func:`~recsys.policy.training.config.documented_config`. ``feature_kinds`` lists the
+    user-feature kinds every policy is trained and evaluated with; ``headline`` is the one
+    the Must-show figures use (``event``: what the service has). Evaluation follows held-out
+    users for one life each, at most ``eval_max_steps`` steps: ``validation_users`` (the last
+    users of the population; the best RL policy and every setting were chosen on these) and
+    ``eval_users`` test users
     (:func:`~recsys.policy.evaluation.simulator.evaluation_users`, never used for any choice),
     on which the Must-show figures are reported.
     """
 
     slateq: PolicyTrainConfig = field(default_factory=lambda: documented_config("slateq"))
     reinforce: PolicyTrainConfig = field(default_factory=lambda: documented_config("reinforce"))
-    slateq_rewards: tuple[RewardKind, ...] = ("clicks", "hidden", "learned")
-    reinforce_rewards: tuple[RewardKind, ...] = ("learned",)
-    headline_reward: RewardKind = "learned"
+    feature_kinds: tuple[FeatureKind, ...] = ("event", "latent")
+    headline: FeatureKind = "event"
+    candidates: CandidateSettings = field(default_factory=CandidateSettings)
     eval_users: int = 1000
     validation_users: int = 1000
     eval_max_steps: int = 200
     eval_seed: int = 2024
-    bootstrap: int = 2000
+    after_conversion_steps: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         out = asdict(self)
         out["slateq"] = self.slateq.to_dict()
         out["reinforce"] = self.reinforce.to_dict()
+        out["candidates"] = self.candidates.model_dump(mode="json")
         return out
-
-
-def _gap_closure(
-    clicks: F64, hidden: F64, learned: F64, n_bootstrap: int, seed: int
-) -> dict[str, float]:
-    """``(L - C) / (H - C)`` of mean returns, with a users-paired percentile bootstrap CI."""
-    rng = np.random.default_rng(seed)
-    n = clicks.shape[0]
-    counts = np.zeros((n_bootstrap, n))
-    np.add.at(counts, (np.arange(n_bootstrap)[:, None], rng.integers(0, n, (n_bootstrap, n))), 1)
-    c, h, lrn = counts @ clicks / n, counts @ hidden / n, counts @ learned / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = (lrn - c) / (h - c)
-    low, high = np.nanquantile(boot, [0.025, 0.975])
-    value = (learned.mean() - clicks.mean()) / (hidden.mean() - clicks.mean())
-    return {
-        "closure": float(value),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "clicks_return": float(clicks.mean()),
-        "hidden_return": float(hidden.mean()),
-        "learned_return": float(learned.mean()),
-    }
 
 
 def _subsample(rows: Sequence[Mapping[str, float]], keep: int = 60) -> list[dict[str, Any]]:
@@ -140,111 +133,173 @@ def _subsample(rows: Sequence[Mapping[str, float]], keep: int = 60) -> list[dict
     ]
 
 
+def _versus(a: F64, b: F64, target: float, seed: int) -> dict[str, Any]:
+    ratio = paired_ratio(a, b, seed=seed)
+    return {
+        **ratio,
+        "target": target,
+        "meets_ratio": ratio["ratio"] >= target,
+        "ci_above_one": ratio["ci_low"] > 1.0,
+    }
+
+
 def run_policy_experiments(
-    config: ExperimentConfig | None = None, *, progress: bool = False
+    config: ExperimentConfig | None = None,
+    *,
+    root: Path,
+    progress: bool = False,
+    publish: Path | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and compare (see the module docstring); JSON-ready results."""
+    """Train, evaluate and compare (see the module docstring); JSON-ready results.
+
+    ``root`` holds the setup's retrieval artifact (and intermediate checkpoints are not
+    written); ``publish`` receives servable artifacts of the headline-kind SlateQ,
+    REINFORCE and myopic policies.
+    """
     cfg = config or ExperimentConfig()
     start = time.perf_counter()
     torch.manual_seed(cfg.slateq.seed)
-    setup = build_simulator_setup(cfg.slateq)
-    assert setup.reward_tensors is not None
-    assert setup.log is not None
-    reward_model = reward_model_from_tensors(setup.reward_tensors)
-    core = SlateEnv(setup.world, settings=setup.settings)
-    features = SimulatorFeatures.build(core, setup.item_extra, cfg.slateq.cross_features)
+    setup = build_simulator_setup(cfg.slateq, root, candidates=cfg.candidates, progress=progress)
+    reward_model = setup.reward_model
+    test, valid = evaluation_users(cfg.eval_users), validation_users(cfg.validation_users)
 
-    trained: dict[str, BatchSlatePolicy] = {}
     training: dict[str, Any] = {}
-    runs: list[tuple[str, PolicyTrainConfig]] = [
-        (
-            "slateq" if r == cfg.headline_reward else f"slateq_{r}",
-            replace(cfg.slateq, reward=r),
+    evaluation: dict[str, Any] = {}
+    validation: dict[str, Any] = {}
+    per_user: dict[str, Any] = {}
+    trained: dict[str, Any] = {}
+    timing: dict[str, float] = {f"setup_{k}": v for k, v in setup.seconds.items()}
+    for kind in cfg.feature_kinds:
+        policies: dict[str, BatchSlatePolicy] = {}
+        for base in (cfg.slateq, cfg.reinforce):
+            run_cfg = replace(base, features=kind)
+            result = train_simulator_policy(run_cfg, setup, progress=progress)
+            name = run_cfg.algo
+            policies[name] = result.policy
+            trained[f"{name}/{kind}"] = result
+            training[f"{name}/{kind}"] = {
+                "algo": run_cfg.algo,
+                "features": kind,
+                "wall_s": result.wall_s,
+                "reward_scale": result.reward_scale,
+                "user_steps": result.curve[-1]["user_steps"],
+                "curve": _subsample(result.curve),
+            }
+        t0 = time.perf_counter()
+        baselines = build_baselines(
+            setup.logged(kind),
+            reward_model,
+            num_items=setup.world.num_items,
+            slate_size=cfg.slateq.slate_size,
+            sampler=cfg.slateq.sampler("greedy"),
+            seed=cfg.slateq.seed,
         )
-        for r in cfg.slateq_rewards
-    ] + [
-        (
-            "reinforce" if r == cfg.headline_reward else f"reinforce_{r}",
-            replace(cfg.reinforce, reward=r),
+        timing[f"baselines_{kind}"] = time.perf_counter() - t0
+        policies = {**baselines, **policies}
+        t0 = time.perf_counter()
+        ratios = [(n, b) for n in RL_NAMES for b in ("myopic", "myopic_learned", "random")]
+        for users, out in ((test, evaluation), (valid, validation)):
+            result_kind = evaluate_in_simulator(
+                policies,
+                make_users=setup.make_users(users, kind),
+                max_steps=cfg.eval_max_steps,
+                seed=cfg.eval_seed,
+                ratios=ratios,
+            )
+            pu = result_kind.pop("_per_user")
+            out[kind] = result_kind
+            if users is test:
+                per_user[kind] = pu
+        timing[f"evaluation_{kind}"] = time.perf_counter() - t0
+
+    head = cfg.headline
+    best = max(RL_NAMES, key=lambda n: validation[head]["policies"][n]["return"]["mean"])
+    pu = per_user[head]
+    must_show: dict[str, Any] = {
+        "best_rl": best,
+        "best_rl_chosen_on": "validation users (mean return, event features)",
+        "vs_myopic": _versus(pu[best].returns, pu["myopic"].returns, 1.10, cfg.eval_seed),
+        "vs_myopic_learned": _versus(
+            pu[best].returns, pu["myopic_learned"].returns, 1.03, cfg.eval_seed
+        ),
+    }
+    for other in RL_NAMES:
+        must_show[f"{other}_vs_myopic"] = _versus(
+            pu[other].returns, pu["myopic"].returns, 1.10, cfg.eval_seed
         )
-        for r in cfg.reinforce_rewards
-    ]
-    for name, run_cfg in runs:
-        result = train_policy(run_cfg, setup=setup, progress=progress)
-        trained[name] = result.policy
-        training[name] = {
-            "algo": run_cfg.algo,
-            "reward": run_cfg.reward,
-            "wall_s": result.wall_s,
-            "reward_scale": result.reward_scale,
-            "user_steps": result.curve[-1]["user_steps"],
-            "curve": _subsample(result.curve),
+    share = {
+        name: evaluation[head]["policies"][name]["bought_topic_share_after_conversion"]
+        for name in ("myopic", "myopic_learned", *RL_NAMES)
+    }
+    must_show["satiation"] = {
+        "after_conversion_steps": cfg.after_conversion_steps,
+        "bought_topic_share": share,
+        "conversions_per_life": {
+            name: evaluation[head]["policies"][name]["conversions"]["mean"] for name in share
+        },
+        "best_rl_shows_less_than_myopic": bool(
+            share[best]["mean"] < share["myopic"]["mean"]
+            and share[best].get("ci_high", math.inf) < share["myopic"].get("ci_low", -math.inf)
+        ),
+        "best_rl_mean_below_myopic_mean": bool(share[best]["mean"] < share["myopic"]["mean"]),
+    }
+    if len(cfg.feature_kinds) > 1:
+        other_kind = next(k for k in cfg.feature_kinds if k != head)
+        must_show["partial_observability"] = {
+            name: {
+                head: evaluation[head]["policies"][name]["return"]["mean"],
+                other_kind: evaluation[other_kind]["policies"][name]["return"]["mean"],
+                "ratio": paired_ratio(
+                    per_user[head][name].returns, per_user[other_kind][name].returns
+                ),
+            }
+            for name in evaluation[head]["policies"]
         }
 
-    base_start = time.perf_counter()
-    baselines = build_baselines(
-        setup.log,
-        setup.world,
-        features,
-        reward_model,
-        slate_size=cfg.slateq.slate_size,
-        seed=cfg.slateq.seed,
-    )
-    baselines_s = time.perf_counter() - base_start
-    policies: dict[str, BatchSlatePolicy] = {**baselines, **trained}
-    ratio_pairs = [
-        ("slateq", "myopic"),
-        ("slateq", "random"),
-        ("slateq", "myopic_learned"),
-        ("slateq", "bandit"),
-    ]
-    ratio_pairs += [(n, "myopic") for n in trained if n != "slateq"]
-    evaluation, validation = (
-        evaluate_in_simulator(
-            policies,
-            world=setup.world,
-            settings=setup.settings,
-            features=features,
-            users=users,
-            max_steps=cfg.eval_max_steps,
-            seed=cfg.eval_seed,
-            ratios=ratio_pairs,
+    if publish is not None:
+        published: dict[str, str] = {}
+        for algo in RL_NAMES:
+            done = trained[f"{algo}/{head}"]
+            art = publish_policy(
+                publish,
+                algo,
+                done.policy,
+                done.config,
+                setup,
+                iteration=done.iterations,
+                reward_scale=done.reward_scale,
+                curve=done.curve,
+                evaluation={"test": evaluation[head]["policies"][algo]},
+            )
+            published[algo] = str(art.path)
+        _, model = train_myopic(
+            setup.logged(head),
+            None,
+            slate_size=cfg.slateq.slate_size,
+            sampler=cfg.slateq.sampler("greedy"),
+            seed=cfg.slateq.seed,
         )
-        for users in (evaluation_users(cfg.eval_users), validation_users(cfg.validation_users))
-    )
-    validation.pop("_per_user")
-    per_user = evaluation.pop("_per_user")
-    summary = evaluation["policies"]
-
-    def non_overlap(a: str, b: str) -> bool:
-        return bool(summary[a]["return"]["ci_low"] > summary[b]["return"]["ci_high"])
-
-    must_show: dict[str, Any] = {}
-    for base, target in (("myopic", 1.10), ("random", 1.25)):
-        ratio = evaluation["ratios"][f"slateq/{base}"]
-        must_show[f"slateq_vs_{base}"] = {
-            **ratio,
-            "target": target,
-            "meets_ratio": ratio["ratio"] >= target,
-            "cis_do_not_overlap": non_overlap("slateq", base),
-        }
-    rewards_present = {"clicks", "hidden", cfg.headline_reward} <= set(cfg.slateq_rewards)
-    if rewards_present and cfg.headline_reward == "learned":
-        gap = _gap_closure(
-            per_user["slateq_clicks"].returns,
-            per_user["slateq_hidden"].returns,
-            per_user["slateq"].returns,
-            cfg.bootstrap,
-            cfg.eval_seed,
+        art = publish_policy(
+            publish,
+            "myopic",
+            model,
+            myopic_config(replace(cfg.slateq, features=head)),
+            setup,
+            evaluation={"test": evaluation[head]["policies"]["myopic"]},
+            serve_as="myopic_greedy",
         )
-        must_show["gap_closure"] = {**gap, "target": 0.8, "meets_target": gap["closure"] >= 0.8}
+        published["myopic"] = str(art.path)
+        published["retrieval"] = str(setup.retrieval.artifact.path)
+        must_show["published"] = published
+
+    timing["total"] = time.perf_counter() - start
     return {
         "config": cfg.to_dict(),
         "simulator": {
             "catalog": CatalogSettings(**cfg.slateq.catalog().model_dump()).model_dump(),
-            "settings": "SimulatorSettings defaults except num_candidates and slate_size",
-            "num_candidates": cfg.slateq.num_candidates,
-            "slate_size": cfg.slateq.slate_size,
+            "settings": SimulatorSettings(
+                num_candidates=cfg.slateq.num_candidates, slate_size=cfg.slateq.slate_size
+            ).model_dump(),
             "population_layout": {
                 "logging_users": [0, cfg.slateq.log_users],
                 "training_users_from": cfg.slateq.log_users,
@@ -252,15 +307,16 @@ def run_policy_experiments(
                 "validation_users": [POPULATION - cfg.validation_users, POPULATION],
             },
         },
+        "retrieval": {
+            "version": setup.retrieval.artifact.version,
+            "metrics": setup.retrieval.artifact.metadata.get("metrics"),
+        },
         "reward_model": setup.reward_report,
         "training": training,
         "evaluation": evaluation,
         "validation": validation,
         "must_show": must_show,
-        "timing_s": {
-            "total": time.perf_counter() - start,
-            "baselines": baselines_s,
-        },
+        "timing_s": timing,
     }
 
 
@@ -273,32 +329,28 @@ _ROW_ORDER = (
     "myopic_learned",
     "bandit",
     "slateq",
-    "slateq_clicks",
-    "slateq_hidden",
-    "slateq_engagement",
     "reinforce",
-    "reinforce_clicks",
-    "reinforce_hidden",
 )
 
 
-def markdown_table(results: Mapping[str, Any]) -> str:
-    """The evaluation table (mean [95% CI] per user) as Markdown, rows in a fixed order."""
-    policies = results["evaluation"]["policies"]
+def _cell(m: Mapping[str, float], digits: int) -> str:
+    return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+
+
+def markdown_table(results: Mapping[str, Any], kind: str = "event") -> str:
+    """The evaluation table of one feature kind (mean [95% CI] per user), fixed row order."""
+    policies = results["evaluation"][kind]["policies"]
     names = [n for n in _ROW_ORDER if n in policies] + [n for n in policies if n not in _ROW_ORDER]
-
-    def cell(m: Mapping[str, float], digits: int) -> str:
-        return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
-
     lines = [
-        "| policy | long-term return (LTV min) | clicks | revenue | steps lived |",
-        "|---|---|---|---|---|",
+        "| policy | long-term return (LTV min) | clicks | revenue | conversions | steps lived |",
+        "|---|---|---|---|---|---|",
     ]
     for n in names:
         p = policies[n]
         lines.append(
-            f"| {n} | {cell(p['return'], 1)} | {cell(p['clicks'], 1)} | "
-            f"{cell(p['revenue'], 2)} | {p['steps']['mean']:.1f} |"
+            f"| {n} | {_cell(p['return'], 1)} | {_cell(p['clicks'], 1)} | "
+            f"{_cell(p['revenue'], 2)} | {p['conversions']['mean']:.2f} | "
+            f"{p['steps']['mean']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -316,7 +368,7 @@ def plot_learning_curves(results: Mapping[str, Any], path: Path) -> None:
         ("clicks_per_user_step", "clicks per user-step"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
-    for name, run in results["training"].items():
+    for name, run in results["training"].items():  # "slateq/event", ...
         xs = [r["user_steps"] for r in run["curve"]]
         for ax, (key, _) in zip(axes, panels, strict=True):
             ys = [r.get(key) for r in run["curve"]]
@@ -461,40 +513,68 @@ def ope_known_answer(
 # ---- the script ----------------------------------------------------------------------------
 
 
-def _fmt_ratio(r: dict[str, Any]) -> str:
+def _fmt_ratio(r: Mapping[str, Any]) -> str:
     return f"{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
 
 
-def render_doc_block(results: dict[str, Any]) -> str:
-    """The generated Markdown: evaluation table, must-show lines and the OPE check."""
+def render_doc_block(results: Mapping[str, Any]) -> str:
+    """The generated Markdown: tables, must-show lines, partial observability, OPE check."""
     must = results["must_show"]
-    lines = [markdown_table(results), ""]
-    for key, label in (("slateq_vs_myopic", "myopic"), ("slateq_vs_random", "random")):
+    kinds = list(results["evaluation"])
+    lines = [f"Test users, **{kinds[0]}** user features:", "", markdown_table(results, kinds[0])]
+    best = must["best_rl"]
+    lines += [
+        "",
+        f"- Best RL policy on validation users: **{best}** "
+        f"(chosen on {must['best_rl_chosen_on']}).",
+    ]
+    for key, label in (
+        ("vs_myopic", "myopic (dwell-greedy)"),
+        ("vs_myopic_learned", "the one-step optimiser of the same learned reward"),
+    ):
         m = must[key]
         lines.append(
-            f"- SlateQ / {label}: **{_fmt_ratio(m)}** (target >= {m['target']}; "
-            f"met: {m['meets_ratio']}; return CIs do not overlap: {m['cis_do_not_overlap']})"
+            f"- {best} / {label}: **{_fmt_ratio(m)}** (target >= {m['target']}: "
+            f"{m['meets_ratio']}; paired CI above 1: {m['ci_above_one']})"
         )
-    for name, r in results["evaluation"]["ratios"].items():
-        if name not in ("slateq/myopic", "slateq/random"):
-            lines.append(f"- {name}: {_fmt_ratio(r)}")
-    if "gap_closure" in must:
-        g = must["gap_closure"]
-        lines.append(
-            f"- Gap closed by the learned reward, (learned - clicks) / (hidden - clicks) of "
-            f"SlateQ's true return: **{g['closure']:.2f} [{g['ci_low']:.2f}, "
-            f"{g['ci_high']:.2f}]** (clicks {g['clicks_return']:.1f}, hidden "
-            f"{g['hidden_return']:.1f}, learned {g['learned_return']:.1f} min; target >= 0.8, "
-            f"met: {g['meets_target']})"
-        )
-    validation = results.get("validation")
+    for name in RL_NAMES:
+        if name != best:
+            lines.append(f"- {name} / myopic: {_fmt_ratio(must[f'{name}_vs_myopic'])}")
+    sat = must["satiation"]
+    shares = ", ".join(
+        f"{name} {v['mean']:.3f} [{v.get('ci_low', float('nan')):.3f}, "
+        f"{v.get('ci_high', float('nan')):.3f}] (n={v['n']})"
+        for name, v in sat["bought_topic_share"].items()
+    )
+    lines.append(
+        f"- After a conversion (satiation on), share of the bought item's topic among the "
+        f"items shown in the next {sat['after_conversion_steps']} slates: {shares}; "
+        f"{best} below myopic: {sat['best_rl_mean_below_myopic_mean']} (CIs apart: "
+        f"{sat['best_rl_shows_less_than_myopic']})"
+    )
+    po = must.get("partial_observability")
+    if po:
+        other = next(k for k in next(iter(po.values())) if k not in ("ratio", kinds[0]))
+        lines += [
+            "",
+            f"Cost of partial observability: mean return on {kinds[0]} features next to "
+            f"{other} (simulator truth) features, same test users:",
+            "",
+            f"| policy | {kinds[0]} | {other} | {kinds[0]} / {other} |",
+            "|---|---|---|---|",
+        ]
+        for name, row in po.items():
+            lines.append(
+                f"| {name} | {row[kinds[0]]:.1f} | {row[other]:.1f} | {_fmt_ratio(row['ratio'])} |"
+            )
+    validation = results.get("validation", {}).get(kinds[0])
     if validation:
         returns = ", ".join(
             f"{name} {p['return']['mean']:.1f}" for name, p in validation["policies"].items()
         )
         lines.append(
-            f"- Validation users (where settings were chosen; not the table's users), mean "
-            f"return: {returns}"
+            f"\n- Validation users (where the best policy and settings were chosen), "
+            f"{kinds[0]} features, mean return: {returns}"
         )
     rm = results["reward_model"]
     lines.append(
@@ -502,10 +582,9 @@ def render_doc_block(results: dict[str, Any]) -> str:
         f"{rm['spearman_step_learned_vs_future_ltv']:.3f} (clicks-only "
         f"{rm['spearman_step_clicks_vs_future_ltv']:.3f}), per life "
         f"{rm['spearman_life_learned_vs_ltv']:.3f} (clicks-only "
-        f"{rm['spearman_life_clicks_vs_ltv']:.3f}); Bradley-Terry on pairs of lives ranked by "
-        f"LTV: per step {rm['spearman_step_bt_vs_future_ltv']:.3f}, per life "
-        f"{rm['spearman_life_bt_vs_ltv']:.3f} (pair accuracy {rm['bt_pair_accuracy']:.3f}); "
-        f"training uses the {rm['objective']} fit"
+        f"{rm['spearman_life_clicks_vs_ltv']:.3f}); Bradley-Terry: per step "
+        f"{rm['spearman_step_bt_vs_future_ltv']:.3f}, per life "
+        f"{rm['spearman_life_bt_vs_ltv']:.3f}; training uses the {rm['objective']} fit"
     )
     ope = results.get("ope_known_answer")
     if ope:
@@ -528,7 +607,7 @@ def render_doc_block(results: dict[str, Any]) -> str:
 
 
 def write_outputs(results: dict[str, Any]) -> None:
-    """Figure and docs table from the results (the JSON is the source of truth)."""
+    """Figure and docs block from the results (the JSON is the source of truth)."""
     plot_learning_curves(results, FIGURE)
     if DOC.is_file():
         text = DOC.read_text()
@@ -538,14 +617,32 @@ def write_outputs(results: dict[str, Any]) -> None:
             DOC.write_text(pattern.sub(lambda _: block, text))
 
 
+def quick_config() -> ExperimentConfig:
+    """Tiny budgets: every code path in a few minutes (not the documented numbers)."""
+    config = ExperimentConfig()
+    return replace(
+        config,
+        slateq=replace(config.slateq, iterations=2, users=256, pretrain_updates=10, log_users=1024),
+        reinforce=replace(config.reinforce, iterations=2, users=256, log_users=1024),
+        candidates=CandidateSettings(epochs=3),
+        eval_users=200,
+        validation_users=200,
+        eval_max_steps=50,
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run (or reload) the experiments and write JSON, figure and docs table."""
+    """Run (or reload) the experiments and write JSON, figure and docs block."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke test)")
     parser.add_argument("--from-json", action="store_true", help="only re-render outputs")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--skip-ope", action="store_true", help="skip the OPE check")
     parser.add_argument(
         "--output", type=Path, default=None, help=f"JSON path (default {RESULTS}; --quick: none)"
+    )
+    parser.add_argument(
+        "--publish", type=Path, default=None, help="publish the event-feature policies here"
     )
     args = parser.parse_args(argv)
     output: Path | None = args.output or (None if args.quick else RESULTS)
@@ -554,19 +651,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_outputs(results)
         return results
     torch.set_num_threads(1)
-    config = ExperimentConfig()
-    ope_kwargs: dict[str, Any] = {}
-    if args.quick:
-        config = replace(
+    config = quick_config() if args.quick else ExperimentConfig()
+    with tempfile.TemporaryDirectory(prefix="policy-experiments-") as tmp:
+        results = run_policy_experiments(
             config,
-            slateq=replace(config.slateq, iterations=2, users=256, pretrain_updates=10),
-            reinforce=replace(config.reinforce, iterations=2, users=256),
-            eval_users=200,
-            eval_max_steps=50,
+            root=args.publish or Path(tmp),
+            progress=not args.no_progress,
+            publish=args.publish,
         )
-        ope_kwargs = {"log_users": 2000, "onpolicy_users": 20_000, "n_bootstrap": 200}
-    results = run_policy_experiments(config, progress=not args.no_progress)
-    results["ope_known_answer"] = ope_known_answer(**ope_kwargs)
+    if not args.skip_ope:
+        ope_kwargs: dict[str, Any] = {}
+        if args.quick:
+            ope_kwargs = {"log_users": 2000, "onpolicy_users": 20_000, "n_bootstrap": 200}
+        results["ope_known_answer"] = ope_known_answer(**ope_kwargs)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")

@@ -164,10 +164,14 @@ def train_candidates(
     settings = _settings(artifacts={"root": artifacts})
     try:
         if data == "simulator":
-            from recsys.pipeline import train_skeleton
+            from recsys.pipeline import catalog_config, train_simulator_retrieval
+            from recsys.policy.training.config import documented_config
 
-            models = train_skeleton(settings, progress=True)
-            artifact, metrics = models.artifact, models.model.metrics
+            config = catalog_config(documented_config("slateq"), settings.catalog)
+            loaded = train_simulator_retrieval(
+                config, settings.artifacts.root, candidates=settings.candidates, progress=True
+            )
+            artifact, metrics = loaded.artifact, loaded.model.metrics
         else:
             from recsys.candidates import train_candidates as train
 
@@ -187,11 +191,11 @@ def train_candidates(
 
 @train_app.command("policy")
 def train_policy_cmd(
-    algo: Annotated[str, typer.Option(help="slateq | reinforce")] = "slateq",
+    algo: Annotated[str, typer.Option(help="slateq | reinforce | myopic")] = "slateq",
     workers: Annotated[
         int, typer.Option(help="Ray rollout actors (0 = in-process, no Ray).", min=0, max=64)
     ] = 2,
-    iterations: Annotated[int, typer.Option(min=1)] = 20,
+    iterations: Annotated[int | None, typer.Option(min=1, help="Default: documented.")] = None,
     reward: Annotated[
         str, typer.Option(help="learned | clicks | engagement | hidden (evaluation only)")
     ] = "learned",
@@ -199,6 +203,12 @@ def train_policy_cmd(
         str,
         typer.Option(help="How the learned reward is fit: regression | bradley-terry."),
     ] = "regression",
+    features: Annotated[
+        str,
+        typer.Option(
+            help="event (what the service knows) | latent (simulator truth, not servable)"
+        ),
+    ] = "event",
     artifacts: Annotated[
         Path | None, typer.Option(help="Artifact root (default: settings.artifacts.root).")
     ] = None,
@@ -208,44 +218,64 @@ def train_policy_cmd(
     output_dir: Annotated[
         Path | None, typer.Option(help="Where to write learning_curve.csv / .png.")
     ] = None,
+    eval_users: Annotated[
+        int, typer.Option(help="Validation users the published policy is evaluated on.", min=2)
+    ] = 300,
     seed: int = 0,
 ) -> None:
-    """Train a slate policy on simulator rollouts (Ray actors feed a learner).
+    """Train a slate policy on simulated users and publish it as a servable artifact.
 
-    Hyperparameters are those of the documented experiments (docs/policy.md), so a policy
-    trained here is the one the benchmark evaluates.
+    The simulator setup (logs of a random policy, the two-tower retriever, item statistics,
+    the learned reward) is built under the artifact root, or reused from an earlier run with
+    the same settings. SlateQ and REINFORCE train on Ray rollout actors; ``myopic`` is the
+    baseline fit from the logs. Hyperparameters are those of the documented experiments
+    (docs/policy.md). The result is ``policy-<algo>/<version>``: weights, the learned reward,
+    the feature spec and item table, the retrieval version, the config and its evaluation.
     """
     from dataclasses import replace
 
-    from recsys.policy.training.config import ALGOS, documented_config
-    from recsys.policy.training.trainer import train_policy
+    from recsys.pipeline import catalog_config, train_and_publish
+    from recsys.policy.training.config import documented_config
 
     settings = _settings(artifacts={"root": artifacts})
     try:
-        if algo not in ALGOS:
-            raise ValueError(f"algo must be {' or '.join(ALGOS)}, got {algo!r}")
+        base = catalog_config(
+            documented_config("reinforce" if algo == "reinforce" else "slateq"), settings.catalog
+        )
         config = replace(
-            documented_config(algo),  # checked against ALGOS above
+            base,
             reward=reward,  # type: ignore[arg-type]  # validated by PolicyTrainConfig
             reward_objective=reward_objective.replace("-", "_"),  # type: ignore[arg-type]
+            features=features,  # type: ignore[arg-type]  # validated by PolicyTrainConfig
             workers=workers,
-            iterations=iterations,
+            iterations=iterations or base.iterations,
             seed=seed,
         )
-        result = train_policy(
+        published = train_and_publish(
+            algo,
             config,
-            artifacts_root=settings.artifacts.root,
+            settings.artifacts.root,
             resume=resume,
             progress=True,
             output_dir=output_dir or settings.artifacts.root / f"policy-{algo}-curves",
+            candidates=settings.candidates,
+            eval_users=eval_users,
         )
     except (ValueError, RecsysError) as exc:
         raise _fail(str(exc)) from None
-    last = result.curve[-1] if result.curve else {}
-    console.print(f"trained {algo} for {result.iterations} iterations in {result.wall_s:.0f}s")
-    for path in result.checkpoints[-1:]:
-        console.print(f"checkpoint {path}")
-    console.print_json(json.dumps(last, default=float))
+    console.print(f"published {published.artifact.path}")
+    summary = published.evaluation["policies"][algo]
+    console.print_json(
+        json.dumps(
+            {
+                "validation_users": published.evaluation["config"]["users"],
+                "return": summary["return"],
+                "clicks": summary["clicks"],
+                "revenue": summary["revenue"],
+            },
+            default=float,
+        )
+    )
 
 
 @evaluate_app.command("sim")
@@ -266,17 +296,20 @@ def evaluate_sim(
     output: OutputOpt = None,
 ) -> None:
     """Long-term return, clicks and revenue per policy with 95% CIs, same seeds for all."""
-    from recsys.policy.evaluation.simulator import evaluate_sim_policies
+    from recsys.pipeline import catalog_config, evaluate_sim_policies
+    from recsys.policy.training.config import documented_config
 
     settings = _settings(artifacts={"root": artifacts})
     names = [p.strip() for p in policies.split(",") if p.strip()]
     try:
         result = evaluate_sim_policies(
             names,
+            settings.artifacts.root,
+            config=catalog_config(documented_config("slateq"), settings.catalog),
+            candidates=settings.candidates,
             users=episodes,
             max_steps=max_steps,
             seed=seed,
-            artifacts_root=settings.artifacts.root,
             progress=not as_json,
         )
     except (ValueError, RecsysError) as exc:

@@ -30,8 +30,10 @@ class CandidateSettings(BaseModel):
     epochs: int = Field(
         40, ge=1, le=1000, description="maximum epochs; training early-stops on validation"
     )
-    log_sessions: int = Field(20_000, ge=100, description="simulated impressions to train on")
-    default_k: int = Field(200, ge=1, le=10_000)
+    default_k: int = Field(50, ge=1, le=10_000)
+    num_ads: int = Field(
+        10, ge=0, le=1000, description="ads among the candidates when no policy says otherwise"
+    )
     recall_target: float = Field(
         0.95, gt=0.0, le=1.0, description="recall@100 vs exact search the ANN index is tuned to"
     )
@@ -41,10 +43,22 @@ class CandidateSettings(BaseModel):
 
 
 class PolicySettings(BaseModel):
-    """Serving policy: Plackett-Luce sampling over myopic scores."""
+    """The served slate policy: which ``policy-<name>`` artifact, and how it explores.
 
-    name: Literal["myopic"] = "myopic"
+    ``name`` ``retrieval`` serves Plackett-Luce over the retrieval scores (no training
+    needed); it is also what answers while no artifact of ``name`` can be served.
+    ``exploration`` ``policy`` keeps the sampler the policy was trained with; ``epsilon`` or
+    ``boltzmann`` replace it (with ``epsilon`` / ``temperature``), keeping its ad load.
+    """
+
+    name: Literal["slateq", "reinforce", "myopic", "retrieval"] = "slateq"
+    exploration: Literal["policy", "epsilon", "boltzmann"] = "policy"
+    epsilon: float = Field(0.1, ge=0.0, le=1.0)
     temperature: float = Field(0.1, gt=0.0, le=100.0)
+    reload_interval_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="how often replicas look for a newer version"
+    )
+    torch_threads: int = Field(1, ge=1, le=64, description="intra-op threads per replica")
     seed: int = 0
 
 

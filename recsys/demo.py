@@ -35,10 +35,12 @@ from rich.table import Table
 from recsys.config import Settings
 from recsys.data.synthetic import SyntheticWorld
 from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_port
-from recsys.pipeline import make_env, train_skeleton
+from recsys.live import feedback_events
+from recsys.pipeline import train_skeleton
 from recsys.protocols import UserStateStore
 from recsys.serving.deployment import start_serving, stop_serving
 from recsys.serving.wiring import build_fold
+from recsys.simulator.env import SlateEnv
 from recsys.store import build_user_state_store
 from recsys.stream import OnlineUpdater, build_event_source, ensure_topics
 
@@ -120,9 +122,10 @@ def drive_users(
 ) -> TrafficStats:
     """Simulated users request slates over HTTP, respond per the simulator, and send feedback.
 
-    Each client thread owns its own simulator stream and HTTP connection. Clicks are reported
-    as ``click`` events; a slate with no click reports ``skip`` on its top item. A failed request
-    is counted and described; a client that cannot reach the service stops.
+    Each client thread owns its own simulator stream and HTTP connection. Every signal of a
+    response is posted (:func:`recsys.live.feedback_events`: the click, its dwell, likes,
+    conversions, skips). A failed request is counted and described; a client that cannot
+    reach the service stops.
     """
     stats = TrafficStats()
     lock = threading.Lock()
@@ -131,7 +134,7 @@ def drive_users(
 
     def client(worker: int) -> None:
         local = TrafficStats()
-        env = make_env(world, seed=seed + 100 + worker)
+        env = SlateEnv(world, seed=seed + 100 + worker)
         rng = np.random.default_rng(seed + 200 + worker)
         call = "connect"
         try:
@@ -152,24 +155,22 @@ def drive_users(
                     items = np.array([it["item_id"] for it in body["items"]], dtype=np.int64)
                     local.impressions += items.size
                     step = env.step(np.array([u], dtype=np.int64), items[None, :])
-                    chosen = int(step.clicked_item[0])
-                    event, item = ("click", chosen) if chosen >= 0 else ("skip", int(items[0]))
-                    if chosen >= 0:
-                        local.clicks += 1
+                    local.clicks += int(step.clicked_item[0] >= 0)
                     call = f"POST /feedback user {user_id}"
-                    t1 = time.perf_counter()
-                    fb = http.post(
-                        "/feedback",
-                        json={
+                    for event, item, value in feedback_events(step, 0):
+                        payload: dict[str, Any] = {
                             "request_id": body["request_id"],
                             "user_id": user_id,
                             "item_id": item,
                             "event": event,
-                        },
-                    )
-                    local.feedback_latencies_s.append(time.perf_counter() - t1)
-                    if fb.status_code != 202:
-                        local.fail(f"{call}: HTTP {fb.status_code} {fb.text[:300]}")
+                        }
+                        if value is not None:
+                            payload["value"] = value
+                        t1 = time.perf_counter()
+                        fb = http.post("/feedback", json=payload)
+                        local.feedback_latencies_s.append(time.perf_counter() - t1)
+                        if fb.status_code != 202:
+                            local.fail(f"{call}: HTTP {fb.status_code} {fb.text[:300]}")
         except httpx.HTTPError as exc:
             local.fail(f"{call}: {type(exc).__name__}: {exc}")
         except Exception as exc:  # a bug: fail the run visibly, and print the traceback too
@@ -329,9 +330,11 @@ def _run(
     console.print(f"redis-server pid {redis.pid} at {redis.url}")
     console.print(f"tansu broker pid {broker.pid} at {broker.bootstrap}")
 
-    console.print("training the skeleton retrieval model on simulated logs")
+    console.print("training the retriever and the slate policies on simulated logs")
     models = train_skeleton(settings, progress=True)
-    console.print(f"artifact {models.artifact.name}/{models.artifact.version}")
+    console.print(f"retrieval {models.retrieval.version}")
+    for name, art in models.policies.items():
+        console.print(f"policy-{name} {art.version}")
 
     store = build_user_state_store(settings.store)
     stack.callback(store.close)

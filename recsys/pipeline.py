@@ -1,103 +1,946 @@
-"""Offline jobs that connect the simulator to the models: simulate logs, train, save artifacts.
+"""Offline jobs that connect the simulator to the models: log, train, publish, evaluate.
 
-This sits above the component packages (it imports the simulator and the candidate trainer)
-and below the CLI and serving composition, which call it.
+This sits above the component packages (it imports the simulator, the candidate trainer and
+the policy package) and below the CLI and serving composition, which call it. The order of
+a run on the project simulator is the order a real deployment goes through:
+
+1. **Logs.** A uniformly random logging policy serves ``log_users`` simulated users, one life
+   each, over uniformly sampled candidates (:func:`log_random_sessions`). The event fold runs
+   over the simulated events as the online updater would.
+2. **Retriever.** A two-tower model is trained on the logged clicks and published as a
+   ``retrieval`` artifact with its FAISS index and the catalog's item table
+   (:func:`train_retrieval`).
+3. **What the policies may know.** Per-item response statistics and the learned reward are
+   fit from the same logs; a policy's item features are the catalog columns, those
+   statistics and the two-tower item embedding (:func:`policy_features`).
+4. **Policies.** SlateQ / REINFORCE are trained on simulated users whose candidates come from
+   the retriever and whose user features are folded from their events
+   (:class:`SimulatorEnvFactory`, :func:`train_simulator_policy`), the myopic baseline from
+   the logs; each is published as a servable ``policy-<name>`` artifact
+   (:func:`publish_policy`) with its evaluation on held-out users.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from recsys.artifacts import Artifact
+from recsys.artifacts import Artifact, latest_version
 from recsys.candidates import (
-    EmbeddingModel,
-    FaissRetriever,
+    RETRIEVAL_ARTIFACT,
+    LoadedRetrieval,
     catalog_from_dataset,
     dataset_from_clicks,
+    load_retrieval,
     roc_auc,
     save_retrieval_artifact,
     train_two_tower,
 )
-from recsys.config import Settings
+from recsys.candidates.faiss_index import FaissRetriever
+from recsys.config import CandidateSettings, CatalogSettings, Settings, SimulatorSettings
 from recsys.data.synthetic import SyntheticWorld, make_world
-from recsys.simulator import SlateEnv, simulate_logs
+from recsys.features import EventFold, FeatureSpec, ItemFeaturizer, ItemTable
+from recsys.policy.base import BatchSlatePolicy, Tensors
+from recsys.policy.batch import SIGNAL_NAMES
+from recsys.policy.evaluation.simulator import (
+    MYOPIC_CONFIG,
+    LoggedData,
+    build_baselines,
+    evaluate_in_simulator,
+    evaluation_users,
+    myopic_policy,
+    train_myopic,
+    validation_users,
+)
+from recsys.policy.observation import FeatureKind, PolicyFeatures, static_item_table
+from recsys.policy.reward.fit import fit_learned_reward
+from recsys.policy.reward.model import LearnedRewardModel
+from recsys.policy.reward.spec import RewardSpec, reward_model_from_tensors, reward_model_tensors
+from recsys.policy.training.checkpoint import (
+    PolicyCheckpoint,
+    load_policy_checkpoint,
+    save_policy_checkpoint,
+)
+from recsys.policy.training.config import ALGOS, PolicyTrainConfig, documented_config
+from recsys.policy.training.envs import (
+    SimulatedUsers,
+    SimulatorSlateEnv,
+    UniformCandidates,
+    cross_blocks,
+)
+from recsys.policy.training.sessions import (
+    ITEM_STATISTICS_NAMES,
+    RandomLogger,
+    SessionLog,
+    item_statistics,
+    record_sessions,
+)
+from recsys.policy.training.trainer import LogReplay, TrainResult, train_policy
+from recsys.types import ArtifactError, FloatArray, IntArray
 
-LOG_SLATE_SIZE = 10
-VALIDATION_SLATES = 0.1
+__all__ = [
+    "SIM_POLICY_NAMES",
+    "SimulatorEnvFactory",
+    "SimulatorSetup",
+    "SkeletonModels",
+    "build_simulator_setup",
+    "demo_config",
+    "evaluate_sim_policies",
+    "log_random_sessions",
+    "make_fold",
+    "policy_features",
+    "publish_policy",
+    "setup_config",
+    "train_retrieval",
+    "train_simulator_policy",
+    "train_skeleton",
+    "world_item_table",
+]
+
+#: Names ``recsys evaluate sim`` accepts.
+SIM_POLICY_NAMES = (
+    "random",
+    "popular",
+    "myopic",
+    "myopic_learned",
+    "bandit",
+    "slateq",
+    "reinforce",
+)
 
 
-@dataclass(frozen=True)
-class SkeletonModels:
-    """Everything the demo needs: the simulated world, the trained embeddings, the artifact."""
-
-    world: SyntheticWorld
-    model: EmbeddingModel
-    artifact: Artifact
+# ---- the catalog as the models see it ------------------------------------------------------
 
 
-def make_env(world: SyntheticWorld, seed: int) -> SlateEnv:
-    """The simulator that stands in for real users (same world, own random stream)."""
-    return SlateEnv(world, seed=seed)  # choice model built from SimulatorSettings defaults
+def world_item_table(world: SyntheticWorld) -> ItemTable:
+    """The observable item attributes of a simulated catalog (never quality or clickbait)."""
+    return ItemTable(
+        topics=np.asarray(world.item_topics, dtype=np.float32),
+        is_ad=np.asarray(world.item_is_ad, dtype=np.bool_),
+        bid=np.asarray(world.item_bid, dtype=np.float32),
+        length_s=np.asarray(world.item_length_s, dtype=np.float32),
+        popularity=np.asarray(world.item_popularity, dtype=np.float32),
+    )
 
 
-def train_skeleton(settings: Settings, progress: bool = False) -> SkeletonModels:
-    """Simulate logged impressions under a uniform logging policy and train retrieval on them.
+def make_fold(table: ItemTable, spec: FeatureSpec | None = None) -> EventFold:
+    """The event fold over a catalog (default feature spec for its topic count)."""
+    return EventFold(spec or FeatureSpec(num_topics=table.num_topics), table.topics, table.is_ad)
 
-    Clicks are the positives of a two-tower model whose item tower reads the world's topic
-    mixtures (the simulator's item features), so it personalises from what items are about,
-    not just from per-id statistics, and embeds never-clicked items from their features.
-    A random 10% of logged slates is held out: ``val_auc`` is the AUC of the retrieval score
-    between clicked and skipped items on those slates (0.5 = no better than chance).
+
+def _observable_items(table: ItemTable) -> ItemFeaturizer:
+    values, names = table.observable()
+    return ItemFeaturizer(values, table.topics, names)
+
+
+def log_random_sessions(
+    world: SyntheticWorld,
+    settings: SimulatorSettings,
+    fold: EventFold,
+    *,
+    users: IntArray,
+    max_steps: int,
+    seed: int,
+    one_life: bool = True,
+) -> SessionLog:
+    """``users`` of ``world`` served by the uniformly random logger over uniform candidates."""
+    population = world.select_users(np.asarray(users, dtype=np.int64))
+    table = world_item_table(world)
+    simulated = SimulatedUsers(
+        population,
+        settings,
+        seed=seed,
+        fold=fold,
+        candidates=UniformCandidates(table.is_ad, seed=seed + 1),
+        items=_observable_items(table),
+    )
+    return record_sessions(
+        simulated, RandomLogger(), max_steps=max_steps, seed=seed + 2, one_life=one_life
+    )
+
+
+def engaged_clicks(
+    log: SessionLog, length_s: npt.ArrayLike, min_fraction: float
+) -> npt.NDArray[np.bool_]:
+    """``[N, S]`` clicks that were not skips and kept the user on the item for at least
+    ``min_fraction`` of its length: the positives a retriever should learn from.
+
+    Every click as a positive would teach the retriever to surface clickbait, which wins
+    clicks and loses users (as YouTube weights watch time rather than counting clicks).
     """
-    world = make_world(settings.catalog)
-    env = make_env(world, seed=settings.catalog.seed + 1)
-    rng = np.random.default_rng(settings.catalog.seed + 2)
-    logs = simulate_logs(world, env, settings.candidates.log_sessions, LOG_SLATE_SIZE, rng)
-    num_slates = int(logs.slate_idx.max()) + 1 if logs.num_rows else 0
-    held_out = rng.random(num_slates) < VALIDATION_SLATES
-    val = held_out[logs.slate_idx]
-    train_clicks = (logs.clicked > 0) & ~val
-    topics = np.asarray(world.item_topics, dtype=np.float32)
+    sig = log.signals
+    click = sig[..., SIGNAL_NAMES.index("click")] > 0
+    skip = sig[..., SIGNAL_NAMES.index("skip")] > 0
+    lengths = np.take(np.asarray(length_s, dtype=np.float64), log.items())
+    consumed = sig[..., SIGNAL_NAMES.index("dwell_s")] >= min_fraction * lengths
+    out: npt.NDArray[np.bool_] = click & ~skip & consumed
+    return out
+
+
+def train_retrieval(
+    log: SessionLog,
+    world: SyntheticWorld,
+    root: Path,
+    *,
+    settings: CandidateSettings | None = None,
+    seed: int = 0,
+    min_fraction: float = 0.5,
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> LoadedRetrieval:
+    """Train the two-tower retriever on the logged engaged clicks and publish it.
+
+    Positives are :func:`engaged_clicks` (at least ``min_fraction`` of the item consumed, not
+    skipped). The item tower reads the items' topic mixtures, so never-clicked items are
+    embedded from what they are about; the user tower reads a user's recent clicks, which is
+    what the event state keeps. A random 10% of logged slates is held out: ``val_auc`` is
+    the AUC of the retrieval score between clicked and unclicked items on those slates.
+    """
+    cfg = settings or CandidateSettings()
+    rng = np.random.default_rng(seed)
+    lives = log.user * 2**20 + log.life
+    uniq, life_idx = np.unique(lives, return_inverse=True)
+    val = rng.random(log.num_rows) < 0.1
+    items = log.items()
+    table = world_item_table(world)
+    clicks = log.signals[..., 0] > 0
+    positive = engaged_clicks(log, table.length_s, min_fraction)
+    train_rows, train_slots = np.nonzero(positive & ~val[:, None])
     dataset = dataset_from_clicks(
         name="simulator",
-        user_idx=logs.user_idx[train_clicks],
-        item_idx=logs.item_idx[train_clicks],
-        timestamp=logs.slate_idx[train_clicks].astype(np.float64),
-        user_ids=world.user_ids,
-        item_features=topics,
-        item_is_ad=np.asarray(world.item_is_ad, dtype=np.bool_),
+        user_idx=life_idx[train_rows].astype(np.int64),
+        item_idx=items[train_rows, train_slots],
+        timestamp=log.step[train_rows].astype(np.float64),
+        user_ids=[f"life{i}" for i in range(uniq.shape[0])],
+        item_features=table.topics,
+        item_is_ad=table.is_ad,
     )
-    model = train_two_tower(
-        dataset, settings.candidates, seed=settings.catalog.seed, progress=progress
-    )
-    scores = model.logits(logs.user_idx[val], logs.item_idx[val])
+    model = train_two_tower(dataset, cfg, seed=seed, progress=progress)
+    val_users = np.repeat(life_idx[val], items.shape[1])
+    scores = model.logits(val_users, items[val].reshape(-1))
     metrics = {
         **model.metrics,
-        "val_auc": roc_auc(logs.clicked[val], scores),
-        "num_val_impressions": float(val.sum()),
+        "val_auc": roc_auc(clicks[val].reshape(-1).astype(np.float32), scores),
+        "num_val_impressions": float(val.sum() * items.shape[1]),
     }
     model = replace(model, metrics=metrics)
     retriever = FaissRetriever.build(
         model.item_embeddings,
-        recall_target=settings.candidates.recall_target,
+        recall_target=cfg.recall_target,
         queries=model.user_embeddings,
         catalog=catalog_from_dataset(dataset),
         user_encoder=model.user_vector,
-        seed=settings.catalog.seed,
+        history_encoder=model.history_vectors,
+        item_table=table,
+        seed=seed,
     )
     artifact = save_retrieval_artifact(
-        settings.artifacts.root,
+        root,
         model,
         metadata={
-            "user_ids": list(world.user_ids),
-            "catalog": settings.catalog.model_dump(),
-            "candidates": settings.candidates.model_dump(mode="json"),
-            "train_impressions": int((~val).sum()),
-            "train_clicks": int(train_clicks.sum()),
-            "train_click_rate": float(np.mean(logs.clicked[~val])) if (~val).any() else 0.0,
+            **dict(metadata or {}),
+            "candidates": cfg.model_dump(mode="json"),
+            "train_positives": int(train_rows.shape[0]),
+            "positives": f"clicks not skipped with >= {min_fraction:g} of the item consumed",
+            "trained_on": "logged sessions of a uniformly random slate policy",
         },
         retriever=retriever,
+        item_table=table,
     )
-    return SkeletonModels(world=world, model=model.embedding_model(), artifact=artifact)
+    return load_retrieval(artifact.path)
+
+
+#: Principal components of the two-tower item embedding a policy sees: the embedding's main
+#: directions for a fraction of the width (the policy networks' cost grows with it).
+EMBEDDING_COMPONENTS = 8
+
+
+def embedding_components(embeddings: FloatArray, k: int) -> FloatArray:
+    """The ``k`` leading principal components of item embeddings ``[N, d]``, each with the
+    sign that makes its largest coefficient positive (so the result is deterministic)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    basis = vt[: min(k, vt.shape[0])]
+    flip = np.sign(basis[np.arange(basis.shape[0]), np.argmax(np.abs(basis), axis=1)])
+    out: FloatArray = (centred @ (basis * flip[:, None]).T).astype(np.float32)
+    return out
+
+
+def policy_features(
+    table: ItemTable,
+    spec: FeatureSpec,
+    kind: FeatureKind,
+    *,
+    statistics: FloatArray | None,
+    retrieval: LoadedRetrieval,
+    num_ads: int,
+    cross: bool = True,
+) -> PolicyFeatures:
+    """How a policy trained on this setup observes: catalog columns, response statistics
+    and the two-tower item embedding (its leading principal components) per item, crossed
+    with the user's per-topic blocks."""
+    observable, names = table.observable()
+    emb = embedding_components(retrieval.model.item_embeddings, EMBEDDING_COMPONENTS)
+    values, all_names = static_item_table(
+        observable,
+        names,
+        (statistics, ITEM_STATISTICS_NAMES),
+        (emb, tuple(f"emb_pc{k}" for k in range(emb.shape[1]))),
+    )
+    blocks, block_names = cross_blocks(kind, spec) if cross else ((), ())
+    return PolicyFeatures(
+        kind=kind,
+        spec=spec,
+        items=ItemFeaturizer(values, table.topics, all_names, blocks, block_names),
+        is_ad=table.is_ad,
+        num_ads=num_ads,
+        retrieval_version=retrieval.artifact.version,
+    )
+
+
+# ---- the simulator setup -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class SimulatorSetup:
+    """Everything learned from the logging policy before RL, shared by every run on it."""
+
+    config: PolicyTrainConfig
+    world: SyntheticWorld
+    settings: SimulatorSettings
+    fold: EventFold
+    log: SessionLog = field(repr=False)
+    retrieval: LoadedRetrieval = field(repr=False)
+    statistics: FloatArray | None = field(repr=False)
+    reward_tensors: Tensors = field(repr=False)
+    reward_report: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def table(self) -> ItemTable:
+        """The catalog's observable item table."""
+        return world_item_table(self.world)
+
+    @property
+    def reward_model(self) -> LearnedRewardModel:
+        """The learned reward fit from the logs."""
+        return reward_model_from_tensors(self.reward_tensors)
+
+    def features(self, kind: FeatureKind | None = None) -> PolicyFeatures:
+        """How policies of this setup observe (``kind`` defaults to the config's)."""
+        return policy_features(
+            self.table,
+            self.fold.spec,
+            kind or self.config.features,
+            statistics=self.statistics,
+            retrieval=self.retrieval,
+            num_ads=self.config.num_ads,
+            cross=self.config.cross_features,
+        )
+
+    def logged(self, kind: FeatureKind | None = None) -> LoggedData:
+        """The logs as observations of ``kind``."""
+        return LoggedData(
+            self.log, self.features(kind).items, kind or self.config.features, self.table.is_ad
+        )
+
+    def make_users(
+        self, users: IntArray, kind: FeatureKind | None = None
+    ) -> Callable[[int], SimulatedUsers]:
+        """``seed -> SimulatedUsers`` over population ``users`` (evaluation)."""
+        population = self.world.select_users(np.asarray(users, dtype=np.int64))
+        features = self.features(kind)
+
+        def build(seed: int) -> SimulatedUsers:
+            return SimulatedUsers(
+                population,
+                self.settings,
+                seed=seed,
+                fold=self.fold,
+                candidates=self.retrieval.retriever,
+                items=features.items,
+                features=features.kind,
+                num_ads=self.config.num_ads,
+            )
+
+        return build
+
+
+def setup_key(config: PolicyTrainConfig, candidates: CandidateSettings) -> str:
+    """What a setup's logs and retriever depend on, as a short hash: runs with the same key
+    share one retrieval artifact (so every policy trained on it can be served with it)."""
+    parts = {
+        "catalog": config.catalog().model_dump(),
+        "simulator": config.simulator_settings().model_dump(),
+        "log_users": config.log_users,
+        "log_max_steps": config.log_max_steps,
+        "seed": config.seed,
+        "candidates": candidates.model_dump(mode="json", exclude={"data_dir"}),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _existing_retrieval(root: Path, key: str) -> LoadedRetrieval | None:
+    """The newest retrieval artifact under ``root`` built for setup ``key``, if any."""
+    base = Path(root) / RETRIEVAL_ARTIFACT
+    if not base.is_dir():
+        return None
+    for path in sorted(base.iterdir(), reverse=True):
+        if path.name.startswith(".") or not (path / "manifest.json").is_file():
+            continue
+        try:
+            meta = json.loads((path / "manifest.json").read_text()).get("metadata", {})
+        except ValueError:
+            continue
+        if meta.get("setup_key") == key:
+            try:
+                return load_retrieval(path)
+            except ArtifactError:
+                continue
+    return None
+
+
+def catalog_config(config: PolicyTrainConfig, catalog: CatalogSettings) -> PolicyTrainConfig:
+    """``config`` on the catalog of ``catalog`` (items, topics, seed; the population is the
+    training population whatever ``catalog.num_users`` says)."""
+    return replace(
+        config, num_items=catalog.num_items, num_topics=catalog.num_topics, world_seed=catalog.seed
+    )
+
+
+#: The fields of a :class:`PolicyTrainConfig` that describe its simulator setup (world,
+#: logs, candidates, what a policy observes, its ad load) rather than the algorithm.
+SETUP_FIELDS = (
+    "num_items",
+    "num_topics",
+    "world_seed",
+    "num_candidates",
+    "slate_size",
+    "log_users",
+    "log_max_steps",
+    "item_statistics",
+    "cross_features",
+    "features",
+    "num_ads",
+    "min_ads",
+    "max_ads",
+    "reward_objective",
+    "seed",
+)
+
+
+def setup_config(config: PolicyTrainConfig, setup: PolicyTrainConfig) -> PolicyTrainConfig:
+    """``config``'s algorithm and budget on ``setup``'s simulator (:data:`SETUP_FIELDS`)."""
+    return replace(config, **{name: getattr(setup, name) for name in SETUP_FIELDS})
+
+
+def train_simulator_retrieval(
+    config: PolicyTrainConfig,
+    root: Path,
+    *,
+    candidates: CandidateSettings | None = None,
+    progress: bool = False,
+) -> LoadedRetrieval:
+    """Only the retriever of ``config``'s setup (logs, then the two-tower model), reused when
+    one for the same setup exists under ``root``."""
+    cand = candidates or CandidateSettings()
+    key = setup_key(config, cand)
+    existing = _existing_retrieval(root, key)
+    if existing is not None:
+        return existing
+    world = make_world(config.catalog())
+    log = log_random_sessions(
+        world,
+        config.simulator_settings(),
+        make_fold(world_item_table(world)),
+        users=np.arange(config.log_users, dtype=np.int64),
+        max_steps=config.log_max_steps,
+        seed=config.seed + 17,
+    )
+    return train_retrieval(
+        log,
+        world,
+        root,
+        settings=cand,
+        seed=config.seed,
+        metadata={"catalog": config.catalog().model_dump(), "setup_key": key},
+        progress=progress,
+    )
+
+
+def build_simulator_setup(
+    config: PolicyTrainConfig,
+    root: Path,
+    *,
+    candidates: CandidateSettings | None = None,
+    progress: bool = False,
+) -> SimulatorSetup:
+    """World, logged random sessions, the retriever, item statistics and the learned reward,
+    for every run of ``config``'s simulator.
+
+    The retriever is published under ``root``; an existing one built for the same setup
+    (:func:`setup_key`) is reused, so policies trained one after the other all serve with
+    the retrieval artifact they were trained against.
+    """
+    cand = candidates or CandidateSettings()
+    key = setup_key(config, cand)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    world = make_world(config.catalog())
+    settings = config.simulator_settings()
+    fold = make_fold(world_item_table(world))
+    log = log_random_sessions(
+        world,
+        settings,
+        fold,
+        users=np.arange(config.log_users, dtype=np.int64),
+        max_steps=config.log_max_steps,
+        seed=config.seed + 17,
+    )
+    times["log"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    retrieval = _existing_retrieval(root, key) or train_retrieval(
+        log,
+        world,
+        root,
+        settings=cand,
+        seed=config.seed,
+        metadata={"catalog": config.catalog().model_dump(), "setup_key": key},
+        progress=progress,
+    )
+    times["retrieval"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stats = item_statistics(log, world.item_length_s) if config.item_statistics else None
+    fit = fit_learned_reward(log, seed=config.seed, objective=config.reward_objective)
+    times["reward"] = time.perf_counter() - t0
+    return SimulatorSetup(
+        config=config,
+        world=world,
+        settings=settings,
+        fold=fold,
+        log=log,
+        retrieval=retrieval,
+        statistics=stats,
+        reward_tensors=reward_model_tensors(fit.model),
+        reward_report=dict(fit.report),
+        seconds=times,
+    )
+
+
+@dataclass(frozen=True)
+class SimulatorEnvFactory:
+    """Builds worker ``k``'s simulator env: its own slice of the population, its own seed.
+
+    A picklable dataclass rather than a closure, so Ray ships it to actors cheaply: the world
+    is re-drawn from its seed and the retriever loaded from its artifact on the worker.
+    """
+
+    catalog: dict[str, Any]
+    settings: dict[str, Any]
+    first_user: int
+    users: int
+    seed: int
+    kind: FeatureKind
+    num_ads: int
+    retrieval_path: str
+    spec: dict[str, Any]
+    statistics: FloatArray | None = None
+    cross: bool = True
+
+    def __call__(self, worker_index: int) -> SimulatorSlateEnv:
+        world = make_world(CatalogSettings(**self.catalog))
+        start = self.first_user + worker_index * self.users
+        population = world.select_users(np.arange(start, start + self.users, dtype=np.int64))
+        table = world_item_table(world)
+        spec = FeatureSpec.from_dict(self.spec)
+        retrieval = load_retrieval(Path(self.retrieval_path))
+        features = policy_features(
+            table,
+            spec,
+            self.kind,
+            statistics=self.statistics,
+            retrieval=retrieval,
+            num_ads=self.num_ads,
+            cross=self.cross,
+        )
+        users = SimulatedUsers(
+            population,
+            SimulatorSettings(**self.settings),
+            seed=self.seed + 7919 * worker_index,
+            fold=make_fold(table, spec),
+            candidates=retrieval.retriever,
+            items=features.items,
+            features=self.kind,
+            num_ads=self.num_ads,
+        )
+        return SimulatorSlateEnv(users)
+
+
+def simulator_env_factory(
+    setup: SimulatorSetup, config: PolicyTrainConfig, seed: int
+) -> SimulatorEnvFactory:
+    """Training envs: the ``workers * users`` users right after the logging users."""
+    return SimulatorEnvFactory(
+        catalog=config.catalog().model_dump(),
+        settings=config.simulator_settings().model_dump(),
+        first_user=config.log_users,
+        users=config.users,
+        seed=seed,
+        kind=config.features,
+        num_ads=config.num_ads,
+        retrieval_path=str(setup.retrieval.artifact.path),
+        spec=setup.fold.spec.to_dict(),
+        statistics=setup.statistics,
+        cross=config.cross_features,
+    )
+
+
+def train_simulator_policy(
+    config: PolicyTrainConfig,
+    setup: SimulatorSetup,
+    *,
+    checkpoints: Path | None = None,
+    resume: Path | None = None,
+    progress: bool = False,
+    output_dir: Path | None = None,
+    on_iteration: Callable[..., None] | None = None,
+) -> TrainResult:
+    """Train ``config`` on the setup's simulated users (retriever candidates, ``config.features``
+    user features), SlateQ mixing the logs into its minibatches."""
+    features = setup.features(config.features)
+    spec = RewardSpec(
+        config.reward,
+        config.revenue_weight,
+        setup.reward_tensors if config.reward == "learned" else None,
+    )
+    start = 0 if resume is None else load_policy_checkpoint(resume).iteration
+    replay = LogReplay(setup.log, features.items, config.features, setup.table.is_ad, spec.build())
+    return train_policy(
+        config,
+        env_factory=simulator_env_factory(setup, config, seed=config.seed + 101 * start),
+        artifacts_root=checkpoints,
+        resume=resume,
+        progress=progress,
+        output_dir=output_dir,
+        reward_tensors=setup.reward_tensors,
+        reward_report=setup.reward_report,
+        log_replay=replay,
+        features=features,
+        on_iteration=on_iteration,
+    )
+
+
+def publish_policy(
+    root: Path,
+    name: str,
+    policy: Any,
+    config: PolicyTrainConfig,
+    setup: SimulatorSetup,
+    *,
+    kind: FeatureKind | None = None,
+    iteration: int = 0,
+    reward_scale: float = 1.0,
+    curve: Sequence[Mapping[str, float]] = (),
+    evaluation: Mapping[str, Any] | None = None,
+    serve_as: str | None = None,
+) -> Artifact:
+    """Write a servable ``policy-<name>`` artifact: weights, the learned reward, how the
+    policy observes (feature spec, item table, retrieval version), config and evaluation.
+
+    ``serve_as="myopic_greedy"`` marks a ``gamma = 0`` SlateQ served through the greedy
+    slate optimiser (the myopic baseline)."""
+    features = setup.features(kind or config.features)
+    user_dim = features.spec.user_dim if features.kind == "event" else _latent_dim(setup)
+    extra: dict[str, Any] = {"evaluation": dict(evaluation or {})}
+    if serve_as is not None:
+        extra["serve_as"] = serve_as
+    return save_policy_checkpoint(
+        root,
+        policy,
+        config,
+        iteration=iteration,
+        dims=(user_dim, features.items.dim, config.slate_size),
+        reward_scale=reward_scale,
+        features=features,
+        reward_tensors=setup.reward_tensors,
+        curve=curve,
+        reward_report=setup.reward_report,
+        extra_metadata=extra,
+        name=f"policy-{name}",
+    )
+
+
+def _latent_dim(setup: SimulatorSetup) -> int:
+    return 3 * setup.world.num_topics + 5
+
+
+def myopic_config(config: PolicyTrainConfig) -> PolicyTrainConfig:
+    """The training config a published myopic baseline is described by (a ``gamma = 0``
+    SlateQ without the immediate head, like :data:`MYOPIC_CONFIG`)."""
+    return replace(
+        config,
+        algo="slateq",
+        gamma=MYOPIC_CONFIG.gamma,
+        hidden=MYOPIC_CONFIG.hidden,
+        lr=MYOPIC_CONFIG.lr,
+        immediate_head=False,
+    )
+
+
+def served_policy(ckpt: PolicyCheckpoint) -> BatchSlatePolicy:
+    """The policy a checkpoint serves (the myopic greedy wrapper for ``serve_as``)."""
+    if ckpt.artifact.metadata.get("serve_as") == "myopic_greedy":
+        from recsys.policy.algorithms.slateq import SlateQPolicy
+
+        assert isinstance(ckpt.policy, SlateQPolicy)
+        return myopic_policy(ckpt.policy, ckpt.config.sampler("greedy"), "myopic")
+    return ckpt.policy
+
+
+@dataclass(frozen=True)
+class PublishedPolicy:
+    """A trained and published policy: its artifact, evaluation and training run."""
+
+    artifact: Artifact
+    evaluation: dict[str, Any]
+    result: TrainResult | None = None
+
+
+def train_and_publish(
+    algo: str,
+    config: PolicyTrainConfig,
+    root: Path,
+    *,
+    resume: Path | None = None,
+    progress: bool = False,
+    output_dir: Path | None = None,
+    candidates: CandidateSettings | None = None,
+    eval_users: int = 300,
+    eval_max_steps: int = 100,
+    eval_seed: int = 2024,
+) -> PublishedPolicy:
+    """What ``recsys train policy`` does: build (or reuse) the simulator setup under
+    ``root``, train ``algo`` (``slateq``, ``reinforce``, or the ``myopic`` baseline from the
+    logs), evaluate it on ``eval_users`` validation users and publish ``policy-<algo>``
+    (``policy-<algo>-latent`` for a latent-feature policy: the simulator can evaluate it,
+    a service cannot serve it, so it never takes the place of a servable one).
+
+    Intermediate checkpoints go to ``checkpoint-<algo>`` under ``root`` (``resume`` takes
+    one); only the finished, evaluated policy is published where serving looks.
+    """
+    if algo not in (*ALGOS, "myopic"):
+        raise ValueError(f"algo must be slateq, reinforce or myopic, got {algo!r}")
+    if algo == "myopic" and resume is not None:
+        raise ValueError("the myopic baseline is fit from the logs; there is nothing to resume")
+    users = validation_users(eval_users)  # refused before the setup is built
+    name = algo if config.features == "event" else f"{algo}-latent"
+    setup = build_simulator_setup(config, root, candidates=candidates, progress=progress)
+    make_users = setup.make_users(users)
+    if algo == "myopic":
+        policy, model = train_myopic(
+            setup.logged(),
+            None,
+            slate_size=config.slate_size,
+            sampler=config.sampler("greedy"),
+            seed=config.seed,
+        )
+        evaluation = evaluate_in_simulator(
+            {"myopic": policy}, make_users=make_users, max_steps=eval_max_steps, seed=eval_seed
+        )
+        evaluation.pop("_per_user")
+        art = publish_policy(
+            root,
+            name,
+            model,
+            myopic_config(config),
+            setup,
+            evaluation=evaluation,
+            serve_as="myopic_greedy",
+        )
+        return PublishedPolicy(art, evaluation)
+    result = train_simulator_policy(
+        replace(config, algo=algo),  # type: ignore[arg-type]  # checked against ALGOS
+        setup,
+        checkpoints=root,
+        resume=resume,
+        progress=progress,
+        output_dir=output_dir,
+    )
+    evaluation = evaluate_in_simulator(
+        {algo: result.policy}, make_users=make_users, max_steps=eval_max_steps, seed=eval_seed
+    )
+    evaluation.pop("_per_user")
+    art = publish_policy(
+        root,
+        name,
+        result.policy,
+        result.config,
+        setup,
+        iteration=result.iterations,
+        reward_scale=result.reward_scale,
+        curve=result.curve,
+        evaluation=evaluation,
+    )
+    return PublishedPolicy(art, evaluation, result)
+
+
+# ---- evaluation of named policies (what `recsys evaluate sim` calls) -----------------------
+
+
+def evaluate_sim_policies(
+    names: Sequence[str],
+    root: Path,
+    *,
+    users: int = 1000,
+    max_steps: int = 200,
+    seed: int = 2024,
+    config: PolicyTrainConfig | None = None,
+    candidates: CandidateSettings | None = None,
+    checkpoints: Mapping[str, Path] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate named policies on ``users`` held-out simulator users (one life each).
+
+    The setup (logs, retriever, statistics, learned reward) of ``config`` (default: the
+    documented SlateQ config) is built under ``root``. Baselines are trained from its logs;
+    ``slateq`` / ``reinforce`` come from ``checkpoints[name]``, else from the newest
+    ``policy-<name>`` artifact under ``root`` (refused when its item features are not the
+    setup's), else are trained on the fly: documented settings and budget of the algorithm,
+    on this setup's simulator (:func:`setup_config`). JSON-ready; ratios of every policy's
+    return to ``myopic`` and ``random`` (when evaluated) included.
+    """
+    unknown = [n for n in names if n not in SIM_POLICY_NAMES]
+    if unknown or not names:
+        raise ValueError(f"unknown policies {unknown}; choose from {', '.join(SIM_POLICY_NAMES)}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    eval_users = evaluation_users(users)
+    base = config or documented_config("slateq")
+    setup = build_simulator_setup(base, root, candidates=candidates, progress=progress)
+    policies: dict[str, BatchSlatePolicy] = {}
+    sources: dict[str, str] = {}
+    if any(n not in ALGOS for n in names):
+        baselines = build_baselines(
+            setup.logged(),
+            setup.reward_model,
+            num_items=setup.world.num_items,
+            slate_size=base.slate_size,
+            sampler=base.sampler("greedy"),
+            seed=base.seed,
+        )
+        policies.update({n: baselines[n] for n in names if n in baselines})
+        sources.update({n: "trained from the logging policy's sessions" for n in policies})
+    for algo in ALGOS:
+        if algo not in names:
+            continue
+        path = (checkpoints or {}).get(algo)
+        if path is None:
+            try:
+                path = latest_version(root, f"policy-{algo}")
+            except ArtifactError:
+                path = None
+        if path is not None:
+            ckpt = load_policy_checkpoint(path)
+            mine = setup.features(ckpt.config.features)
+            theirs = None if ckpt.features is None else ckpt.features.items.table
+            if (
+                theirs is None
+                or theirs.shape != mine.items.table.shape
+                or not np.allclose(theirs, mine.items.table)
+            ):
+                raise ValueError(
+                    f"checkpoint {path} was trained on another simulator setup than the "
+                    "evaluation's (item features differ)"
+                )
+            policies[algo] = served_policy(ckpt)
+            sources[algo] = f"checkpoint {path} (iteration {ckpt.iteration})"
+        else:
+            cfg = setup_config(replace(documented_config(algo), reward="learned"), base)
+            policies[algo] = train_simulator_policy(cfg, setup, progress=progress).policy
+            sources[algo] = f"trained on the fly ({cfg.iterations} iterations)"
+    ordered = {n: policies[n] for n in names}
+    ratios = [(n, b) for b in ("myopic", "random") if b in ordered for n in ordered if n != b]
+    out = evaluate_in_simulator(
+        ordered,
+        make_users=setup.make_users(eval_users),
+        max_steps=max_steps,
+        seed=seed,
+        ratios=ratios,
+    )
+    out.pop("_per_user")
+    out["sources"] = sources
+    return out
+
+
+# ---- the demo ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SkeletonModels:
+    """What the demo serves: its world, the retrieval artifact and the policy artifacts."""
+
+    world: SyntheticWorld
+    retrieval: Artifact
+    policies: dict[str, Artifact]
+
+
+def demo_config(settings: Settings) -> PolicyTrainConfig:
+    """A small SlateQ run on the demo's catalog: trained in seconds, served by the demo."""
+    return replace(
+        catalog_config(documented_config("slateq"), settings.catalog),
+        log_users=1024,
+        log_max_steps=60,
+        users=512,
+        iterations=6,
+        steps_per_iteration=5,
+        updates_per_iteration=10,
+        pretrain_updates=60,
+        batch_size=256,
+        seed=settings.catalog.seed,
+    )
+
+
+def train_skeleton(
+    settings: Settings, progress: bool = False, config: PolicyTrainConfig | None = None
+) -> SkeletonModels:
+    """Logs, retriever and a small SlateQ policy plus the myopic baseline for the demo's
+    catalog (``config``, default :func:`demo_config`), all published under
+    ``settings.artifacts.root``."""
+    root = settings.artifacts.root
+    config = config or demo_config(settings)
+    setup = build_simulator_setup(config, root, candidates=settings.candidates, progress=progress)
+    result = train_simulator_policy(config, setup, progress=progress)
+    slateq = publish_policy(
+        root,
+        "slateq",
+        result.policy,
+        config,
+        setup,
+        iteration=result.iterations,
+        reward_scale=result.reward_scale,
+        curve=result.curve,
+    )
+    _, model = train_myopic(
+        setup.logged(),
+        None,
+        slate_size=config.slate_size,
+        sampler=config.sampler("greedy"),
+        seed=config.seed,
+    )
+    myopic = publish_policy(
+        root, "myopic", model, myopic_config(config), setup, serve_as="myopic_greedy"
+    )
+    return SkeletonModels(
+        world=make_world(settings.catalog),
+        retrieval=setup.retrieval.artifact,
+        policies={"slateq": slateq, "myopic": myopic},
+    )

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from recsys.types import (
+    CandidateBatch,
     CandidateFilters,
     Candidates,
     Event,
@@ -54,6 +55,29 @@ class CandidateGenerator(Protocol):
 
 
 @runtime_checkable
+class HistoryCandidateSource(Protocol):
+    """Candidates for many users at once from their recently clicked items.
+
+    What the simulator's training env and the server share, so a policy is trained on the
+    candidates it will be served (the FAISS retriever's two-tower query over the history).
+    """
+
+    def candidates_for_histories(
+        self,
+        histories: IntArray,
+        num_organic: int,
+        num_ads: int,
+        *,
+        exclude: Sequence[IntArray] | None = None,
+        filters: CandidateFilters | None = None,
+        exclude_history: bool = True,
+    ) -> CandidateBatch:
+        """``num_organic`` non-ads then ``num_ads`` ads per row of ``histories`` ``[B, K]``
+        (item ids, newest first, ``-1`` empty), padded and masked where too few are eligible."""
+        ...
+
+
+@runtime_checkable
 class SlatePolicy(Protocol):
     """Picks an ordered slate from candidates and reports exact per-slot propensities."""
 
@@ -62,12 +86,14 @@ class SlatePolicy(Protocol):
 
     def select(
         self,
-        user: UserState,
+        user_features: FloatArray,
         candidates: Candidates,
         slate_size: int,
         rng: np.random.Generator,
     ) -> Slate:
-        """Choose ``slate_size`` distinct candidates; propensities must be exact."""
+        """Choose ``slate_size`` distinct candidates for a user described by
+        ``user_features`` (the event-derived features at request time); propensities must
+        be exact."""
         ...
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -128,6 +128,22 @@ class Candidates:
 
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])
+
+
+class CandidateBatch(NamedTuple):
+    """Candidates for a batch of rows (users), ``[B, C]`` arrays, ``C = num_organic + num_ads``.
+
+    Columns ``[0, num_organic)`` hold the row's best non-ad items, columns ``[num_organic,
+    C)`` its best ads, each block best first. Where a block has fewer eligible items than
+    columns the rest is padding: ``item_ids`` -1, ``scores`` 0, ``mask`` False, ``is_ad``
+    False. Scores are inner products with the row's query (cosines for the two-tower model),
+    or for cold rows the fallback score (popularity relative to the most popular item).
+    """
+
+    item_ids: IntArray
+    scores: FloatArray
+    mask: npt.NDArray[np.bool_]
+    is_ad: npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)

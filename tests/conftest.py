@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,15 @@ from recsys.config import (
     ArtifactSettings,
     CandidateSettings,
     CatalogSettings,
+    PolicySettings,
     ServingSettings,
     Settings,
     StoreSettings,
     StreamSettings,
 )
 from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_port
-from recsys.pipeline import SkeletonModels, train_skeleton
+from recsys.pipeline import SkeletonModels, demo_config, train_skeleton
+from recsys.policy.training.config import PolicyTrainConfig
 from recsys.stream import ensure_topics
 
 _names = itertools.count()
@@ -63,10 +65,25 @@ def small_settings(root: Path, **updates: Any) -> Settings:
     """Settings for a small, fast world (tests must stay quick on 2 cores)."""
     base = Settings(
         catalog=CatalogSettings(num_items=400, num_users=60, num_topics=8, seed=7),
-        candidates=CandidateSettings(dim=16, epochs=3, log_sessions=4000, default_k=100),
+        candidates=CandidateSettings(dim=16, epochs=3, default_k=50),
         artifacts=ArtifactSettings(root=root),
     )
     return base.model_copy(update=updates)
+
+
+def small_skeleton_config(settings: Settings) -> PolicyTrainConfig:
+    """The demo's training run shrunk to a few seconds (enough for a servable policy)."""
+    return replace(
+        demo_config(settings),
+        log_users=400,
+        log_max_steps=30,
+        users=128,
+        iterations=2,
+        updates_per_iteration=2,
+        pretrain_updates=5,
+        batch_size=128,
+        hidden=(16,),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +105,9 @@ def serving_stack(
             feedback_topic="e2e-feedback",
         ),
         serving=ServingSettings(port=free_port(), max_slate_size=50, max_body_bytes=16 * 1024),
+        policy=PolicySettings(reload_interval_s=0.5),
     )
-    models = train_skeleton(settings)
+    models = train_skeleton(settings, config=small_skeleton_config(settings))
     ensure_topics(
         kafka_broker.bootstrap, [settings.stream.impressions_topic, settings.stream.feedback_topic]
     )

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from recsys.types import FloatArray, IntArray
+from recsys.types import CandidateBatch, FloatArray, IntArray
+
+__all__ = ["CandidateBatch", "HistoryEncoder", "ItemBlock"]
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -33,22 +34,6 @@ HistoryEncoder = Callable[[IntArray], FloatArray]
 """The user tower on a batch of histories: ``[B, K]`` item ids (``-1`` = empty slot) to
 ``[B, dim]`` query vectors, in one forward pass
 (:meth:`recsys.candidates.TwoTowerModel.history_vectors`)."""
-
-
-class CandidateBatch(NamedTuple):
-    """Candidates for a batch of rows, ``[B, C]`` arrays with ``C = num_organic + num_ads``.
-
-    Columns ``[0, num_organic)`` hold the row's best non-ad items, columns ``[num_organic,
-    C)`` its best ads, each block best first. Where a block has fewer eligible items than
-    columns the rest is padding: ``item_ids`` -1, ``scores`` 0, ``mask`` False, ``is_ad``
-    False. Scores are inner products with the row's query (cosines for the two-tower model),
-    or for cold rows the fallback score (popularity relative to the most popular item).
-    """
-
-    item_ids: IntArray
-    scores: FloatArray
-    mask: BoolArray
-    is_ad: BoolArray
 
 
 @dataclass(frozen=True, eq=False)

@@ -21,6 +21,7 @@ import torch
 
 from recsys.policy.batch import SlateAction, SlateObs, Transition, gather_slots
 from recsys.policy.exploration import (
+    check_ad_load,
     epsilon_greedy_log_propensities_batch,
     epsilon_greedy_sample_batch,
     greedy_slate_batch,
@@ -79,9 +80,19 @@ class TrainableSlatePolicy(BatchSlatePolicy, Protocol):
         ...
 
 
+@runtime_checkable
+class ExploringPolicy(BatchSlatePolicy, Protocol):
+    """A batch policy whose exploration (its :class:`SlateSampler`) can be replaced, e.g. by
+    the service's exploration setting."""
+
+    def set_sampler(self, sampler: SlateSampler) -> None:
+        """Act through ``sampler`` from now on (its propensities are the ones reported)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class SlateSampler:
-    """Turns per-candidate scores into slates: exploration kind and the ads-per-slate cap.
+    """Turns per-candidate scores into slates: exploration kind and the ad load per slate.
 
     - ``greedy``: top-``S`` by score (deterministic, propensity 1).
     - ``epsilon``: each slot is the best available item w.p. ``1 - epsilon``, else uniform
@@ -90,14 +101,17 @@ class SlateSampler:
       (:func:`~recsys.policy.exploration.plackett_luce_sample_batch`).
 
     ``max_ads`` limits sponsored candidates per slate (``None``: no cap); once a slate holds
-    that many, remaining ads are masked out and the propensities are those of the masked
-    distribution, so they stay exact for off-policy evaluation.
+    that many, remaining ads are masked out. ``min_ads`` is the fixed ad load: every slate
+    holds at least that many ads (fewer when its candidates have fewer valid ads), the last
+    slots taking only ads when the floor needs them all. The propensities are those of the
+    masked distribution, so they stay exact for off-policy evaluation.
     """
 
     kind: ExplorationKind = "boltzmann"
     epsilon: float = 0.1
     temperature: float = 1.0
     max_ads: int | None = None
+    min_ads: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("greedy", "epsilon", "boltzmann"):
@@ -106,8 +120,7 @@ class SlateSampler:
             raise ValueError(f"epsilon must lie in [0, 1], got {self.epsilon}")
         if not (np.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
-        if self.max_ads is not None and self.max_ads < 0:
-            raise ValueError(f"max_ads must be >= 0 or None, got {self.max_ads}")
+        check_ad_load(self.max_ads, self.min_ads)
 
     def sample(
         self,
@@ -118,20 +131,29 @@ class SlateSampler:
         explore: bool = True,
     ) -> SlateAction:
         """Build slates from ``[B, C]`` scores; ``explore=False`` always takes the top-``S``."""
-        mask, ads = obs.candidate_mask, obs.is_ad
+        mask, ads, cap, floor = obs.candidate_mask, obs.is_ad, self.max_ads, self.min_ads
         s = np.asarray(scores, dtype=np.float64)
         if not explore or self.kind == "greedy":
-            slates = greedy_slate_batch(s, slate_size, mask=mask, is_ad=ads, max_ads=self.max_ads)
+            slates = greedy_slate_batch(
+                s, slate_size, mask=mask, is_ad=ads, max_ads=cap, min_ads=floor
+            )
             b = slates.shape[0]
             props = np.ones((b, slate_size), dtype=np.float32)
             log_prob = np.zeros(b, dtype=np.float32)
         elif self.kind == "epsilon":
             slates, props, log_prob = epsilon_greedy_sample_batch(
-                s, slate_size, self.epsilon, rng, mask=mask, is_ad=ads, max_ads=self.max_ads
+                s, slate_size, self.epsilon, rng, mask=mask, is_ad=ads, max_ads=cap, min_ads=floor
             )
         else:
             slates, props, log_prob = plackett_luce_sample_batch(
-                s, slate_size, self.temperature, rng, mask=mask, is_ad=ads, max_ads=self.max_ads
+                s,
+                slate_size,
+                self.temperature,
+                rng,
+                mask=mask,
+                is_ad=ads,
+                max_ads=cap,
+                min_ads=floor,
             )
         chosen = gather_slots(s, slates).astype(np.float32)
         return SlateAction(slates=slates, propensities=props, log_prob=log_prob, scores=chosen)
@@ -144,15 +166,15 @@ class SlateSampler:
         The target-policy side of off-policy evaluation; ``-inf`` where the sampler could
         never produce that slot (for ``greedy``, anything but the top-``S`` path).
         """
-        mask, ads, cap = obs.candidate_mask, obs.is_ad, self.max_ads
+        mask, ads, cap, floor = obs.candidate_mask, obs.is_ad, self.max_ads, self.min_ads
         idx = np.asarray(slates, dtype=np.int64)
         if self.kind == "boltzmann" and explore:
             return plackett_luce_log_propensities_batch(
-                scores, idx, self.temperature, mask=mask, is_ad=ads, max_ads=cap
+                scores, idx, self.temperature, mask=mask, is_ad=ads, max_ads=cap, min_ads=floor
             )
         eps = self.epsilon if explore and self.kind == "epsilon" else 0.0
         return epsilon_greedy_log_propensities_batch(
-            scores, idx, eps, mask=mask, is_ad=ads, max_ads=cap
+            scores, idx, eps, mask=mask, is_ad=ads, max_ads=cap, min_ads=floor
         )
 
 
@@ -163,7 +185,9 @@ def optimiser_first_priority(
     candidate, in their order, and the rest by ``item_scores`` ``[B, C]``.
 
     Epsilon-greedy over this priority serves the optimiser's slate w.p. ``1 - eps`` per slot
-    and explores by item score otherwise; greedy over it *is* the optimiser's slate. Policies
+    and explores by item score otherwise; greedy over it *is* the optimiser's slate, under the
+    sampler's ad load too when the optimiser got the same one (the slate meets the floor, so a
+    slot where only ads are left takes the slate's next ad, its best-ranked one). Policies
     whose slate comes from a set optimiser (SlateQ, the myopic greedy baseline) act through
     it, and off-policy evaluation rebuilds their propensities from it.
     """

@@ -1,4 +1,4 @@
-"""Slate sampling with exact per-slot propensities: Plackett-Luce, epsilon-greedy, ads caps.
+"""Slate sampling with exact per-slot propensities: Plackett-Luce, epsilon-greedy, ad load.
 
 A stochastic policy needs two things from its exploration step: a slate drawn from
 ``softmax(scores / T)`` without replacement, and the exact probability of every slot given the
@@ -8,7 +8,8 @@ per-slot normalizers built from non-negative sums only, so tiny temperatures (ne
 give propensities near 1 instead of ``0 / 0``.
 
 The ``*_batch`` functions do the same for ``[B, C]`` score matrices, with a candidate mask and
-an ads-per-slate cap, for Plackett-Luce (Boltzmann) and epsilon-greedy exploration, and
+an ad load per slate (a cap ``max_ads`` and a floor ``min_ads``), for Plackett-Luce (Boltzmann)
+and epsilon-greedy exploration, and
 evaluate the exact per-slot propensities of given slates under either (the target-policy side
 of off-policy evaluation). The single-row functions are the serving baseline's.
 """
@@ -138,18 +139,44 @@ def slate_log_probability(scores: FloatArray, indices: IntArray, temperature: fl
 
 
 # --------------------------------------------------------------------------------------------
-# Batched slate construction: [B, C] scores, candidate masks and an ads-per-slate cap.
+# Batched slate construction: [B, C] scores, candidate masks and an ad load per slate.
 #
 # Every sampler walks the S slots in order (a loop over slots, vectorized over users and
 # candidates) and records, for each slot, the exact conditional probability of what it put
 # there given the slots above. The candidates *available* at a slot are the valid ones not yet
-# chosen, minus every ad once the slate already holds ``max_ads`` ads. Because availability
-# depends only on which items were chosen (never on the random draws themselves), the masked
-# samplers are still exact: each slot is a draw from the policy's distribution restricted to the
-# available set, and that restricted distribution is what the propensity reports.
+# chosen, minus every ad once the slate already holds ``max_ads`` ads (the cap), minus every
+# organic item once the remaining slots are all needed for ads (the floor): with
+# ``need = min(min_ads, valid ads in the row) - ads so far``, slot ``t`` of ``S`` takes only ads
+# when ``need >= S - t``. Because availability depends only on which items were chosen (never on
+# the random draws themselves), the masked samplers are still exact: each slot is a draw from
+# the policy's distribution restricted to the available set, and that restricted distribution
+# is what the propensity reports.
+#
+# The floor never makes a row unfillable: it only ever forces ads that exist (the floor is
+# clipped to the row's valid ads) and that the cap allows (``min_ads <= max_ads``). Counted
+# differently, it caps organic items at ``S - floor``, so the available sets only shrink from
+# slot to slot, as under the cap alone; the Gumbel-top-k sampler relies on that.
 # --------------------------------------------------------------------------------------------
 
 BoolArray = npt.NDArray[np.bool_]
+
+
+def check_ad_load(max_ads: int | None, min_ads: int) -> None:
+    """Validate an ad load: ``0 <= min_ads <= max_ads`` (``max_ads=None``: no cap)."""
+    if max_ads is not None and max_ads < 0:
+        raise ValueError(f"max_ads must be >= 0 or None, got {max_ads}")
+    if min_ads < 0:
+        raise ValueError(f"min_ads must be >= 0, got {min_ads}")
+    if max_ads is not None and min_ads > max_ads:
+        raise ValueError(f"min_ads must be <= max_ads, got min_ads={min_ads} > max_ads={max_ads}")
+
+
+def _ads_floor(valid: BoolArray, ads: BoolArray, min_ads: int) -> IntArray | None:
+    """Per-row floor ``min(min_ads, valid ads)`` ``[B]``; None without a floor (fast path)."""
+    if min_ads == 0:
+        return None
+    floor: IntArray = np.minimum((valid & ads).sum(axis=1), min_ads).astype(np.int64)
+    return floor
 
 
 def _batch_scores(
@@ -158,6 +185,7 @@ def _batch_scores(
     mask: BoolArray | None,
     is_ad: BoolArray | None,
     max_ads: int | None,
+    min_ads: int = 0,
 ) -> tuple[Float64Array, BoolArray, BoolArray]:
     """Validate a ``[B, C]`` problem; return float64 scores (0 where invalid), valid, ads."""
     s = np.asarray(scores, dtype=np.float64)
@@ -169,10 +197,11 @@ def _batch_scores(
         raise ValueError(f"mask and is_ad must have the shape of scores {s.shape}")
     if not np.all(np.isfinite(s[valid])):
         raise ValueError("scores must all be finite on valid candidates")
-    if max_ads is not None and max_ads < 0:
-        raise ValueError(f"max_ads must be >= 0 or None, got {max_ads}")
+    check_ad_load(max_ads, min_ads)
     if slate_size < 1:
         raise ValueError(f"slate_size must be >= 1, got {slate_size}")
+    # Organic items plus the ads the cap allows; the floor only forces ads from this count
+    # (see the section comment), so it never lowers it.
     fillable = valid.sum(axis=1)
     if max_ads is not None:
         fillable = (valid & ~ads).sum(axis=1) + np.minimum((valid & ads).sum(axis=1), max_ads)
@@ -197,11 +226,20 @@ def _scaled_logits_batch(s: Float64Array, valid: BoolArray, temperature: float) 
 
 
 def _available(
-    valid: BoolArray, taken: BoolArray, ads: BoolArray, ads_used: IntArray, max_ads: int | None
+    valid: BoolArray,
+    taken: BoolArray,
+    ads: BoolArray,
+    ads_used: IntArray,
+    max_ads: int | None,
+    floor: IntArray | None = None,
+    slots_left: int = 1,
 ) -> BoolArray:
+    """Candidates allowed at a slot with ``slots_left`` slots to fill (this one included)."""
     avail = valid & ~taken
     if max_ads is not None:
         avail &= ~(ads & (ads_used >= max_ads)[:, None])
+    if floor is not None:
+        avail &= ~(~ads & (floor - ads_used >= slots_left)[:, None])
     return avail
 
 
@@ -249,6 +287,7 @@ def plackett_luce_sample_batch(
     mask: BoolArray | None = None,
     is_ad: BoolArray | None = None,
     max_ads: int | None = None,
+    min_ads: int = 0,
 ) -> tuple[IntArray, FloatArray, FloatArray]:
     """Sample ``B`` ordered slates from ``softmax(scores / T)`` without replacement.
 
@@ -257,10 +296,15 @@ def plackett_luce_sample_batch(
     argmax over *any* available subset is distributed as the softmax over that subset, so this
     is an exact Plackett-Luce sample even when ads are masked out mid-slate.
 
+    ``min_ads`` (clipped per row to its valid ads) makes every slate hold at least that many
+    ads: the last slots take only ads when the floor needs them all. The available sets still
+    only shrink from slot to slot, which is what the common perturbations need.
+
     Returns ``(slates [B, S] int64, propensities [B, S] float32, log_prob [B] float32)``;
     ``propensities[b, s]`` is the softmax of slot ``s`` over the candidates available there.
     """
-    s, valid, ads = _batch_scores(scores, slate_size, mask, is_ad, max_ads)
+    s, valid, ads = _batch_scores(scores, slate_size, mask, is_ad, max_ads, min_ads)
+    floor = _ads_floor(valid, ads, min_ads)
     z = _scaled_logits_batch(s, valid, temperature)
     b, c = z.shape
     keys = z + rng.gumbel(size=(b, c))
@@ -270,7 +314,7 @@ def plackett_luce_sample_batch(
     slates = np.empty((b, slate_size), dtype=np.int64)
     log_probs = np.empty((b, slate_size), dtype=np.float64)
     for t in range(slate_size):
-        avail = _available(valid, taken, ads, ads_used, max_ads)
+        avail = _available(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
         pick = np.argmax(np.where(avail, keys, -np.inf), axis=1)
         slates[:, t] = pick
         log_probs[:, t] = _slot_log_prob_pl(z, avail, pick)
@@ -284,9 +328,11 @@ def _walk_log_probs(
     valid: BoolArray,
     ads: BoolArray,
     max_ads: int | None,
+    min_ads: int,
     slot_log_prob: Callable[[BoolArray, IntArray], Float64Array],
 ) -> Float64Array:
     """Per-slot log-probabilities of given slates (``-inf`` where a slot was impossible)."""
+    check_ad_load(max_ads, min_ads)
     order = np.asarray(slates)
     if order.ndim != 2 or order.shape[0] != valid.shape[0]:
         raise ValueError(f"slates must be [B, S] with B={valid.shape[0]}, got {order.shape}")
@@ -295,13 +341,14 @@ def _walk_log_probs(
     order = order.astype(np.int64)
     if order.size and (order.min() < 0 or order.max() >= valid.shape[1]):
         raise ValueError(f"slates must index candidates in [0, {valid.shape[1]})")
-    b = valid.shape[0]
+    b, slate_size = order.shape
     rows = np.arange(b)
+    floor = _ads_floor(valid, ads, min_ads)
     taken = np.zeros(valid.shape, dtype=np.bool_)
     ads_used = np.zeros(b, dtype=np.int64)
     out = np.empty(order.shape, dtype=np.float64)
-    for t in range(order.shape[1]):
-        avail = _available(valid, taken, ads, ads_used, max_ads)
+    for t in range(slate_size):
+        avail = _available(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
         out[:, t] = slot_log_prob(avail, order[:, t])
         taken[rows, order[:, t]] = True
         ads_used += ads[rows, order[:, t]]
@@ -316,15 +363,19 @@ def plackett_luce_log_propensities_batch(
     mask: BoolArray | None = None,
     is_ad: BoolArray | None = None,
     max_ads: int | None = None,
+    min_ads: int = 0,
 ) -> Float64Array:
     """Exact per-slot log-propensities ``[B, S]`` (float64) of given slates under masked PL.
 
     What a *target* policy assigns to logged slates (off-policy evaluation); ``-inf`` for slots
-    the policy could never fill that way (an invalid or repeated item, an ad past the cap).
+    the policy could never fill that way (an invalid or repeated item, an ad past the cap, an
+    organic item where the ads floor needs every remaining slot).
     """
     s, valid, ads = _batch_scores(scores, 1, mask, is_ad, None)
     z = _scaled_logits_batch(s, valid, temperature)
-    return _walk_log_probs(slates, valid, ads, max_ads, lambda a, p: _slot_log_prob_pl(z, a, p))
+    return _walk_log_probs(
+        slates, valid, ads, max_ads, min_ads, lambda a, p: _slot_log_prob_pl(z, a, p)
+    )
 
 
 def epsilon_greedy_sample_batch(
@@ -336,6 +387,7 @@ def epsilon_greedy_sample_batch(
     mask: BoolArray | None = None,
     is_ad: BoolArray | None = None,
     max_ads: int | None = None,
+    min_ads: int = 0,
 ) -> tuple[IntArray, FloatArray, FloatArray]:
     """Epsilon-greedy slates: each slot is the best available item w.p. ``1 - epsilon``, else
     a uniformly random available item (the greedy one included).
@@ -343,12 +395,14 @@ def epsilon_greedy_sample_batch(
     The conditional propensity of slot ``s`` is ``(1 - eps) * [item is greedy] + eps / n_s``,
     ``n_s`` = candidates available at that slot, so every available item keeps a positive
     probability. Ties in the scores go to the lowest candidate index (deterministic, so the
-    propensities stay exact). Returns ``(slates, propensities, log_prob)`` like
-    :func:`plackett_luce_sample_batch`.
+    propensities stay exact). The ad load (``max_ads``, ``min_ads``) restricts the available
+    items as in :func:`plackett_luce_sample_batch`. Returns ``(slates, propensities, log_prob)``
+    like it.
     """
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
-    s, valid, ads = _batch_scores(scores, slate_size, mask, is_ad, max_ads)
+    s, valid, ads = _batch_scores(scores, slate_size, mask, is_ad, max_ads, min_ads)
+    floor = _ads_floor(valid, ads, min_ads)
     b, c = s.shape
     rows = np.arange(b)
     taken = np.zeros((b, c), dtype=np.bool_)
@@ -356,7 +410,7 @@ def epsilon_greedy_sample_batch(
     slates = np.empty((b, slate_size), dtype=np.int64)
     log_probs = np.empty((b, slate_size), dtype=np.float64)
     for t in range(slate_size):
-        avail = _available(valid, taken, ads, ads_used, max_ads)
+        avail = _available(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
         greedy = np.argmax(np.where(avail, s, -np.inf), axis=1)
         if epsilon > 0.0:
             uniform = np.argmax(np.where(avail, rng.random((b, c)), -1.0), axis=1)
@@ -378,13 +432,14 @@ def epsilon_greedy_log_propensities_batch(
     mask: BoolArray | None = None,
     is_ad: BoolArray | None = None,
     max_ads: int | None = None,
+    min_ads: int = 0,
 ) -> Float64Array:
     """Exact per-slot log-propensities ``[B, S]`` of given slates under epsilon-greedy."""
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
     s, valid, ads = _batch_scores(scores, 1, mask, is_ad, None)
     return _walk_log_probs(
-        slates, valid, ads, max_ads, lambda a, p: _slot_log_prob_eps(s, a, p, epsilon)[0]
+        slates, valid, ads, max_ads, min_ads, lambda a, p: _slot_log_prob_eps(s, a, p, epsilon)[0]
     )
 
 
@@ -395,11 +450,13 @@ def greedy_slate_batch(
     mask: BoolArray | None = None,
     is_ad: BoolArray | None = None,
     max_ads: int | None = None,
+    min_ads: int = 0,
 ) -> IntArray:
-    """Deterministic top-``S`` by score under the mask and the ads cap (ties: lowest index).
+    """Deterministic top-``S`` by score under the mask and the ad load (ties: lowest index).
 
-    Taking the best available item slot by slot is optimal for any additive score under the
-    cap, since "at most ``max_ads`` ads among ``S`` items" is a matroid.
+    Taking the best available item slot by slot is optimal for any additive score: "``S``
+    items, at most ``max_ads`` ads and at most ``S - floor`` organic ones" (the floor's per-slot
+    rule is exactly that organic cap) is a laminar matroid.
     """
     slates, _, _ = epsilon_greedy_sample_batch(
         scores,
@@ -409,5 +466,6 @@ def greedy_slate_batch(
         mask=mask,
         is_ad=is_ad,
         max_ads=max_ads,
+        min_ads=min_ads,
     )
     return slates

@@ -8,7 +8,11 @@ With conditional-logit attractions ``v_i = exp(utility_i) > 0``, a no-click attr
          = q_0 + sum_{i in A} v_i (q_i - q_0) / (v_0 + sum_{i in A} v_i),
 
 so every optimiser works on the shifted values ``q'_i = q_i - q_0`` with a zero no-click value.
-Slates have exactly ``S`` items (a served slate is always full) and at most ``max_ads`` ads.
+Slates have exactly ``S`` items (a served slate is always full), at most ``max_ads`` ads and at
+least ``m = min(min_ads, valid ads in the row)`` of them (the ad load; a slate shorter than
+``m`` is all ads). The slot-by-slot builders enforce the floor as the samplers of
+:mod:`recsys.policy.exploration` do: slot ``t`` takes only ads when the ads still needed,
+``m - ads so far``, fill every remaining slot (``>= S - t``).
 
 - ``top_k``: the ``S`` items with the largest ``v_i q'_i`` (the paper's cheap heuristic).
 - ``greedy``: add, one slot at a time, the item that most increases ``Q`` (the paper's greedy).
@@ -16,9 +20,10 @@ Slates have exactly ``S`` items (a served slate is always full) and at most ``ma
   relaxation after the Charnes-Cooper transform and note the LP has an integral optimum; we
   solve the same fractional program exactly by Dinkelbach's parametric method: for a guess
   ``lam``, ``max_A sum_{i in A} v_i (q'_i - lam)`` is a max-weight basis of the matroid
-  "S items, at most max_ads ads", found greedily; ``lam <- Q(A)`` increases strictly until the
-  parametric optimum is 0, which certifies ``lam = max_A Q(A)``. Finitely many slates make it
-  terminate, typically in 2-4 iterations, with no LP solver dependency.
+  "S items, at most max_ads ads, at least m ads", found greedily (see :func:`_best_basis`);
+  ``lam <- Q(A)`` increases strictly until the parametric optimum is 0, which certifies
+  ``lam = max_A Q(A)``. Finitely many slates make it terminate, typically in 2-4 iterations,
+  with no LP solver dependency.
 - ``enumerate``: brute force over all ``C choose S`` subsets (tests and tiny problems).
 
 Every optimiser returns its slate ordered by ``v_i q'_i`` (largest first), so with a position
@@ -31,6 +36,8 @@ import itertools
 from typing import Literal
 
 import torch
+
+from recsys.policy.exploration import check_ad_load
 
 SlateOptimizer = Literal["top_k", "greedy", "exact_lp", "enumerate"]
 SLATE_OPTIMIZERS: tuple[SlateOptimizer, ...] = ("top_k", "greedy", "exact_lp", "enumerate")
@@ -57,10 +64,15 @@ def _available(
     ads: torch.Tensor | None,
     used: torch.Tensor,
     cap: int | None,
+    floor: torch.Tensor | None,
+    slots_left: int,
 ) -> torch.Tensor:
+    """Candidates allowed at a slot with ``slots_left`` slots to fill (this one included)."""
     avail = valid & ~taken
     if ads is not None and cap is not None:
         avail = avail & ~(ads & (used >= cap)[:, None])
+    if ads is not None and floor is not None:
+        avail = avail & ~(~ads & (floor - used >= slots_left)[:, None])
     return avail
 
 
@@ -70,11 +82,20 @@ def _best_basis(
     valid: torch.Tensor,
     ads: torch.Tensor | None,
     cap: int | None,
+    floor: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Max-weight ``S``-subset with at most ``cap`` ads: take the best available item per slot.
+    """Max-weight ``S``-subset with at most ``cap`` and at least ``floor`` ``[B]`` ads: take the
+    best available item per slot.
 
-    "``S`` items, at most ``cap`` of them ads" is a (laminar) matroid, so this greedy is exact
-    for any additive weights, negative ones included.
+    Exact for any additive weights, negative ones included. The floor's rule ("only ads once
+    the ads still needed fill every remaining slot") masks organic items exactly when
+    ``organic so far >= S - floor``, so the greedy is the matroid greedy of "at most ``cap``
+    ads, at most ``S - floor`` organic, ``S`` in all" (a laminar matroid, whose bases are the
+    ``S``-sets with ``min(floor, S) <= ads <= cap``), and the matroid greedy is optimal (the
+    floor is per row, already clipped to the row's valid ads). Directly: with
+    ``k`` ads the best set is the top-``k`` ads plus the top-``S - k`` organic, a concave
+    function of ``k``; the greedy takes the unconstrained best ``k`` when it meets the floor,
+    and otherwise ``k = floor`` with the forced tail picking the best ads not yet taken.
     """
     b = weights.shape[0]
     rows = torch.arange(b)
@@ -83,7 +104,7 @@ def _best_basis(
     out = torch.empty(b, slate_size, dtype=torch.int64)
     neg_inf = torch.tensor(float("-inf"), dtype=weights.dtype)
     for t in range(slate_size):
-        avail = _available(valid, taken, ads, used, cap)
+        avail = _available(valid, taken, ads, used, cap, floor, slate_size - t)
         pick = torch.where(avail, weights, neg_inf).argmax(dim=1)
         out[:, t] = pick
         taken[rows, pick] = True
@@ -100,6 +121,7 @@ def _greedy(
     valid: torch.Tensor,
     ads: torch.Tensor | None,
     cap: int | None,
+    floor: torch.Tensor | None,
 ) -> torch.Tensor:
     b = v.shape[0]
     rows = torch.arange(b)
@@ -110,7 +132,7 @@ def _greedy(
     out = torch.empty(b, slate_size, dtype=torch.int64)
     neg_inf = torch.tensor(float("-inf"), dtype=v.dtype)
     for t in range(slate_size):
-        avail = _available(valid, taken, ads, used, cap)
+        avail = _available(valid, taken, ads, used, cap, floor, slate_size - t)
         gain = (num[:, None] + v * qp) / (den[:, None] + v)
         pick = torch.where(avail, gain, neg_inf).argmax(dim=1)
         out[:, t] = pick
@@ -136,12 +158,13 @@ def _dinkelbach(
     valid: torch.Tensor,
     ads: torch.Tensor | None,
     cap: int | None,
+    floor: torch.Tensor | None,
     max_iter: int = 100,
 ) -> torch.Tensor:
-    best = _best_basis(v * qp, slate_size, valid, ads, cap)
+    best = _best_basis(v * qp, slate_size, valid, ads, cap, floor)
     lam = _value(v, v0, qp, best)
     for _ in range(max_iter):
-        cand = _best_basis(v * (qp - lam[:, None]), slate_size, valid, ads, cap)
+        cand = _best_basis(v * (qp - lam[:, None]), slate_size, valid, ads, cap, floor)
         val = _value(v, v0, qp, cand)
         improved = val > lam + 1e-12 * (1.0 + lam.abs())
         if not bool(improved.any()):
@@ -159,6 +182,7 @@ def _enumerate(
     valid: torch.Tensor,
     ads: torch.Tensor | None,
     cap: int | None,
+    floor: torch.Tensor | None,
 ) -> torch.Tensor:
     c = v.shape[1]
     combos = list(itertools.combinations(range(c), slate_size))
@@ -170,6 +194,9 @@ def _enumerate(
     ok = valid[:, subsets].all(-1)
     if ads is not None and cap is not None:
         ok &= ads[:, subsets].sum(-1) <= cap
+    if ads is not None and floor is not None:
+        # A slate shorter than the floor is all ads, as the slot-by-slot builders make it.
+        ok &= ads[:, subsets].sum(-1) >= floor.clamp(max=slate_size)[:, None]
     value = torch.where(ok, num / den, torch.tensor(float("-inf"), dtype=v.dtype))
     return subsets[value.argmax(dim=1)]
 
@@ -185,14 +212,18 @@ def optimize_slates(
     valid: torch.Tensor | None = None,
     is_ad: torch.Tensor | None = None,
     max_ads: int | None = None,
+    min_ads: int = 0,
 ) -> torch.Tensor:
     """Best slates ``[B, S]`` (candidate indices) for ``[B, C]`` attractions and values.
 
     ``attraction`` ``> 0`` are ``exp(utility)`` on a common scale with ``no_click`` ``[B]``;
-    ``valid`` ``[B, C]`` masks padding, ``is_ad`` with ``max_ads`` caps ads per slate. Runs in
-    float64 without gradients. The caller guarantees each row can be filled (see
-    :func:`recsys.policy.exploration.greedy_slate_batch`, which checks it).
+    ``valid`` ``[B, C]`` masks padding, ``is_ad`` with ``max_ads`` caps ads per slate and with
+    ``min_ads`` sets a floor, clipped per row to its valid ads (``0 <= min_ads <= max_ads``).
+    Runs in float64 without gradients. The caller guarantees each row can be filled (see
+    :func:`recsys.policy.exploration.greedy_slate_batch`, which checks it; the floor never
+    makes a row unfillable).
     """
+    check_ad_load(max_ads, min_ads)
     with torch.no_grad():
         v = attraction.detach().double()
         v0 = no_click.detach().double()
@@ -202,14 +233,18 @@ def optimize_slates(
         ads = None if is_ad is None else is_ad.bool()
         if not 1 <= slate_size <= v.shape[1]:
             raise ValueError(f"slate_size must lie in [1, {v.shape[1]}], got {slate_size}")
+        floor = None
+        if ads is not None and min_ads > 0:
+            floor = (ok & ads).sum(dim=1).clamp(max=min_ads)
+        rule = (ok, ads, max_ads, floor)
         if method == "top_k":
-            slates = _best_basis(v * qp, slate_size, ok, ads, max_ads)
+            slates = _best_basis(v * qp, slate_size, *rule)
         elif method == "greedy":
-            slates = _greedy(v, v0, qp, slate_size, ok, ads, max_ads)
+            slates = _greedy(v, v0, qp, slate_size, *rule)
         elif method == "exact_lp":
-            slates = _dinkelbach(v, v0, qp, slate_size, ok, ads, max_ads)
+            slates = _dinkelbach(v, v0, qp, slate_size, *rule)
         elif method == "enumerate":
-            slates = _enumerate(v, v0, qp, slate_size, ok, ads, max_ads)
+            slates = _enumerate(v, v0, qp, slate_size, *rule)
         else:
             raise ValueError(f"unknown slate optimizer {method!r}; use one of {SLATE_OPTIMIZERS}")
         contribution = torch.gather(v * qp, 1, slates)

@@ -182,6 +182,7 @@ def build_api(recommender: Recommender, max_body_bytes: int = 64 * 1024) -> Fast
                 body.num_candidates,
                 body.exclude,
                 _filters(body.filters),
+                body.session_id,
             )
             outcome = "ok"
         finally:
@@ -223,6 +224,7 @@ def build_api(recommender: Recommender, max_body_bytes: int = 64 * 1024) -> Fast
 
     @app.get("/metrics")
     def metrics(rec: Rec) -> Response:
+        rec.refresh_metrics()
         return Response(generate_latest(rec.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)

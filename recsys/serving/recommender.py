@@ -1,9 +1,11 @@
 """The plain orchestrator behind ``POST /recommend`` and ``POST /feedback``.
 
 Ray Serve and FastAPI only convert wire schemas and delegate here, so the whole request path is
-testable without a cluster. One request: user state from the store → FAISS candidates excluding
-what the user already consumed → slate policy with exact propensities → impression event on the
-stream. Feedback is validated and published; the online updater turns it into state.
+testable without a cluster. One request: the user's event-derived state from the store →
+request-time user features (the same fold and featuriser the policy was trained on) → FAISS
+candidates from the user's recent clicks → the served slate policy with exact propensities →
+impression event on the stream. Feedback is validated, stamped with server time and published;
+the online updater folds both into the user's state.
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from recsys.config import ServingSettings
-from recsys.features import EventFold
-from recsys.protocols import CandidateGenerator, EventSink, SlatePolicy, UserStateStore
+from recsys.features import EventFold, StateArray, UserFeaturizer, session_key
+from recsys.protocols import EventSink, HistoryCandidateSource, UserStateStore
+from recsys.serving.policies import PolicyRegistry
 from recsys.types import (
     CandidateFilters,
+    Candidates,
     EventType,
     FeedbackEvent,
+    FloatArray,
     ImpressionEvent,
     InvalidRequestError,
     Slate,
     SlateItem,
-    UserState,
 )
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -70,38 +74,49 @@ class RecommenderMetrics:
             "recsys_slate_size", "Items returned per slate",
             buckets=(1, 2, 5, 10, 20, 50, 100), registry=self.registry,
         )  # fmt: skip
+        self.policy_versions = Gauge(
+            "recsys_policy_versions", "Policy artifact versions loaded or refused by this replica",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.serving = Gauge(
+            "recsys_policy_serving", "1 for the policy version this replica serves",
+            ["version"], registry=self.registry,
+        )  # fmt: skip
 
 
 class Recommender:
     """Serves slates and accepts feedback; thread-safe for concurrent requests.
 
     Randomness is per request (a generator seeded from ``seed`` and a request counter) so
-    concurrent threads never share a ``numpy`` generator and runs are reproducible.
+    concurrent threads never share a ``numpy`` generator and runs are reproducible. The
+    policy is read from ``policies`` once per request, so a new version swapped in by the
+    registry's watcher never fails a request in flight.
     """
 
     def __init__(
         self,
         *,
         store: UserStateStore,
-        candidates: CandidateGenerator,
-        policy: SlatePolicy,
+        candidates: HistoryCandidateSource,
+        policies: PolicyRegistry,
         fold: EventFold,
         sink: EventSink,
         settings: ServingSettings,
         default_k: int,
-        model_version: str,
+        default_ads: int,
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         on_close: Sequence[Callable[[], None]] = (),
     ) -> None:
         self._store = store
         self._fold = fold
+        self._users = UserFeaturizer(fold.spec)
         self._candidates = candidates
-        self._policy = policy
+        self.policies = policies
         self._sink = sink
         self._settings = settings
-        self._default_k = min(default_k, candidates.num_items)
-        self.model_version = model_version
+        self._default_k = min(default_k, fold.num_items)
+        self._default_ads = default_ads
         self._seed = seed
         self._counter = itertools.count()
         self._counter_lock = threading.Lock()
@@ -112,7 +127,12 @@ class Recommender:
     @property
     def num_items(self) -> int:
         """Catalog size served by this replica."""
-        return self._candidates.num_items
+        return self._fold.num_items
+
+    @property
+    def model_version(self) -> str:
+        """``policy@version`` serving right now."""
+        return self.policies.current().version
 
     def _rng(self) -> np.random.Generator:
         with self._counter_lock:
@@ -126,20 +146,29 @@ class Recommender:
         num_candidates: int | None = None,
         exclude: Sequence[int] = (),
         filters: CandidateFilters | None = None,
+        session_id: str | None = None,
     ) -> Recommendation:
-        """Pick a slate for a known user, excluding clicked items and ``exclude``.
+        """Pick a slate for a user from their event-derived state.
 
-        Raises :class:`InvalidRequestError` on bad input (a 4xx answer that leaves no trace
-        in the store or stream). A user with no state yet is served as a cold start.
+        State from the store (a user with none is a cold start) → request-time features
+        (the event fold's session rule with ``session_id``) → retrieval candidates from the
+        user's recent clicks (an organic block and an ad block, never the recent clicks nor
+        ``exclude``) → the policy's slate with exact propensities → the impression on the
+        stream. Raises :class:`InvalidRequestError` on bad input: a 4xx answer that leaves no
+        trace in the store or stream.
         """
         start = time.perf_counter()
         max_slate = self._settings.max_slate_size
         if not 1 <= slate_size <= max_slate:
             raise InvalidRequestError("slate_size", f"must be between 1 and {max_slate}")
+        policy = self.policies.current()
+        num_ads = getattr(policy, "num_ads", self._default_ads)
         k = self._default_k if num_candidates is None else num_candidates
-        if k < slate_size:
+        if k < slate_size or k <= num_ads:
             raise InvalidRequestError(
-                "num_candidates", f"must be at least slate_size ({slate_size}), got {k}"
+                "num_candidates",
+                f"must be at least slate_size ({slate_size}) and more than the "
+                f"{num_ads} ads the policy expects among them, got {k}",
             )
         if k > self.num_items:
             raise InvalidRequestError(
@@ -155,31 +184,40 @@ class Recommender:
             raise InvalidRequestError(
                 "exclude", f"unknown item id {bad} (catalog has ids 0..{self.num_items - 1})"
             )
-        records, _ = self._fold.codec.decode([self._store.get(user_id)])
-        recent = records["recent"][0]
-        # An unknown user is a cold start, not an error: state is folded from their events.
-        state = UserState(
-            user_id=user_id,
-            embedding=np.zeros(0, dtype=np.float32),
-            clicked=recent[recent >= 0].astype(np.int64),
+        now = self._clock()
+        states, features = self.user_state(user_id, session_id, now)
+        batch = self._candidates.candidates_for_histories(
+            states["recent"], k - num_ads, num_ads, exclude=[requested], filters=filters
         )
-        excluded = np.union1d(state.clicked, requested)
-        available = self._candidates.count_eligible(excluded, filters)
-        if available < slate_size:
+        keep = batch.mask[0]
+        if int(keep.sum()) < slate_size:
             raise InvalidRequestError(
                 "filters" if filters is not None and not filters.is_noop else "slate_size",
-                f"only {available} items remain after exclusions and filters for this user, "
-                f"fewer than slate_size={slate_size}",
+                f"only {int(keep.sum())} candidates remain after exclusions and filters for "
+                f"this user, fewer than slate_size={slate_size}",
             )
-        candidates = self._candidates.generate(state, min(k, available), excluded, filters)
-        slate = self._policy.select(state, candidates, slate_size, self._rng())
+        ids = batch.item_ids[0, keep]
+        candidates = Candidates(
+            item_ids=ids,
+            scores=batch.scores[0, keep],
+            embeddings=np.zeros((ids.shape[0], 0), dtype=np.float32),
+            is_ad=batch.is_ad[0, keep],
+        )
+        try:
+            slate = policy.select(features, candidates, slate_size, self._rng())
+        except InvalidRequestError as exc:
+            if filters is not None and filters.ads == "only":  # the ad load caps ads per slate
+                raise InvalidRequestError(
+                    "filters", f"ads=only cannot fill this slate: {exc.message}"
+                ) from exc
+            raise
         request_id = uuid.uuid4().hex
         self._sink.publish(
             ImpressionEvent(
                 request_id=request_id,
                 user_id=user_id,
-                ts=self._clock(),
-                model_version=self.model_version,
+                ts=now,
+                model_version=slate.version,
                 policy=slate.policy,
                 items=tuple(
                     SlateItem(int(i), int(p), float(s), float(q))
@@ -188,11 +226,25 @@ class Recommender:
                         strict=True,
                     )
                 ),
+                session_id=session_id or "",
             )
         )  # fmt: skip
         self.metrics.latency.observe(time.perf_counter() - start)
         self.metrics.slate_size.observe(len(slate))
-        return Recommendation(request_id, self.model_version, slate)
+        return Recommendation(request_id, slate.version, slate)
+
+    def user_state(
+        self, user_id: str, session_id: str | None, now: float
+    ) -> tuple[StateArray, FloatArray]:
+        """The user's stored state (``[1]``; a cold start when there is none) and their
+        features for a request at server time ``now`` in session ``session_id``: the event
+        fold's session rule applied on a copy, then the featuriser the policy was trained
+        with."""
+        states, _ = self._fold.codec.decode([self._store.get(user_id)])
+        features = self._users.features_at(
+            self._fold, states, np.array([now]), np.array([session_key(session_id)], np.uint32)
+        )
+        return states, features[0]
 
     def feedback(
         self,
@@ -203,21 +255,31 @@ class Recommender:
         value: float | None = None,
         ts: float | None = None,
     ) -> FeedbackEvent:
-        """Validate one feedback signal and publish it to the stream; returns the event."""
+        """Validate one feedback signal, stamp it with server time and publish it."""
         if not 0 <= item_id < self.num_items:
             raise InvalidRequestError(
                 "item_id", f"unknown item id {item_id} (catalog has ids 0..{self.num_items - 1})"
             )
+        now = self._clock()
         fb = FeedbackEvent(
             request_id=request_id,
             user_id=user_id,
             item_id=item_id,
             event=event,
             value=_DEFAULT_VALUE[event] if value is None else float(value),
-            ts=self._clock() if ts is None else float(ts),
+            ts=now if ts is None else float(ts),
+            server_ts=now,
         )
         self._sink.publish(fb)
         return fb
+
+    def refresh_metrics(self) -> None:
+        """Copy the policy registry's state into the gauges (called when metrics are read)."""
+        stats = self.policies.stats
+        self.metrics.policy_versions.labels("loaded").set(stats.loaded)
+        self.metrics.policy_versions.labels("refused").set(stats.refused)
+        self.metrics.serving.clear()
+        self.metrics.serving.labels(self.model_version).set(1)
 
     def ready(self) -> bool:
         """True when the store answers; the retriever and policy are in memory already."""

@@ -19,6 +19,9 @@ UserId = Annotated[
     Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:@-]+$", examples=["u42"]),
 ]
 RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+SessionId = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$", examples=["s-17"])
+]
 ItemId = Annotated[StrictInt, Field(ge=0, le=2**62)]
 ContextValue = str | float | bool | None
 
@@ -45,6 +48,9 @@ class RecommendRequest(_Strict):
     exclude: Annotated[list[ItemId], Field(max_length=100_000)] = []
     context: Annotated[dict[str, ContextValue], Field(max_length=64)] | None = None
     filters: FiltersIn | None = None
+    #: The client's session (a new value starts a new session in the user's state; without
+    #: one, 30 minutes of inactivity does).
+    session_id: SessionId | None = None
 
 
 class SlateItemOut(BaseModel):
@@ -57,7 +63,8 @@ class SlateItemOut(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    """``POST /recommend`` answer: the slate with exact per-slot propensities."""
+    """``POST /recommend`` answer: the slate with exact per-slot propensities, and which
+    policy version chose it (``model_version``, e.g. ``slateq@20261201T...``)."""
 
     request_id: str
     model_version: str

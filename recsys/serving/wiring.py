@@ -1,39 +1,87 @@
 """Composition root for serving: settings in, a ready :class:`Recommender` out.
 
 Each component gets only its slice of the settings. Backends are chosen by URL (store) and by
-whether a Kafka bootstrap is configured (stream).
+whether a Kafka bootstrap is configured (stream). The catalog the event fold runs over comes
+from the newest retrieval artifact, so the server and the online updater fold events over the
+catalog the models were trained on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
 
 from recsys.artifacts import latest_version
-from recsys.candidates import RETRIEVAL_ARTIFACT, load_retrieval_artifact
-from recsys.config import Settings
-from recsys.data.synthetic import make_world
+from recsys.candidates import RETRIEVAL_ARTIFACT, LoadedRetrieval, load_retrieval
+from recsys.config import PolicySettings, Settings
 from recsys.features import EventFold, FeatureSpec
-from recsys.policy import MyopicPolicy
+from recsys.pipeline import make_fold
+from recsys.serving.policies import (
+    PolicyRegistry,
+    ServedPolicy,
+    load_served_policy,
+    retrieval_fallback,
+)
 from recsys.serving.recommender import Recommender
 from recsys.store import build_user_state_store
 from recsys.stream import OnlineUpdater, build_event_sink, build_event_source
+from recsys.types import ArtifactError
+
+
+def load_newest_retrieval(settings: Settings) -> LoadedRetrieval:
+    """The newest retrieval artifact, which must carry the catalog's item table."""
+    loaded = load_retrieval(latest_version(settings.artifacts.root, RETRIEVAL_ARTIFACT))
+    if loaded.item_table is None:
+        raise ArtifactError(
+            f"retrieval artifact {loaded.artifact.version} has no item table; retrain it with "
+            "`recsys train candidates`"
+        )
+    return loaded
 
 
 def build_fold(settings: Settings) -> EventFold:
     """The serving system's event fold: the feature spec over the catalog's topics and ads."""
-    world = make_world(settings.catalog)
-    spec = FeatureSpec(num_topics=world.num_topics)
-    return EventFold(spec, world.item_topics, world.item_is_ad)
+    table = load_newest_retrieval(settings).item_table
+    assert table is not None
+    return make_fold(table)
+
+
+def policy_loader(
+    policy: PolicySettings, spec: FeatureSpec, num_items: int, retrieval_version: str
+) -> Callable[[Path], ServedPolicy]:
+    """What the registry calls on each new ``policy-<name>`` version."""
+    return partial(
+        load_served_policy,
+        name=policy.name,
+        spec=spec,
+        num_items=num_items,
+        retrieval_version=retrieval_version,
+        exploration=None if policy.exploration == "policy" else policy.exploration,
+        epsilon=policy.epsilon,
+        temperature=policy.temperature,
+    )
 
 
 def build_recommender(settings: Settings) -> Recommender:
-    """Load the newest retrieval artifact and wire store, stream and policy around it."""
-    _model, retriever, artifact = load_retrieval_artifact(
-        latest_version(settings.artifacts.root, RETRIEVAL_ARTIFACT)
+    """Load the newest retrieval and policy artifacts and wire store, stream and policy."""
+    torch.set_num_threads(settings.policy.torch_threads)
+    retrieval = load_newest_retrieval(settings)
+    assert retrieval.item_table is not None
+    fold = make_fold(retrieval.item_table)
+    registry = PolicyRegistry(
+        settings.artifacts.root,
+        settings.policy.name,
+        policy_loader(settings.policy, fold.spec, fold.num_items, retrieval.artifact.version),
+        retrieval_fallback(settings.policy.temperature, retrieval.artifact.version),
     )
+    on_close: list[Callable[[], None]] = [registry.stop]
+    if settings.policy.name != "retrieval":
+        registry.refresh()
+        registry.start(settings.policy.reload_interval_s)
     store = build_user_state_store(settings.store)
-    fold = build_fold(settings)
-    on_close: list[Callable[[], None]] = []
     if settings.store.url.startswith("memory://") and not settings.stream.bootstrap:
         # Store and stream both live in this process, so nobody else can close the loop:
         # run the online updater here (the zero-configuration `recsys serve`).
@@ -44,13 +92,13 @@ def build_recommender(settings: Settings) -> Recommender:
         on_close.append(updater.stop)
     return Recommender(
         store=store,
-        candidates=retriever,
-        policy=MyopicPolicy(settings.policy.temperature, version=artifact.version),
+        candidates=retrieval.retriever,
+        policies=registry,
         fold=fold,
         sink=build_event_sink(settings.stream),
         settings=settings.serving,
         default_k=settings.candidates.default_k,
-        model_version=artifact.version,
+        default_ads=settings.candidates.num_ads,
         seed=settings.policy.seed,
         on_close=on_close,
     )

@@ -31,7 +31,6 @@ from recsys.simulator.gym_env import (
     SlateVectorEnv,
     register_envs,
 )
-from recsys.simulator.logs import LoggedClicks, simulate_logs, uniform_random_slates
 from recsys.simulator.policies import (
     REFERENCE_POLICIES,
     ReferencePolicy,
@@ -70,7 +69,6 @@ __all__ = [
     "HiddenTruth",
     "LatentUserState",
     "LifetimeSummary",
-    "LoggedClicks",
     "MultinomialLogitChoice",
     "ObservableResponses",
     "PopularityCandidateSampler",
@@ -102,7 +100,5 @@ __all__ = [
     "rollout_lifetimes",
     "run_calibration_report",
     "simulate_click_log",
-    "simulate_logs",
     "top_k_slates",
-    "uniform_random_slates",
 ]

@@ -188,6 +188,20 @@ class SlateEnv:
         out: BoolArray = self._state.alive[self._users(user_idx)]
         return out
 
+    def upcoming_sessions(self, user_idx: npt.ArrayLike | None = None) -> tuple[IntArray, IntArray]:
+        """``(life, session)`` ``[B]`` the next step of each user belongs to.
+
+        A churned user starts a new life when next stepped (life + 1, session 0); the
+        observers of the simulator use this to know when a client would start a new user or
+        a new session.
+        """
+        state = self._state
+        users = self._all_users if user_idx is None else self._users(user_idx)
+        alive = state.alive[users]
+        life: IntArray = np.where(alive, state.life[users], state.life[users] + 1)
+        session: IntArray = np.where(alive, state.session[users], 0)
+        return life, session
+
     def user_features(self, user_idx: npt.ArrayLike | None = None) -> FloatArray:
         """``[B, F_u]`` observable features of users (all of them for ``None``), read-only use.
 

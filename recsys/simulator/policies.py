@@ -43,9 +43,11 @@ def top_k_slates(candidates: IntArray, scores: FloatArray, slate_size: int) -> I
 def relevance_scores(env: SlateEnv, user_features: FloatArray, candidates: IntArray) -> FloatArray:
     """Myopic relevance ``interests · topics`` from observable features only: ``[B, C]``.
 
-    The score of ``recsys simulate``'s Boltzmann logging policy; off-policy evaluation of a
-    ``boltzmann:T`` target recomputes it from logged user features and candidate ids, so both
-    must use this one definition.
+    ``user_features`` start with a ``T``-wide block of topic interests: the event fold's
+    ``interest_*`` columns (what ``recsys simulate`` logs) or the simulator's latent
+    interests. The score of ``recsys simulate``'s Boltzmann logging policy; off-policy
+    evaluation of a ``boltzmann:T`` target recomputes it from logged user features and
+    candidate ids, so both must use this one definition.
     """
     t = env.world.num_topics
     topics = env.item_features(candidates)[..., :t]

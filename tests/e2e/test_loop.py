@@ -1,8 +1,9 @@
-"""The whole loop over real components.
+"""The whole loop over real components, with the trained slate policy served.
 
-HTTP /recommend → slate with propensities (and an impression in the broker); HTTP /feedback →
-event in the broker → online updater → user state changed in the real Redis → the next
-/recommend for that user excludes the clicked item.
+HTTP /recommend → a slate chosen by the published SlateQ policy, with propensities that the
+impression in the broker carries unchanged; HTTP /feedback (every signal of a click) → events
+in the broker → online updater → the user's event-derived state in the real Redis → the next
+/recommend for that user never shows the clicked item, and the policy sees the new state.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from recsys.serving.wiring import build_fold
 from recsys.store import build_user_state_store
 from recsys.stream import KafkaEventSource, OnlineUpdater
 from recsys.types import FeedbackEvent, ImpressionEvent
@@ -33,9 +35,12 @@ def test_feedback_flows_through_kafka_and_redis_into_the_next_slate(
     serving_stack: ServingStack,
 ) -> None:
     settings = serving_stack.settings
-    user_id = serving_stack.models.world.user_ids[3]
+    user_id = "e2e-user-1"  # never seen before: a cold start, served all the same
+    slateq = serving_stack.models.policies["slateq"]
     with httpx.Client(base_url=serving_stack.url, timeout=30.0) as http:
-        first = http.post("/recommend", json={"user_id": user_id, "slate_size": 5})
+        first = http.post(
+            "/recommend", json={"user_id": user_id, "slate_size": 5, "session_id": "s1"}
+        )
         assert first.status_code == 200, first.text
         body = first.json()
         items = body["items"]
@@ -43,65 +48,72 @@ def test_feedback_flows_through_kafka_and_redis_into_the_next_slate(
         assert [it["position"] for it in items] == [0, 1, 2, 3, 4]
         assert len({it["item_id"] for it in items}) == 5
         assert all(0.0 < it["propensity"] <= 1.0 for it in items)
-        assert body["policy"] == "myopic"
-        assert body["model_version"] == serving_stack.models.artifact.version
+        assert body["policy"] == "slateq"
+        # the published version, or a newer one another test of the session published
+        assert body["model_version"].startswith("slateq@")
+        assert body["model_version"] >= f"slateq@{slateq.version}"
 
+        # The impression read back from the broker carries exactly the served propensities.
         impressions = KafkaEventSource(
             settings.stream.bootstrap, [settings.stream.impressions_topic]
         )
         impression = _find(impressions, ImpressionEvent, body["request_id"])
         impressions.close()
         assert isinstance(impression, ImpressionEvent)
+        assert impression.session_id == "s1"
+        assert impression.model_version == body["model_version"]
         assert [s.item_id for s in impression.items] == [it["item_id"] for it in items]
         assert [s.propensity for s in impression.items] == pytest.approx(
-            [it["propensity"] for it in items]
+            [it["propensity"] for it in items], rel=1e-12
         )
 
         clicked_item = items[0]["item_id"]
-        fb = http.post(
-            "/feedback",
-            json={
+        for event, value in (("click", None), ("dwell", 42.0), ("like", None)):
+            payload = {
                 "request_id": body["request_id"],
                 "user_id": user_id,
                 "item_id": clicked_item,
-                "event": "click",
-            },
-        )
-        assert fb.status_code == 202, fb.text
-        assert fb.json() == {"accepted": True, "request_id": body["request_id"]}
+                "event": event,
+            }
+            if value is not None:
+                payload["value"] = value
+            fb = http.post("/feedback", json=payload)
+            assert fb.status_code == 202, fb.text
+            assert fb.json() == {"accepted": True, "request_id": body["request_id"]}
 
         feedback = KafkaEventSource(settings.stream.bootstrap, [settings.stream.feedback_topic])
         event = _find(feedback, FeedbackEvent, body["request_id"])
         feedback.close()
         assert isinstance(event, FeedbackEvent)
         assert event.item_id == clicked_item
+        assert event.server_ts is not None
 
-        # The online updater (Kafka consumer) writes the click into the real Redis.
+        # The online updater (Kafka consumer) folds the events into the real Redis.
+        fold = build_fold(settings)
         store = build_user_state_store(settings.store)
-        before = store.get(user_id)
-        assert before is not None
-        assert clicked_item not in before.clicked.tolist()
         source = KafkaEventSource(
             settings.stream.bootstrap,
             [settings.stream.impressions_topic, settings.stream.feedback_topic],
         )
-        updater = OnlineUpdater(source, store, "e2e-updater")
+        updater = OnlineUpdater(source, store, "e2e-updater", fold)
         deadline = time.monotonic() + 20.0
-        after = before
         while time.monotonic() < deadline:
             updater.run_once(max_records=500, timeout_s=0.5)
-            after = store.get(user_id)
-            assert after is not None
-            if clicked_item in after.clicked.tolist():
+            states, known = fold.codec.decode([store.get(user_id)])
+            if known[0] and states["likes"][0] == 1:
                 break
         source.close()
-        assert clicked_item in after.clicked.tolist()
-        assert after.clicks == before.clicks + 1
-        assert after.impressions >= before.impressions + 5
         store.close()
+        assert known[0]
+        assert states["steps"][0] >= 1
+        assert states["clicks"][0] == 1
+        assert states["recent"][0, 0] == clicked_item
+        assert float(states["dwell_s"][0]) == pytest.approx(42.0)
 
-        # The same request again never shows the clicked item.
+        # The same user again never gets the clicked item.
         for _ in range(10):
-            again = http.post("/recommend", json={"user_id": user_id, "slate_size": 5})
+            again = http.post(
+                "/recommend", json={"user_id": user_id, "slate_size": 5, "session_id": "s1"}
+            )
             assert again.status_code == 200, again.text
             assert clicked_item not in [it["item_id"] for it in again.json()["items"]]

@@ -4,7 +4,8 @@ Every learned policy must beat these on the same environment and the same logs: 
 floor (and a perfect logging policy for off-policy evaluation), popularity is what a catalog
 without personalisation does, myopic greedy maximises the *immediate* expected reward (the
 policy RL must beat by caring about the future), and LinUCB is the contextual bandit that
-explores optimistically but still ignores long-term effects. All honour the sampler's ads cap.
+explores optimistically but still ignores long-term effects. All honour the sampler's ad load
+(its ``max_ads`` cap and ``min_ads`` floor).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from recsys.policy._nets import to_tensor
 from recsys.policy.base import SlateSampler, Tensors, optimiser_first_priority
 from recsys.policy.batch import SlateAction, SlateObs, Transition, gather_slots
 from recsys.policy.choice_model import ConditionalLogitChoiceModel
-from recsys.policy.exploration import plackett_luce_sample_batch
+from recsys.policy.exploration import check_ad_load, plackett_luce_sample_batch
 from recsys.policy.slate_optimization import SlateOptimizer, optimize_slates
 
 #: Maps a batch of observations to per-candidate scores ``[B, C]``.
@@ -28,12 +29,15 @@ ItemScorer = Callable[[SlateObs], npt.NDArray[np.floating]]
 
 
 class RandomPolicy:
-    """Uniformly random slates without replacement (propensity ``1 / available`` per slot)."""
+    """Uniformly random slates without replacement (propensity ``1 / available`` per slot)
+    under an ad load (``max_ads`` cap, ``min_ads`` floor)."""
 
     name: str = "random"
 
-    def __init__(self, max_ads: int | None = None) -> None:
+    def __init__(self, max_ads: int | None = None, min_ads: int = 0) -> None:
+        check_ad_load(max_ads, min_ads)
         self.max_ads = max_ads
+        self.min_ads = min_ads
 
     def act(
         self, obs: SlateObs, slate_size: int, rng: np.random.Generator, explore: bool = True
@@ -48,6 +52,7 @@ class RandomPolicy:
             mask=obs.candidate_mask,
             is_ad=obs.is_ad,
             max_ads=self.max_ads,
+            min_ads=self.min_ads,
         )
         return SlateAction(slates, props, log_prob, np.zeros(slates.shape, np.float32))
 
@@ -126,6 +131,10 @@ class MyopicGreedyPolicy:
         self.optimizer = optimizer
         self.sampler = sampler or SlateSampler("greedy")
 
+    def set_sampler(self, sampler: SlateSampler) -> None:
+        """Explore around the optimiser's slate with ``sampler`` (and its ad load)."""
+        self.sampler = sampler
+
     def act(
         self, obs: SlateObs, slate_size: int, rng: np.random.Generator, explore: bool = True
     ) -> SlateAction:
@@ -148,6 +157,7 @@ class MyopicGreedyPolicy:
                 valid=None if obs.candidate_mask is None else torch.from_numpy(obs.candidate_mask),
                 is_ad=None if obs.is_ad is None else torch.from_numpy(obs.is_ad),
                 max_ads=self.sampler.max_ads,
+                min_ads=self.sampler.min_ads,
             ).numpy()
         item_scores = attraction.numpy() * reward
         priority = optimiser_first_priority(item_scores, obs, slates)

@@ -12,7 +12,7 @@ import numpy as np
 
 from recsys.config import PolicySettings
 from recsys.policy.exploration import plackett_luce_sample
-from recsys.types import Candidates, InvalidRequestError, Slate, UserState
+from recsys.types import Candidates, FloatArray, InvalidRequestError, Slate
 
 
 class MyopicPolicy:
@@ -38,7 +38,7 @@ class MyopicPolicy:
 
     def select(
         self,
-        user: UserState,
+        user_features: FloatArray,
         candidates: Candidates,
         slate_size: int,
         rng: np.random.Generator,

@@ -26,7 +26,7 @@ each slotted item receives its step's return (the paper's credit) or, with
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -137,6 +137,11 @@ class ReinforceTopKPolicy(nn.Module):
         return pi, beta
 
     # ---- acting ---------------------------------------------------------------------------
+
+    def set_sampler(self, sampler: SlateSampler) -> None:
+        """Act through ``sampler`` from now on (off-policy for updates unless it samples
+        ``pi`` itself)."""
+        self.config = replace(self.config, sampler=sampler)
 
     def act(
         self,

@@ -30,15 +30,15 @@ initialised to zero the untrained policy *is* the myopic greedy policy, so TD ca
 what it actually learns about the future.
 
 Acting: the optimiser's slate, explored epsilon-greedily around it (exact propensities), or
-Boltzmann/Plackett-Luce over the item scores ``v_i (Qbar_i - Qbar_⊥)``; both honour the ads
-cap of the sampler.
+Boltzmann/Plackett-Luce over the item scores ``v_i (Qbar_i - Qbar_⊥)``; both honour the ad
+load of the sampler (its ``max_ads`` cap and ``min_ads`` floor), as does the optimiser.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -206,6 +206,7 @@ class SlateQPolicy:
                 else to_tensor(obs.candidate_mask, torch.bool),
                 is_ad=None if obs.is_ad is None else to_tensor(obs.is_ad, torch.bool),
                 max_ads=self.config.sampler.max_ads,
+                min_ads=self.config.sampler.min_ads,
             )
             return slates, slate_values(v, v0, q.double(), slates, q0.double())
 
@@ -231,6 +232,10 @@ class SlateQPolicy:
             return item_scores, item_scores
         slates, _ = self._optimize(obs, user, items, slate_size, target=False)
         return optimiser_first_priority(item_scores, obs, slates.numpy()), item_scores
+
+    def set_sampler(self, sampler: SlateSampler) -> None:
+        """Act through ``sampler`` from now on (the optimiser honours its ad load too)."""
+        self.config = replace(self.config, sampler=sampler)
 
     def act(
         self,

@@ -17,8 +17,8 @@ loops only over chunks, slots and Monte Carlo batches, never over rows):
   ``T`` over the simulator logger's relevance score
   :func:`recsys.simulator.policies.relevance_scores`; at the logger's own temperature every
   weight is exactly 1) and a ``recsys train policy`` checkpoint directory (its SlateQ or
-  REINFORCE policy acting with its exploring sampler, on observations rebuilt by
-  :class:`~recsys.policy.training.envs.SimulatorFeatures` from the logged user features and
+  REINFORCE policy acting with its exploring sampler, on observations rebuilt by its own
+  :class:`~recsys.policy.observation.PolicyFeatures` from the logged user features and
   candidates).
 - :func:`target_propensities` computes the conditionals *exactly* with the sampler's own
   :meth:`~recsys.policy.base.SlateSampler.log_propensities` (the same code path that produced
@@ -45,6 +45,7 @@ import numpy.typing as npt
 import torch
 
 from recsys.data.logged import LoggedFeedback
+from recsys.features import FeatureSpec
 from recsys.policy.algorithms.reinforce import ReinforceTopKPolicy
 from recsys.policy.algorithms.slateq import SlateQPolicy
 from recsys.policy.base import SlateSampler
@@ -56,10 +57,10 @@ from recsys.policy.evaluation.ope import (
     TargetPropensities,
     plackett_luce_target,
 )
+from recsys.policy.observation import PolicyFeatures
 from recsys.policy.reward.model import LearnedRewardModel
 from recsys.policy.reward.spec import reward_model_from_tensors
 from recsys.policy.training.checkpoint import load_policy_checkpoint
-from recsys.policy.training.envs import SimulatorFeatures
 from recsys.simulator.env import SlateEnv
 from recsys.simulator.policies import relevance_scores
 from recsys.simulator.spec import SimulatorSpec
@@ -236,7 +237,8 @@ class RelevanceTarget:
     def behaviour(
         self, user_features: FloatArray, candidate_ids: IntArray, slate_size: int
     ) -> tuple[Float64Array, SlateObs]:
-        """``topics . interests`` per candidate, exactly as ``recsys simulate`` scores them."""
+        """``topics . interests`` per candidate from the logged user features (the event
+        fold's interest block), exactly as ``recsys simulate``'s logger scores them."""
         scores = relevance_scores(self.env, user_features, candidate_ids)
         return scores.astype(np.float64), _bare_obs(user_features, candidate_ids)
 
@@ -250,7 +252,7 @@ class CheckpointTarget:
     """
 
     def __init__(
-        self, policy: SlateQPolicy | ReinforceTopKPolicy, features: SimulatorFeatures, name: str
+        self, policy: SlateQPolicy | ReinforceTopKPolicy, features: PolicyFeatures, name: str
     ) -> None:
         self.policy = policy
         self.features = features
@@ -260,7 +262,7 @@ class CheckpointTarget:
     def behaviour(
         self, user_features: FloatArray, candidate_ids: IntArray, slate_size: int
     ) -> tuple[Float64Array, SlateObs]:
-        """The policy's sampler input on observations rebuilt like the simulator's."""
+        """The policy's sampler input on observations rebuilt as it was trained on them."""
         obs = self.features.obs(user_features, candidate_ids)
         if isinstance(self.policy, ReinforceTopKPolicy):
             with torch.no_grad():
@@ -369,8 +371,8 @@ def _marginal_method(sampler: SlateSampler) -> _MarginalMethod:
     """How marginals are computed for a sampler: exactly, or which Monte Carlo estimator."""
     if sampler.kind == "greedy":
         return "exact"
-    if sampler.max_ads is not None:
-        return "indicator"  # a cap makes availability depend on the prefix's ads
+    if sampler.max_ads is not None or sampler.min_ads > 0:
+        return "indicator"  # an ad cap or floor makes availability depend on the prefix
     if sampler.kind == "boltzmann":
         return "plackett_luce"
     return "exact" if sampler.epsilon in (0.0, 1.0) else "epsilon_rb"
@@ -588,14 +590,15 @@ class LoadedTarget:
     description: str
 
 
-def _check_world(env: SlateEnv, logs: LoggedFeedback, what: str) -> None:
+def _check_world(env: SlateEnv, logs: LoggedFeedback, what: str, user_width: int) -> None:
     """Refuse a world that is not the one the log was simulated on.
 
-    The candidate ids must exist in the world, the logged user features must have its width,
-    and the logged item features of the shown items must equal its observable item table.
+    The candidate ids must exist in the world, the logged user features must have the width
+    the target reads (``user_width``), and the logged item features of the shown items must
+    equal its observable item table.
     """
     assert logs.candidate_ids is not None
-    width = len(env.user_feature_names)
+    width = user_width
     if logs.user_features.shape[1] != width:
         raise ValueError(
             f"{what} expects user features of width {width}, the log has "
@@ -644,7 +647,9 @@ def load_target_policy(
                 "and this log does not record its simulator (write it with `recsys simulate`)"
             )
         env = simulator.build_env(num_users=1)
-        _check_world(env, logs, "the recorded simulator")
+        # ``recsys simulate`` logs event-derived user features (default spec).
+        width = FeatureSpec(num_topics=env.world.num_topics).user_dim
+        _check_world(env, logs, "the recorded simulator", user_width=width)
         return LoadedTarget(
             parsed,
             RelevanceTarget(env, parsed.temperature),
@@ -658,14 +663,13 @@ def load_target_policy(
         raise ValueError(f"{parsed.path} is not a policy checkpoint: {exc}") from exc
     cfg = ckpt.config
     env = SimulatorSpec(cfg.catalog(), cfg.simulator_settings()).build_env(num_users=1)
-    features = SimulatorFeatures.build(env, ckpt.item_extra, cfg.cross_features)
-    if features.item_dim != ckpt.item_dim or len(env.user_feature_names) != ckpt.user_dim:
+    features = ckpt.features
+    if features is None or features.num_items != env.num_items:
         raise ValueError(
-            f"checkpoint {parsed.path} was not trained on the project simulator (its feature "
-            f"widths {ckpt.user_dim}/{ckpt.item_dim} are not the simulator's "
-            f"{len(env.user_feature_names)}/{features.item_dim})"
+            f"checkpoint {parsed.path} does not describe how it observes the project "
+            "simulator's catalog (no features, or another catalog size)"
         )
-    _check_world(env, logs, f"checkpoint {parsed.path}")
+    _check_world(env, logs, f"checkpoint {parsed.path}", user_width=ckpt.user_dim)
     s_max = int(logs.slate_size.max()) if len(logs) else 0
     if s_max > ckpt.slate_size:
         raise ValueError(

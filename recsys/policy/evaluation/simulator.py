@@ -20,26 +20,22 @@ the SlateQ paper's myopic baseline, as
 ``myopic_learned`` (the same on the learned reward: SlateQ's objective with ``gamma = 0``)
 and ``bandit`` (LinUCB on the per-slot reward). None reads hidden truth.
 
-:func:`evaluate_sim_policies` (what ``recsys evaluate sim`` calls) evaluates named policies,
-baselines and trained checkpoints, on the held-out test users (:func:`evaluation_users`).
+Held-out users: :func:`evaluation_users` (test) and :func:`validation_users`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from recsys.artifacts import latest_version
-from recsys.config import SimulatorSettings
-from recsys.data.synthetic import SyntheticWorld
+from recsys.features import ItemFeaturizer
 from recsys.policy._nets import to_tensor
 from recsys.policy.algorithms.baselines import (
     LinUCBPolicy,
@@ -48,36 +44,29 @@ from recsys.policy.algorithms.baselines import (
     RandomPolicy,
 )
 from recsys.policy.algorithms.slateq import SlateQConfig, SlateQPolicy
-from recsys.policy.base import BatchSlatePolicy
+from recsys.policy.base import BatchSlatePolicy, SlateSampler
 from recsys.policy.batch import SlateObs, Transition
 from recsys.policy.choice_model import ConditionalLogitChoiceModel
+from recsys.policy.observation import FeatureKind
 from recsys.policy.reward.model import LearnedRewardModel
-from recsys.policy.reward.spec import reward_model_from_tensors
-from recsys.policy.training.checkpoint import load_policy_checkpoint
-from recsys.policy.training.config import (
-    ALGOS,
-    POPULATION,
-    Algo,
-    PolicyTrainConfig,
-    documented_config,
-)
-from recsys.policy.training.envs import SimulatorFeatures
+from recsys.policy.training.config import POPULATION
+from recsys.policy.training.envs import SimulatedUsers
 from recsys.policy.training.sessions import SessionLog, session_transitions
-from recsys.policy.training.trainer import build_simulator_setup, train_policy
-from recsys.simulator.env import SlateEnv
-from recsys.types import ArtifactError, FloatArray, IntArray
+from recsys.types import FloatArray
 
 F64 = npt.NDArray[np.float64]
 
 __all__ = [
     "METRICS",
-    "SIM_POLICY_NAMES",
+    "MYOPIC_CONFIG",
+    "LoggedData",
     "PolicyEvaluation",
+    "UsersFactory",
     "build_baselines",
     "evaluate_in_simulator",
-    "evaluate_sim_policies",
     "evaluation_users",
     "mean_ci",
+    "myopic_policy",
     "paired_ratio",
     "run_policy_lives",
     "train_myopic",
@@ -147,74 +136,130 @@ def paired_ratio(
 
 @dataclass(frozen=True)
 class PolicyEvaluation:
-    """Per-user outcomes of one policy (arrays ``[users]``) and its run time."""
+    """Per-user outcomes of one policy (arrays ``[users]``) and its run time.
+
+    ``after_conversion`` holds, per conversion, the share of the items shown to that user in
+    the next ``after_conversion_steps`` slates whose main topic is the bought item's: how
+    much of the just-bought topic a policy keeps showing (a satiated user does not want it).
+    """
 
     returns: F64
     clicks: F64
     revenue: F64
     steps: F64
+    conversions: F64
     truncated: npt.NDArray[np.bool_]
+    after_conversion: F64
+    after_conversion_steps: int
     seconds: float
 
     def summary(self, confidence: float = 0.95) -> dict[str, Any]:
-        """JSON-ready means with CIs, CTR and the truncated share."""
+        """JSON-ready means with CIs, CTR, conversions, the after-conversion topic share and
+        the truncated share."""
         out: dict[str, Any] = {
             name: mean_ci(getattr(self, attr), confidence)
             for name, attr in zip(METRICS, ("returns", "clicks", "revenue", "steps"), strict=True)
         }
+        out["conversions"] = mean_ci(self.conversions, confidence)
         out["ctr"] = float(self.clicks.sum() / max(self.steps.sum(), 1.0))
         out["truncated_fraction"] = float(self.truncated.mean())
+        out["bought_topic_share_after_conversion"] = (
+            mean_ci(self.after_conversion, confidence)
+            if self.after_conversion.size > 1
+            else {  # JSON has no NaN: an undefined share is null
+                "mean": float(self.after_conversion[0]) if self.after_conversion.size else None,
+                "n": int(self.after_conversion.size),
+            }
+        )
+        out["after_conversion_steps"] = self.after_conversion_steps
         out["seconds"] = self.seconds
         return out
 
 
+UsersFactory = Callable[[int], SimulatedUsers]
+"""``seed -> SimulatedUsers`` of the evaluation population (fresh initial states)."""
+
+
 def run_policy_lives(
     policy: BatchSlatePolicy,
-    world: SyntheticWorld,
-    settings: SimulatorSettings,
-    features: SimulatorFeatures,
-    users: IntArray,
+    make_users: UsersFactory,
     *,
     max_steps: int,
     seed: int,
     explore: bool = False,
+    after_conversion_steps: int = 10,
 ) -> PolicyEvaluation:
-    """Serve ``users`` with ``policy`` until each churns or ``max_steps``; per-user totals.
+    """Serve every user of ``make_users(seed)`` with ``policy`` until each churns or
+    ``max_steps``; per-user totals.
 
-    Only users still alive are stepped (each step is batched over them). The env and the
-    policy's generator are seeded from ``seed`` alone, so every policy sees the same users
-    in the same initial states with the same random streams.
+    Only users still alive are stepped (each step is batched over them). The simulator and
+    the policy's generator are seeded from ``seed`` alone, so every policy sees the same users
+    in the same initial states with the same random streams. Candidates and features are the
+    simulated users' (the retriever and the event fold, or latent features).
     """
-    env = SlateEnv(world, seed=seed, settings=settings)
+    users = make_users(seed)
     rng = np.random.default_rng(seed + 1)
-    users = np.asarray(users, dtype=np.int64)
-    n, s = users.shape[0], settings.slate_size
-    totals = np.zeros((4, n))
+    n, s = users.num_users, users.slate_size
+    main_topic = np.argmax(users.fold.item_topics(np.arange(users.fold.num_items)), axis=1)
+    totals = np.zeros((5, n))
     alive = np.ones(n, dtype=np.bool_)
+    window_topic = np.full(n, -1, dtype=np.int64)
+    window_left = np.zeros(n, dtype=np.int64)
+    window_sum = np.zeros(n)
+    window_steps = np.zeros(n)
+    shares: list[F64] = []
+
+    def close_windows(done: npt.NDArray[np.bool_]) -> None:
+        ended = done & (window_steps > 0)
+        if ended.any():
+            shares.append(window_sum[ended] / window_steps[ended])
+        window_sum[done] = 0.0
+        window_steps[done] = 0.0
+        window_left[done] = 0
+
     start = time.perf_counter()
     with torch.no_grad():
         for _ in range(max_steps):  # a loop over time; each step is batched over users
             rows = np.flatnonzero(alive)
             if rows.size == 0:
                 break
-            batch = users[rows]
-            cands = env.sample_candidates(batch)
-            obs = features.obs(env.user_features(batch), cands)
+            obs = users.observe(rows)
             action = policy.act(obs, s, rng, explore=explore)
-            items = np.take_along_axis(cands, action.slates, axis=1)
-            result = env.step(batch, items, check=False)
+            items = np.take_along_axis(obs.candidate_ids, action.slates, axis=1)
+            # Slates shown while a conversion's window is open count towards its share.
+            open_ = window_left[rows] > 0
+            if open_.any():
+                r = rows[open_]
+                hit = main_topic[items[open_]] == window_topic[r][:, None]
+                window_sum[r] += hit.mean(axis=1)
+                window_steps[r] += 1.0
+                window_left[r] -= 1
+            result = users.step(rows, items)
             o = result.observable
             totals[0, rows] += o.dwell_s / 60.0
             totals[1, rows] += o.click_position >= 0
             totals[2, rows] += o.revenue
             totals[3, rows] += 1.0
+            totals[4, rows] += o.conversion
+            finished = np.zeros(n, dtype=np.bool_)
+            finished[rows] = window_left[rows] == 0
+            converted = np.zeros(n, dtype=np.bool_)
+            converted[rows[o.conversion]] = True
+            close_windows((finished | converted) & (window_steps > 0))
+            if converted.any():
+                window_topic[converted] = main_topic[o.clicked_item[o.conversion]]
+                window_left[converted] = after_conversion_steps
             alive[rows[result.session.terminated]] = False
+    close_windows(window_steps > 0)
     return PolicyEvaluation(
         returns=totals[0],
         clicks=totals[1],
         revenue=totals[2],
         steps=totals[3],
+        conversions=totals[4],
         truncated=alive.copy(),
+        after_conversion=np.concatenate(shares) if shares else np.zeros(0),
+        after_conversion_steps=after_conversion_steps,
         seconds=time.perf_counter() - start,
     )
 
@@ -222,10 +267,7 @@ def run_policy_lives(
 def evaluate_in_simulator(
     policies: Mapping[str, BatchSlatePolicy],
     *,
-    world: SyntheticWorld,
-    settings: SimulatorSettings,
-    features: SimulatorFeatures,
-    users: IntArray,
+    make_users: UsersFactory,
     max_steps: int = 200,
     seed: int = 0,
     explore: bool | Mapping[str, bool] = False,
@@ -241,23 +283,16 @@ def evaluate_in_simulator(
     """
     per_user: dict[str, PolicyEvaluation] = {}
     summary: dict[str, Any] = {}
+    n_users = 0
     for name, policy in policies.items():
         ex = explore.get(name, False) if isinstance(explore, Mapping) else explore
-        ev = run_policy_lives(
-            policy,
-            world,
-            settings,
-            features,
-            users,
-            max_steps=max_steps,
-            seed=seed,
-            explore=ex,
-        )
+        ev = run_policy_lives(policy, make_users, max_steps=max_steps, seed=seed, explore=ex)
         per_user[name] = ev
         summary[name] = ev.summary(confidence)
+        n_users = int(ev.returns.shape[0])
     out: dict[str, Any] = {
         "config": {
-            "users": int(np.asarray(users).shape[0]),
+            "users": n_users,
             "max_steps": max_steps,
             "seed": seed,
             "confidence": confidence,
@@ -292,65 +327,92 @@ class _ImmediateValue:
         return out
 
 
-def _log_batches(
-    log: SessionLog,
-    features: SimulatorFeatures,
-    reward: LearnedRewardModel | None,
-    batch_rows: int,
-    rng: np.random.Generator,
-) -> list[Transition]:
-    rows = rng.permutation(log.num_rows)
-    out: list[Transition] = []
-    for start in range(0, rows.shape[0], batch_rows):
-        chunk = rows[start : start + batch_rows]
-        signals = log.signals[chunk]
-        if reward is None:
-            slot_reward = signals[..., 1] / np.float32(60.0)
-        else:
-            slot_reward = reward.rewards(signals)
-        out.append(session_transitions(log, features, chunk, slot_reward))
-    return out
+@dataclass(frozen=True, eq=False)
+class LoggedData:
+    """Logged sessions with what it takes to turn them into a policy's observations: the item
+    featuriser, which user features (``kind``), and the catalog's ad flags."""
+
+    log: SessionLog
+    items: ItemFeaturizer
+    kind: FeatureKind
+    is_ad: npt.NDArray[np.bool_]
+
+    def batches(
+        self,
+        reward: LearnedRewardModel | None,
+        batch_rows: int,
+        rng: np.random.Generator,
+    ) -> list[Transition]:
+        """The log as shuffled transition batches with the per-slot reward (dwell minutes
+        when ``reward`` is None)."""
+        rows = rng.permutation(self.log.num_rows)
+        out: list[Transition] = []
+        for start in range(0, rows.shape[0], batch_rows):
+            chunk = rows[start : start + batch_rows]
+            signals = self.log.signals[chunk]
+            if reward is None:
+                slot_reward = signals[..., 1] / np.float32(60.0)
+            else:
+                slot_reward = reward.rewards(signals)
+            out.append(
+                session_transitions(self.log, self.items, chunk, slot_reward, self.kind, self.is_ad)
+            )
+        return out
+
+
+MYOPIC_CONFIG = SlateQConfig(gamma=0.0, td="sarsa", hidden=(64,), lr=3e-3)
+"""The ``gamma = 0`` SlateQ the myopic baselines are fitted as (see :func:`train_myopic`)."""
+
+
+def myopic_policy(
+    model: SlateQPolicy, sampler: SlateSampler, name: str = "myopic"
+) -> MyopicGreedyPolicy:
+    """Serve a ``gamma = 0`` SlateQ's immediate values through the greedy slate optimiser."""
+    policy = MyopicGreedyPolicy(
+        _ImmediateValue(model), choice_model=model.choice_model, sampler=sampler
+    )
+    policy.name = name
+    return policy
 
 
 def train_myopic(
-    log: SessionLog,
-    features: SimulatorFeatures,
+    data: LoggedData,
     reward: LearnedRewardModel | None,
     *,
     slate_size: int,
+    sampler: SlateSampler | None = None,
     epochs: int = 4,
     batch_rows: int = 1024,
     seed: int = 0,
-) -> MyopicGreedyPolicy:
+) -> tuple[MyopicGreedyPolicy, SlateQPolicy]:
     """The myopic baseline from logs: choice model + immediate reward, slate by greedy.
 
     A ``gamma = 0`` SlateQ fitted on the logged transitions learns exactly those two parts
     (TD with ``gamma = 0`` is regression on the reward of the consumed item); they are then
     served by :class:`MyopicGreedyPolicy`, which maximises the expected immediate reward of
-    the slate under the learned choice model. ``reward=None`` uses dwell minutes.
+    the slate under the learned choice model. ``reward=None`` uses dwell minutes. Returns the
+    policy and the fitted model (what a policy artifact stores).
     """
     rng = np.random.default_rng(seed)
-    batches = _log_batches(log, features, reward, batch_rows, rng)
+    batches = data.batches(reward, batch_rows, rng)
     user_dim = int(batches[0].obs.user_features.shape[1])
     item_dim = int(batches[0].obs.item_features.shape[2])
     choice = ConditionalLogitChoiceModel(user_dim, item_dim, slate_size, seed=seed)
-    config = SlateQConfig(gamma=0.0, td="sarsa", hidden=(64,), lr=3e-3)
-    model = SlateQPolicy(user_dim, item_dim, choice, config, seed=seed)
+    model = SlateQPolicy(user_dim, item_dim, choice, MYOPIC_CONFIG, seed=seed)
     for _ in range(epochs):
         for i in rng.permutation(len(batches)):
             model.update([batches[int(i)]])
-    policy = MyopicGreedyPolicy(_ImmediateValue(model), choice_model=choice)
-    policy.name = "myopic" if reward is None else "myopic_learned"
-    return policy
+    name = "myopic" if reward is None else "myopic_learned"
+    return myopic_policy(model, sampler or SlateSampler("greedy"), name), model
 
 
 def build_baselines(
-    log: SessionLog,
-    world: SyntheticWorld,
-    features: SimulatorFeatures,
+    data: LoggedData,
     reward: LearnedRewardModel | None,
     *,
+    num_items: int,
     slate_size: int,
+    sampler: SlateSampler | None = None,
     seed: int = 0,
     myopic_epochs: int = 4,
 ) -> dict[str, BatchSlatePolicy]:
@@ -361,25 +423,28 @@ def build_baselines(
     reward in the experiments; omitted when ``reward`` is None), i.e. SlateQ's objective with
     ``gamma = 0``. Popularity counts logged clicks per item; LinUCB fits its ridge model on
     every logged slot's ``reward`` (dwell minutes without one) with item features (which
-    include the user-item cross features) and serves by its upper confidence bound.
+    include the user-item cross features) and serves by its upper confidence bound. Every
+    baseline builds its slates under ``sampler``'s ads constraints (its exploration is not
+    used: baselines are evaluated greedily).
     """
-    popular = PopularityPolicy(world.num_items)
-    clicked = np.take_along_axis(log.candidate_ids, log.slates, axis=1)[log.signals[..., 0] > 0]
-    popular.observe(clicked)
+    base = sampler or SlateSampler("greedy")
+    greedy = SlateSampler("greedy", max_ads=base.max_ads, min_ads=getattr(base, "min_ads", 0))
+    log = data.log
+    popular = PopularityPolicy(num_items, sampler=greedy)
+    popular.observe(log.items()[log.signals[..., 0] > 0])
     popular.name = "popular"
-    out: dict[str, BatchSlatePolicy] = {"random": RandomPolicy(), "popular": popular}
-    out["myopic"] = train_myopic(
-        log, features, None, slate_size=slate_size, epochs=myopic_epochs, seed=seed
+    random = RandomPolicy(max_ads=base.max_ads, min_ads=base.min_ads)
+    out: dict[str, BatchSlatePolicy] = {"random": random, "popular": popular}
+    out["myopic"], _ = train_myopic(
+        data, None, slate_size=slate_size, sampler=greedy, epochs=myopic_epochs, seed=seed
     )
     if reward is not None:
-        learned = train_myopic(
-            log, features, reward, slate_size=slate_size, epochs=myopic_epochs, seed=seed
+        out["myopic_learned"], _ = train_myopic(
+            data, reward, slate_size=slate_size, sampler=greedy, epochs=myopic_epochs, seed=seed
         )
-        learned.name = "myopic_learned"
-        out["myopic_learned"] = learned
     rng = np.random.default_rng(seed + 1)
-    bandit = LinUCBPolicy(1, features.item_dim, alpha=0.5, features="item")
-    bandit.update(_log_batches(log, features, reward, 4096, rng))
+    bandit = LinUCBPolicy(1, data.items.dim, alpha=0.5, features="item", sampler=greedy)
+    bandit.update(data.batches(reward, 4096, rng))
     bandit.name = "bandit"
     out["bandit"] = bandit
     return out
@@ -408,111 +473,3 @@ def evaluation_users(n: int) -> npt.NDArray[np.int64]:
 def validation_users(n: int) -> npt.NDArray[np.int64]:
     """The last ``n`` users of the population: where budgets and settings were tuned."""
     return _held_out(POPULATION - n, n, "validation")
-
-
-# ---- evaluation of named policies (what `recsys evaluate sim` calls) -----------------------
-
-SIM_POLICY_NAMES = (
-    "random",
-    "popular",
-    "myopic",
-    "myopic_learned",
-    "bandit",
-    "slateq",
-    "reinforce",
-)
-
-
-def evaluate_sim_policies(
-    names: Sequence[str],
-    *,
-    users: int = 1000,
-    max_steps: int = 200,
-    seed: int = 2024,
-    configs: Mapping[Algo, PolicyTrainConfig] | None = None,
-    checkpoints: Mapping[str, Path] | None = None,
-    artifacts_root: Path | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Evaluate named policies on ``users`` held-out simulator users (one life each).
-
-    ``configs[algo]`` is each algorithm's training config (default: its
-    :func:`~recsys.policy.training.config.documented_config`). Baselines are trained from the
-    logging policy's sessions of the ``slateq`` config's simulator setup. ``slateq`` /
-    ``reinforce`` come from ``checkpoints[name]``, else from the newest ``policy-<name>``
-    artifact under ``artifacts_root``, else are trained on the fly with their config's budget
-    on the learned reward. A checkpoint trained on another
-    simulator setup (other item statistics or feature widths) is refused. JSON-ready; the
-    ratios of every policy's return to ``myopic`` and ``random`` (when evaluated) included.
-    """
-    unknown = [n for n in names if n not in SIM_POLICY_NAMES]
-    if unknown or not names:
-        raise ValueError(f"unknown policies {unknown}; choose from {', '.join(SIM_POLICY_NAMES)}")
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    eval_users = evaluation_users(users)
-    train_cfgs = {algo: (configs or {}).get(algo) or documented_config(algo) for algo in ALGOS}
-    base = train_cfgs["slateq"]
-    setup = build_simulator_setup(base)
-    assert setup.reward_tensors is not None
-    assert setup.log is not None
-    core = SlateEnv(setup.world, settings=setup.settings)
-    features = SimulatorFeatures.build(core, setup.item_extra, base.cross_features)
-    policies: dict[str, BatchSlatePolicy] = {}
-    sources: dict[str, str] = {}
-    if any(n not in ("slateq", "reinforce") for n in names):
-        baselines = build_baselines(
-            setup.log,
-            setup.world,
-            features,
-            reward_model_from_tensors(setup.reward_tensors),
-            slate_size=base.slate_size,
-            seed=base.seed,
-        )
-        policies.update({n: baselines[n] for n in names if n in baselines})
-        sources.update({n: "trained from the logging policy's sessions" for n in policies})
-    for algo, train_cfg in train_cfgs.items():
-        if algo not in names:
-            continue
-        path = (checkpoints or {}).get(algo)
-        if path is None and artifacts_root is not None:
-            try:
-                path = latest_version(artifacts_root, f"policy-{algo}")
-            except ArtifactError:
-                path = None
-        if path is not None:
-            ckpt = load_policy_checkpoint(path)
-            same = (
-                ckpt.item_dim == features.item_dim
-                and ckpt.item_extra is not None
-                and setup.item_extra is not None
-                and ckpt.item_extra.shape == setup.item_extra.shape
-                and np.allclose(ckpt.item_extra, setup.item_extra)
-            )
-            if not same:
-                raise ValueError(
-                    f"checkpoint {path} was trained on another simulator setup than "
-                    "the evaluation's (item statistics or feature widths differ)"
-                )
-            policies[algo] = ckpt.policy
-            sources[algo] = f"checkpoint {path} (iteration {ckpt.iteration})"
-        else:
-            learned_cfg = replace(train_cfg, reward="learned")
-            result = train_policy(learned_cfg, setup=setup, progress=progress)
-            policies[algo] = result.policy
-            sources[algo] = f"trained on the fly ({train_cfg.iterations} iterations)"
-    ordered = {n: policies[n] for n in names}
-    ratios = [(n, b) for b in ("myopic", "random") if b in ordered for n in ordered if n != b]
-    out = evaluate_in_simulator(
-        ordered,
-        world=setup.world,
-        settings=setup.settings,
-        features=features,
-        users=eval_users,
-        max_steps=max_steps,
-        seed=seed,
-        ratios=ratios,
-    )
-    out.pop("_per_user")
-    out["sources"] = sources
-    return out

@@ -53,9 +53,15 @@ def _zero_ignored_slots(model: LearnedRewardModel) -> float:
     return zero
 
 
+def _lives(log: SessionLog) -> IntArray:
+    """One id per logged life (a user served again after churn is a new life)."""
+    out: IntArray = log.user.astype(np.int64) * 2**20 + log.life
+    return out
+
+
 def _life_sums(log: SessionLog, rows: IntArray) -> tuple[FloatArray, npt.NDArray[np.float64]]:
     """Per-user summed signals ``[L, 6]`` and hidden LTV ``[L]`` of the given rows."""
-    _, inverse = np.unique(log.user[rows], return_inverse=True)
+    _, inverse = np.unique(_lives(log)[rows], return_inverse=True)
     sums = np.stack(
         [
             np.bincount(inverse, weights=log.signals[rows, :, k].sum(axis=1))
@@ -114,7 +120,12 @@ def fit_learned_reward(
     a, b, pref = preference_pairs(fit_ltv, num_pairs, rng)
     bradley_terry = LearnedRewardModel(seed=seed)
     bt_stats = bradley_terry.fit_bradley_terry(
-        fit_sums[a][:, None, :], fit_sums[b][:, None, :], pref, epochs=epochs, lr=0.05
+        fit_sums[a][:, None, :],
+        fit_sums[b][:, None, :],
+        pref,
+        epochs=epochs,
+        lr=0.05,
+        batch_size=pref.shape[0],  # full batch, like the regression: a linear model on 6 inputs
     )
     _zero_ignored_slots(bradley_terry)
 

@@ -3,10 +3,13 @@
 A checkpoint (:func:`save_policy_checkpoint`, written with
 :func:`recsys.artifacts.save_artifact`) holds safetensors, never pickle: the policy's
 :meth:`~recsys.policy.base.TrainableSlatePolicy.weights` (``policy/…``), its optimisers'
-Adam moments and step counts (``optim/…``), the learned reward (``reward/…``) and the item
-statistics (``features/item_extra``); metadata with the full config, iteration, feature
-widths and reward scale; ``learning_curve.csv`` and ``config.json`` beside them.
-:func:`load_policy_checkpoint` rebuilds the policy from the config and restores all of it.
+Adam moments and step counts (``optim/…``), the learned reward (``reward/…``) and how the
+policy observes a request (:class:`~recsys.policy.observation.PolicyFeatures`: the feature
+spec, the static item table, ``features/…``), which is what makes a checkpoint servable;
+metadata with the full config, iteration, feature widths and reward scale;
+``learning_curve.csv`` and ``config.json`` beside them. :func:`load_policy_checkpoint`
+rebuilds the policy from the config and restores all of it, after the artifact's checksums
+have been verified.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import torch
 
 from recsys.artifacts import Artifact, load_artifact, save_artifact
 from recsys.policy.base import Tensors, TrainableSlatePolicy
+from recsys.policy.observation import PolicyFeatures
 from recsys.policy.training.config import PolicyTrainConfig, build_policy
-from recsys.types import FloatArray
 
 __all__ = [
     "PolicyCheckpoint",
@@ -127,7 +130,7 @@ class PolicyCheckpoint:
     item_dim: int
     slate_size: int
     reward_scale: float
-    item_extra: FloatArray | None
+    features: PolicyFeatures | None
     reward_tensors: Tensors | None
     curve: list[dict[str, float]]
     artifact: Artifact
@@ -148,6 +151,13 @@ def load_policy_checkpoint(path: Path) -> PolicyCheckpoint:
     policy.load_weights({k[7:]: v for k, v in tensors.items() if k.startswith("policy/")})
     load_optimizer_tensors(policy, tensors)
     reward = {k[7:]: v for k, v in tensors.items() if k.startswith("reward/")} or None
+    features = (
+        PolicyFeatures.from_artifact(tensors, meta["features"]) if "features" in meta else None
+    )
+    if features is not None and features.items.dim != dims[1]:
+        raise ValueError(
+            f"{path}: its item features are {features.items.dim} wide, the policy expects {dims[1]}"
+        )
     curve = (
         _read_curve(artifact.file("learning_curve.csv").read_text())
         if "learning_curve.csv" in artifact.files
@@ -161,7 +171,7 @@ def load_policy_checkpoint(path: Path) -> PolicyCheckpoint:
         item_dim=dims[1],
         slate_size=dims[2],
         reward_scale=scale,
-        item_extra=tensors.get("features/item_extra"),
+        features=features,
         reward_tensors=reward,
         curve=curve,
         artifact=artifact,
@@ -176,19 +186,26 @@ def save_policy_checkpoint(
     iteration: int,
     dims: tuple[int, int, int],
     reward_scale: float,
-    item_extra: FloatArray | None,
+    features: PolicyFeatures | None,
     reward_tensors: Tensors | None,
     curve: Sequence[Mapping[str, float]],
     reward_report: Mapping[str, Any],
+    extra_metadata: Mapping[str, Any] | None = None,
+    name: str | None = None,
 ) -> Artifact:
-    """Write ``policy-<algo>/it<iteration>-<ms>`` under ``root`` (see the module docstring)."""
+    """Write ``policy-<algo>/it<iteration>-<ms>`` under ``root`` (see the module docstring).
+
+    ``features`` (how the policy observes) makes the checkpoint servable; ``extra_metadata``
+    (e.g. evaluation results) is stored beside the rest; ``name`` overrides the artifact
+    name (``policy-<algo>``)."""
     tensors: Tensors = {f"policy/{k}": v for k, v in policy.weights().items()}
     tensors.update(optimizer_tensors(policy))
     if reward_tensors is not None:
         tensors.update({f"reward/{k}": v for k, v in reward_tensors.items()})
-    if item_extra is not None:
-        tensors["features/item_extra"] = np.asarray(item_extra, dtype=np.float32)
-    metadata = {
+    if features is not None:
+        tensors.update(features.tensors())
+    metadata: dict[str, Any] = {
+        **dict(extra_metadata or {}),
         "config": config.to_dict(),
         "algo": config.algo,
         "reward": config.reward,
@@ -200,10 +217,12 @@ def save_policy_checkpoint(
         "reward_report": dict(reward_report),
         "optimizer_state": "stored (Adam moments and step counts; lr from config)",
     }
+    if features is not None:
+        metadata["features"] = features.metadata()
     csv_text = write_learning_curve(curve)
     return save_artifact(
         root,
-        f"policy-{config.algo}",
+        name or f"policy-{config.algo}",
         tensors=tensors,
         metadata=metadata,
         files={

@@ -17,6 +17,7 @@ from recsys.policy.algorithms.reinforce import ReinforceConfig, ReinforceTopKPol
 from recsys.policy.algorithms.slateq import SlateQConfig, SlateQPolicy
 from recsys.policy.base import SlateSampler, TrainableSlatePolicy
 from recsys.policy.choice_model import ConditionalLogitChoiceModel
+from recsys.policy.observation import FEATURE_KINDS, FeatureKind
 from recsys.policy.reward.fit import REWARD_OBJECTIVES, RewardObjective
 from recsys.policy.reward.spec import REWARD_KINDS, RewardKind
 
@@ -88,6 +89,14 @@ class PolicyTrainConfig:
     log_max_steps: int = 100
     item_statistics: bool = True
     cross_features: bool = True
+    #: What the policy observes: ``event`` user features folded from the simulated events
+    #: (what the service has), or ``latent`` ones (the simulator's hidden truth).
+    features: FeatureKind = "event"
+    #: Candidates per request that are ads (the retriever's ad block); the rest are organic.
+    num_ads: int = 10
+    #: Ad load of every slate: at least ``min_ads`` and at most ``max_ads`` ads.
+    min_ads: int = 1
+    max_ads: int = 2
     #: SlateQ on the simulator: share of every minibatch drawn from the logging policy's
     #: sessions (broad coverage of items the current policy no longer shows), and updates on
     #: those logs alone before the first rollout (warm start of Q and the choice model).
@@ -164,6 +173,22 @@ class PolicyTrainConfig:
                 f"need slate_size ({self.slate_size}) <= num_candidates "
                 f"({self.num_candidates}) <= num_items ({self.num_items})"
             )
+        if self.features not in FEATURE_KINDS:
+            raise ValueError(f"features must be event or latent, got {self.features!r}")
+        if not 0 <= self.num_ads < self.num_candidates:
+            raise ValueError(
+                f"num_ads must be in [0, num_candidates={self.num_candidates}), got {self.num_ads}"
+            )
+        if not 0 <= self.min_ads <= self.max_ads <= self.slate_size:
+            raise ValueError(
+                f"need 0 <= min_ads ({self.min_ads}) <= max_ads ({self.max_ads}) <= "
+                f"slate_size ({self.slate_size})"
+            )
+        if self.num_candidates - self.num_ads < self.slate_size - self.min_ads:
+            raise ValueError(
+                f"{self.num_candidates - self.num_ads} organic candidates cannot fill the "
+                f"{self.slate_size - self.min_ads} organic slots of a slate"
+            )
         if self.log_users + max(self.workers, 1) * self.users > POPULATION // 2:
             raise ValueError(
                 f"log_users + workers * users must be <= {POPULATION // 2} (the rest of the "
@@ -198,6 +223,10 @@ class PolicyTrainConfig:
         return SimulatorSettings(
             seed=self.seed, num_candidates=self.num_candidates, slate_size=self.slate_size
         )
+
+    def sampler(self, kind: str, **overrides: Any) -> SlateSampler:
+        """A slate sampler of ``kind`` with this run's ad load."""
+        return SlateSampler(kind, max_ads=self.max_ads, min_ads=self.min_ads, **overrides)  # type: ignore[arg-type]
 
     def catalog(self) -> CatalogSettings:
         """The simulated world (catalog plus the whole user population)."""
@@ -270,7 +299,7 @@ def build_policy(
                 lr=config.lr,
                 tau=config.tau,
                 immediate_head=config.immediate_head,
-                sampler=SlateSampler("epsilon", epsilon=config.epsilon),
+                sampler=config.sampler("epsilon", epsilon=config.epsilon),
             ),
             seed=config.seed,
         )
@@ -282,7 +311,7 @@ def build_policy(
             hidden=config.hidden,
             lr=config.lr,
             entropy_coef=config.entropy_coef,
-            sampler=SlateSampler("boltzmann", temperature=config.temperature),
+            sampler=config.sampler("boltzmann", temperature=config.temperature),
         ),
         seed=config.seed,
     )

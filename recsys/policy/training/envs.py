@@ -10,10 +10,10 @@ already belongs to the next episode, as in :class:`~recsys.policy.testing.TinySl
 
 Adapters:
 
-- :class:`SimulatorSlateEnv`: the project :class:`~recsys.simulator.env.SlateEnv` (whole
-  population stepped in place, candidates from ``env.sample_candidates``), featurised by
-  :class:`SimulatorFeatures` (observable item table, optional per-item statistics learned from
-  logs, and user-item cross features).
+- :class:`SimulatorSlateEnv`: the project simulator seen through events
+  (:class:`SimulatedUsers`: the latent :class:`~recsys.simulator.env.SlateEnv`, every user's
+  event-derived state, candidates from a retriever, item features from a static table plus
+  user-item cross features), the whole population stepped in place.
 - :class:`GymSlateEnv`: any Gymnasium ``Env`` or ``VectorEnv`` whose observation is a dict with
   user features and per-candidate item features and whose action is a slate of candidate
   indices (RecSim-style, e.g. ``recsys/SlateEnv-v0``).
@@ -24,8 +24,7 @@ A custom environment only has to implement the Protocol (see ``docs/policy.md``)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -33,22 +32,38 @@ import numpy.typing as npt
 
 from recsys.config import SimulatorSettings
 from recsys.data.synthetic import SyntheticWorld
+from recsys.features import (
+    EventFold,
+    FeatureSpec,
+    ItemFeaturizer,
+    UserFeaturizer,
+    event_cross_blocks,
+)
 from recsys.policy.batch import NUM_SIGNALS, SIGNAL_NAMES, SlateObs, SlateResponse
+from recsys.policy.observation import FEATURE_KINDS, FeatureKind
 from recsys.policy.testing import TinySlateEnv
+from recsys.protocols import HistoryCandidateSource
+from recsys.simulator.candidates import CandidateSampler, UniformCandidateSampler
 from recsys.simulator.env import SlateEnv
 from recsys.simulator.results import StepResult
-from recsys.types import FloatArray, IntArray
+from recsys.types import CandidateBatch, CandidateFilters, FloatArray, IntArray
 
 BoolArray = npt.NDArray[np.bool_]
 
 __all__ = [
+    "FEATURE_KINDS",
     "BatchSlateEnv",
     "EnvStep",
+    "FeatureKind",
     "GymSlateEnv",
-    "SimulatorFeatures",
+    "SimulatedUsers",
     "SimulatorSlateEnv",
     "TinyEnvAdapter",
+    "UniformCandidates",
+    "cross_blocks",
+    "latent_cross_blocks",
     "response_from_step_result",
+    "simulated_session_keys",
 ]
 
 
@@ -100,115 +115,255 @@ def response_from_step_result(result: StepResult) -> SlateResponse:
 # ---- the project simulator ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class SimulatorFeatures:
-    """Turns ``(user features, candidate ids)`` into a :class:`SlateObs` for the simulator.
+def latent_cross_blocks(num_topics: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Cross-feature blocks of the simulator's latent user features (interests, fatigue,
+    satiation; see :meth:`recsys.simulator.user.UserModel.user_feature_names`)."""
+    t = num_topics
+    return (0, t, 2 * t + 5), ("interest", "fatigue", "satiation")
 
-    Item features are the simulator's observable table (topics, log length, ad flag, bid, log
-    popularity) plus ``item_extra`` ``[num_items, k]`` columns, typically per-item response
-    statistics aggregated from logs (:func:`recsys.policy.training.sessions.item_statistics`):
-    quality and clickbait are hidden, and an item id alone carries no information a small
-    network can generalise from, so a production system would serve such aggregates from its feature
-    store. ``cross`` appends two user-item features, ``topics . interests`` and
-    ``topics . fatigue``, which a linear model (LinUCB) cannot form by itself.
+
+def cross_blocks(kind: FeatureKind, spec: FeatureSpec) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The user-feature blocks item features are crossed with, for either feature kind."""
+    if kind == "event":
+        return event_cross_blocks(spec)
+    return latent_cross_blocks(spec.num_topics)
+
+
+class UniformCandidates:
+    """Uniformly random candidates whatever the history (the logging policy's candidates,
+    before any retriever exists), as a :class:`~recsys.protocols.HistoryCandidateSource`.
+
+    Rows are a uniform ordered sample of the catalog (its own seeded stream), ``num_organic
+    + num_ads`` of them, ads wherever they fall (the blocks are not separated). ``sampler``
+    replaces the uniform draw by any simulator
+    :class:`~recsys.simulator.candidates.CandidateSampler` (e.g. a calibrated env's
+    ``candidate_sampler``), asked for the batch's row indices as its users.
     """
 
-    item_table: FloatArray
-    is_ad: BoolArray
-    num_topics: int
-    cross: bool = True
+    def __init__(
+        self, is_ad: npt.ArrayLike, seed: int = 0, sampler: CandidateSampler | None = None
+    ) -> None:
+        self.is_ad = np.asarray(is_ad, dtype=np.bool_)
+        self._sampler = sampler or UniformCandidateSampler(int(self.is_ad.shape[0]))
+        self._rng = np.random.default_rng(seed)
 
-    @classmethod
-    def build(
-        cls,
-        env: SlateEnv,
-        item_extra: FloatArray | None = None,
-        cross: bool = True,
-    ) -> SimulatorFeatures:
-        """From a simulator env (its observable item table and ad flags)."""
-        table = np.asarray(env.item_feature_table, dtype=np.float32)
-        if item_extra is not None:
-            extra = np.asarray(item_extra, dtype=np.float32)
-            if extra.ndim != 2 or extra.shape[0] != table.shape[0]:
-                raise ValueError(
-                    f"item_extra must be [num_items={table.shape[0]}, k], got {extra.shape}"
-                )
-            table = np.concatenate([table, extra], axis=1)
-        return cls(
-            item_table=np.ascontiguousarray(table),
-            is_ad=np.asarray(env.world.item_is_ad, dtype=np.bool_),
-            num_topics=env.world.num_topics,
-            cross=cross,
-        )
-
-    @property
-    def item_dim(self) -> int:
-        """Width of the item features a policy sees."""
-        return int(self.item_table.shape[1]) + (2 if self.cross else 0)
-
-    def obs(self, user_features: FloatArray, candidate_ids: IntArray) -> SlateObs:
-        """Observation of users ``[B, F_u]`` with candidates ``[B, C]`` (item ids)."""
-        items = np.take(self.item_table, candidate_ids, axis=0)  # [B, C, F_i]
-        if self.cross:
-            t = self.num_topics
-            topics = items[..., :t]
-            uf = np.asarray(user_features, dtype=np.float32)
-            cross = np.matmul(topics, np.stack([uf[:, :t], uf[:, t : 2 * t]], axis=2))
-            items = np.concatenate([items, cross.astype(np.float32)], axis=2)
-        return SlateObs(
-            user_features=np.asarray(user_features, dtype=np.float32),
-            item_features=items,
-            candidate_ids=np.asarray(candidate_ids, dtype=np.int64),
-            candidate_mask=None,
-            is_ad=np.take(self.is_ad, candidate_ids),
+    def candidates_for_histories(
+        self,
+        histories: IntArray,
+        num_organic: int,
+        num_ads: int,
+        *,
+        exclude: Sequence[IntArray] | None = None,
+        filters: CandidateFilters | None = None,
+        exclude_history: bool = True,
+    ) -> CandidateBatch:
+        """``[B, num_organic + num_ads]`` distinct uniform ids per row (history ignored)."""
+        b = int(np.asarray(histories).shape[0])
+        ids = self._sampler.sample(np.arange(b), num_organic + num_ads, self._rng)
+        return CandidateBatch(
+            item_ids=ids,
+            scores=np.zeros(ids.shape, dtype=np.float32),
+            mask=np.ones(ids.shape, dtype=np.bool_),
+            is_ad=self.is_ad[ids],
         )
 
 
-class SimulatorSlateEnv:
-    """The project simulator behind :class:`BatchSlateEnv`: every user of ``world`` is a row.
+class SimulatedUsers:
+    """Simulated users as a recommender observes them: through their events.
 
-    Each step samples ``num_candidates`` candidates per user (``SlateEnv.sample_candidates``),
-    serves the chosen candidate indices to the whole population in one in-place
-    ``SlateEnv.step(None, ...)`` call and reports churn as ``done``; a churned user starts a
-    new life when next stepped, so rows never run out. ``hidden_reward`` is the increment of
-    the hidden lifetime value (dwell minutes; the simulator defines LTV as cumulative dwell).
+    Holds the latent simulator (:class:`~recsys.simulator.env.SlateEnv`) and, for every user,
+    the compact state the :class:`~recsys.features.EventFold` folds from the simulated
+    impressions and feedback, exactly as the online updater folds the service's. A policy
+    sees ``features="event"`` user features (:class:`~recsys.features.UserFeaturizer` on that
+    state at request time) or, for comparison, ``"latent"`` ones (the simulator's true
+    interests, fatigue and satiation, which no production system has). Candidates come from
+    ``candidates`` given each user's recently clicked items (the FAISS retriever in training
+    and evaluation, so a policy learns on what it will be served); item features from
+    ``items``. A churned user's next life is a new user: their event state starts empty.
+
+    ``rows`` (population indices) selects users; ``None`` is the whole population, stepped
+    in place (the training fast path). ``core`` wraps an existing simulator over ``world``
+    (e.g. a calibrated one, whose choice model and candidate sampler differ) instead of
+    building one from ``settings`` and ``seed``; ``settings`` should then be its settings.
     """
 
     def __init__(
         self,
         world: SyntheticWorld,
-        settings: SimulatorSettings | None = None,
+        settings: SimulatorSettings,
         *,
-        seed: int = 0,
-        item_extra: FloatArray | None = None,
-        cross_features: bool = True,
+        seed: int,
+        fold: EventFold,
+        candidates: HistoryCandidateSource,
+        items: ItemFeaturizer,
+        features: FeatureKind = "event",
+        num_ads: int = 0,
+        core: SlateEnv | None = None,
     ) -> None:
-        self.core = SlateEnv(world, seed=seed, settings=settings or SimulatorSettings())
-        self.core.check_candidates_fit()
-        self.features = SimulatorFeatures.build(self.core, item_extra, cross_features)
-        self.batch_size = world.num_users
-        self.slate_size = self.core.settings.slate_size
-        self._candidates = np.zeros((self.batch_size, self.core.num_candidates), np.int64)
+        if features not in FEATURE_KINDS:
+            raise ValueError(f"features must be event or latent, got {features!r}")
+        if fold.num_items != world.num_items or items.num_items != world.num_items:
+            raise ValueError(
+                f"fold ({fold.num_items} items), item features ({items.num_items}) and world "
+                f"({world.num_items}) describe different catalogs"
+            )
+        if not 0 <= num_ads < settings.num_candidates:
+            raise ValueError(
+                f"num_ads must be in [0, num_candidates={settings.num_candidates}), got {num_ads}"
+            )
+        if core is not None and (
+            core.num_items != world.num_items or core.num_users != world.num_users
+        ):
+            raise ValueError(
+                f"core simulates {core.num_users} users x {core.num_items} items, world has "
+                f"{world.num_users} x {world.num_items}"
+            )
+        self.core = core if core is not None else SlateEnv(world, seed=seed, settings=settings)
+        self.fold = fold
+        self.users = UserFeaturizer(fold.spec)
+        self.items = items
+        self.candidates = candidates
+        self.features: FeatureKind = features
+        self.num_ads = int(num_ads)
+        self.num_organic = settings.num_candidates - self.num_ads
+        self.states = fold.codec.empty(world.num_users)
+        self._t = 0
+
+    @property
+    def num_users(self) -> int:
+        """Population size."""
+        return self.core.num_users
+
+    @property
+    def slate_size(self) -> int:
+        """Slots per slate."""
+        return self.core.settings.slate_size
+
+    @property
+    def user_dim(self) -> int:
+        """Width of the user features a policy sees."""
+        if self.features == "event":
+            return self.users.dim
+        return len(self.core.user_feature_names)
+
+    @property
+    def item_dim(self) -> int:
+        """Width of the item features a policy sees."""
+        return self.items.dim
+
+    def reset(self, seed: int | None = None) -> None:
+        """Every user starts a fresh life with no events; reseeds when ``seed`` is given."""
+        self.core.reset(seed)
+        self.states = self.fold.codec.empty(self.num_users)
+        self._t = 0
+
+    def _session_keys(self, rows: IntArray | None) -> npt.NDArray[np.uint32]:
+        life, session = self.core.upcoming_sessions(rows)
+        return simulated_session_keys(life, session)
+
+    def user_features(self, rows: IntArray | None = None) -> FloatArray:
+        """``[B, user_dim]`` features of users about to be served (request time)."""
+        if self.features == "latent":
+            return self.core.user_features(rows)
+        return self.event_features(rows)
+
+    def event_features(self, rows: IntArray | None = None) -> FloatArray:
+        """What the service would know about the users at their next request: the
+        :class:`~recsys.features.UserFeaturizer` on their event state, after the fold's
+        :meth:`~recsys.features.EventFold.begin` (a new session starts where one does)."""
+        states = self.states if rows is None else self.states[rows]
+        ts = np.full(states.shape[0], float(self._t))
+        return self.users.features_at(self.fold, states, ts, self._session_keys(rows))
+
+    def observe(self, rows: IntArray | None = None) -> SlateObs:
+        """Candidates for the users and the policy's observation of them."""
+        recent = self.states["recent"] if rows is None else self.states["recent"][rows]
+        batch = self.candidates.candidates_for_histories(recent, self.num_organic, self.num_ads)
+        ids = np.where(batch.mask, batch.item_ids, 0)  # padding points at a real item, masked
+        uf = self.user_features(rows)
+        return SlateObs(
+            user_features=uf,
+            item_features=self.items.features(uf, ids),
+            candidate_ids=ids,
+            candidate_mask=None if batch.mask.all() else batch.mask,
+            is_ad=batch.is_ad & batch.mask,
+        )
+
+    def step(self, rows: IntArray | None, items: IntArray) -> StepResult:
+        """Serve catalog ``items`` ``[B, S]`` to the users, fold what they did into their event
+        states, and forget the event state of users who churned (their next life is a new
+        user). Candidate rows are distinct, so the simulator's checks are skipped."""
+        keys = self._session_keys(rows)
+        result = self.core.step(rows, items, check=False)
+        b = result.user_idx.shape[0]
+        states = self.states if rows is None else self.states[rows]
+        obs = result.observable
+        self.fold.fold_step(
+            states,
+            ts=np.full(b, float(self._t)),
+            sessions=keys,
+            requests=np.full(b, (self._t % 2**31) * 2 + 1, dtype=np.uint32),
+            slates=items,
+            clicked_item=obs.clicked_item,
+            dwell_s=obs.dwell_s,
+            like=obs.like,
+            conversion=obs.conversion,
+            skip=obs.skip,
+        )
+        churned = np.flatnonzero(result.session.terminated)
+        if churned.size:
+            states[churned] = self.fold.codec.empty(churned.size)
+        if rows is not None:
+            self.states[rows] = states
+        self._t += 1
+        return result
+
+
+def simulated_session_keys(life: IntArray, session: IntArray) -> npt.NDArray[np.uint32]:
+    """Session keys of simulated ``(life, session)`` pairs: nonzero, and different whenever
+    either changes (the fold only compares them), like :func:`recsys.features.session_key`
+    of a client's session id."""
+    key = (np.asarray(life, np.int64) % 2**15) * 2**16 + np.asarray(session, np.int64) % 2**16
+    out: npt.NDArray[np.uint32] = (key * 2 + 1).astype(np.uint32)
+    return out
+
+
+class SimulatorSlateEnv:
+    """The project simulator behind :class:`BatchSlateEnv`: every user of ``users`` is a row.
+
+    Each step asks the candidate source for every user's candidates, serves the chosen
+    candidate indices to the whole population in one in-place step and reports churn as
+    ``done``; a churned user starts a new life (a new user, with no events) when next stepped,
+    so rows never run out. ``hidden_reward`` is the increment of the hidden lifetime value
+    (dwell minutes; the simulator defines LTV as cumulative dwell).
+    """
+
+    def __init__(self, users: SimulatedUsers) -> None:
+        self.users = users
+        self.batch_size = users.num_users
+        self.slate_size = users.slate_size
+        self._candidates = np.zeros((self.batch_size, 1), np.int64)
         self._ltv = np.zeros(self.batch_size, dtype=np.float64)
 
     @property
     def user_dim(self) -> int:
         """Width of the user features."""
-        return len(self.core.user_feature_names)
+        return self.users.user_dim
 
     @property
     def item_dim(self) -> int:
-        """Width of the item features (observable table, extras, cross features)."""
-        return self.features.item_dim
+        """Width of the item features."""
+        return self.users.item_dim
 
     def observe(self) -> SlateObs:
         """Fresh candidates for every user and the observation of them."""
-        self._candidates = self.core.sample_candidates()
-        return self.features.obs(self.core.user_features(), self._candidates)
+        obs = self.users.observe(None)
+        self._candidates = obs.candidate_ids
+        return obs
 
     def reset(self, seed: int | None = None) -> SlateObs:
         """Every user starts a fresh life; reseeds the simulator when ``seed`` is given."""
-        self.core.reset(seed)
+        self.users.reset(seed)
         self._ltv[:] = 0.0
         return self.observe()
 
@@ -216,7 +371,7 @@ class SimulatorSlateEnv:
         """Serve candidate indices ``[B, S]`` to every user; churned users restart next step."""
         idx = np.asarray(slates, dtype=np.int64)
         items = np.take_along_axis(self._candidates, idx, axis=1)
-        result = self.core.step(None, items, check=False)  # candidate rows are distinct
+        result = self.users.step(None, items)
         ltv = result.hidden.lifetime_value.astype(np.float64)
         hidden = ((ltv - self._ltv) / 60.0).astype(np.float32)
         done = result.session.terminated.copy()

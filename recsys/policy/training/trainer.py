@@ -3,9 +3,10 @@
 ``train_policy(config)`` is what ``recsys train policy`` calls. The loop (cleanrl-style, top
 to bottom):
 
-1. Environment: the project simulator by default (its world, logged random-policy sessions,
-   per-item statistics and the learned reward are built once by :func:`build_simulator_setup`),
-   or any :class:`~recsys.policy.training.envs.BatchSlateEnv` from ``env_factory``.
+1. Environment: any :class:`~recsys.policy.training.envs.BatchSlateEnv` from ``env_factory``
+   (the project simulator's is :class:`recsys.pipeline.SimulatorEnvFactory`, built with its
+   logged sessions, retriever, item statistics and learned reward by
+   :func:`recsys.pipeline.build_simulator_setup`).
 2. Workers: ``workers <= 1`` plays rollouts in-process (no Ray: unit tests and small runs);
    ``workers >= 2`` starts that many single-threaded Ray actors
    (:mod:`recsys.policy.training.rollout`), each with its own users and a policy copy.
@@ -13,9 +14,10 @@ to bottom):
    from every worker, and learns: SlateQ from a replay of recent steps (minibatch TD
    updates), REINFORCE on-policy from the fresh, time-ordered rollouts.
 4. Every ``checkpoint_every`` iterations (and at the end) a versioned artifact
-   ``policy-<algo>`` is written (:mod:`recsys.policy.training.checkpoint`): policy weights,
-   optimiser state, the reward model and the item statistics as safetensors (never pickle),
-   the config, iteration and reward scale as metadata, the learning curve as CSV.
+   ``checkpoint-<algo>`` is written (:mod:`recsys.policy.training.checkpoint`): policy weights,
+   optimiser state, the reward model and how the policy observes (``features``, which makes
+   the checkpoint servable) as safetensors (never pickle), the config, iteration and reward
+   scale as metadata, the learning curve as CSV.
 5. ``resume=<artifact dir>`` reloads weights, optimiser state, iteration count, reward scale
    and curve, and continues. The environments restart from fresh users seeded by the
    iteration, so a resumed run is statistically, not bitwise, the uninterrupted one.
@@ -34,21 +36,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from recsys.config import CatalogSettings, SimulatorSettings
-from recsys.data.synthetic import SyntheticWorld, make_world
+from recsys.features import ItemFeaturizer
 from recsys.policy.base import Tensors, TrainableSlatePolicy
 from recsys.policy.batch import SlateObs, SlateResponse, Transition, concat_transitions
-from recsys.policy.reward.fit import fit_learned_reward
-from recsys.policy.reward.spec import RewardSpec, reward_model_tensors
+from recsys.policy.observation import FeatureKind, PolicyFeatures
+from recsys.policy.reward.spec import RewardFunction, RewardSpec
 from recsys.policy.training.checkpoint import (
     load_policy_checkpoint,
     save_policy_checkpoint,
     write_learning_curve,
 )
 from recsys.policy.training.config import PolicyFactory, PolicyTrainConfig
-from recsys.policy.training.envs import EnvStep, SimulatorFeatures, SimulatorSlateEnv
+from recsys.policy.training.envs import EnvStep
 from recsys.policy.training.rollout import (
     EnvFactory,
     RolloutBatch,
@@ -57,102 +59,9 @@ from recsys.policy.training.rollout import (
     make_ray_workers,
     sample_all,
 )
-from recsys.policy.training.sessions import (
-    SessionLog,
-    collect_random_sessions,
-    session_transitions,
-)
-from recsys.policy.training.sessions import item_statistics as compute_item_statistics
-from recsys.types import FloatArray
+from recsys.policy.training.sessions import SessionLog, session_transitions
 
-__all__ = [
-    "SimulatorEnvFactory",
-    "SimulatorSetup",
-    "TrainResult",
-    "build_simulator_setup",
-    "simulator_env_factory",
-    "train_policy",
-]
-
-
-# ---- the project simulator -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class SimulatorSetup:
-    """What is learned from the logging policy before RL: item statistics, the reward model.
-
-    ``log`` is kept for baselines trained from the same logs (myopic, popularity).
-    """
-
-    world: SyntheticWorld
-    settings: SimulatorSettings
-    item_extra: FloatArray | None
-    reward_tensors: Tensors | None
-    reward_report: dict[str, Any]
-    log: SessionLog | None = field(default=None, repr=False)
-
-
-def build_simulator_setup(config: PolicyTrainConfig, *, need_reward: bool = True) -> SimulatorSetup:
-    """World, random-policy logs of ``log_users`` users, item statistics and learned reward."""
-    world = make_world(config.catalog())
-    settings = config.simulator_settings()
-    log_world = world.select_users(np.arange(config.log_users, dtype=np.int64))
-    log = collect_random_sessions(
-        log_world, settings, seed=config.seed + 17, max_steps=config.log_max_steps
-    )
-    extra = compute_item_statistics(log, world) if config.item_statistics else None
-    tensors: Tensors | None = None
-    report: dict[str, Any] = {}
-    if need_reward:
-        fit = fit_learned_reward(log, seed=config.seed, objective=config.reward_objective)
-        tensors = reward_model_tensors(fit.model)
-        report = dict(fit.report)
-    return SimulatorSetup(world, settings, extra, tensors, report, log)
-
-
-@dataclass(frozen=True)
-class SimulatorEnvFactory:
-    """Builds worker ``k``'s simulator env: its own slice of the population, its own seed.
-
-    A picklable dataclass rather than a closure, so Ray ships it to actors cheaply (the world
-    is re-drawn from its seed on the worker instead of being shipped).
-    """
-
-    catalog: dict[str, Any]
-    settings: dict[str, Any]
-    first_user: int
-    users: int
-    seed: int
-    item_extra: FloatArray | None = None
-    cross_features: bool = True
-
-    def __call__(self, worker_index: int) -> SimulatorSlateEnv:
-        world = make_world(CatalogSettings(**self.catalog))
-        start = self.first_user + worker_index * self.users
-        population = world.select_users(np.arange(start, start + self.users, dtype=np.int64))
-        return SimulatorSlateEnv(
-            population,
-            SimulatorSettings(**self.settings),
-            seed=self.seed + 7919 * worker_index,
-            item_extra=self.item_extra,
-            cross_features=self.cross_features,
-        )
-
-
-def simulator_env_factory(
-    config: PolicyTrainConfig, item_extra: FloatArray | None, seed: int
-) -> SimulatorEnvFactory:
-    """Training envs: the ``workers * users`` users right after the logging users."""
-    return SimulatorEnvFactory(
-        catalog=config.catalog().model_dump(),
-        settings=config.simulator_settings().model_dump(),
-        first_user=config.log_users,
-        users=config.users,
-        seed=seed,
-        item_extra=item_extra,
-        cross_features=config.cross_features,
-    )
+__all__ = ["LogReplay", "TrainResult", "train_policy"]
 
 
 # ---- the learner ---------------------------------------------------------------------------
@@ -170,7 +79,7 @@ class TrainResult:
     user_dim: int
     item_dim: int
     slate_size: int
-    item_extra: FloatArray | None
+    features: PolicyFeatures | None
     reward_tensors: Tensors | None
     reward_report: dict[str, Any]
     wall_s: float
@@ -245,13 +154,27 @@ def _without_scores(tr: Transition) -> Transition:
     )
 
 
-class _LogReplay:
-    """Minibatches of the logging policy's sessions as transitions (built on demand: the
-    whole log as ``[N, C, F_i]`` features would not fit in memory)."""
+class LogReplay:
+    """Minibatches of logged sessions as transitions, for SlateQ's log replay (built on
+    demand: the whole log as ``[N, C, F_i]`` features would not fit in memory).
 
-    def __init__(self, log: SessionLog, features: SimulatorFeatures, spec: RewardSpec) -> None:
+    ``items`` featurises the logged candidates exactly as the env does, ``kind`` picks the
+    logged user features, ``reward`` computes the per-slot reward of the run (applied to the
+    logged responses once).
+    """
+
+    def __init__(
+        self,
+        log: SessionLog,
+        items: ItemFeaturizer,
+        kind: FeatureKind,
+        is_ad: npt.NDArray[np.bool_],
+        reward: RewardFunction,
+    ) -> None:
         self.log = log
-        self.features = features
+        self.items = items
+        self.kind: FeatureKind = kind
+        self.is_ad = is_ad
         response = SlateResponse.from_signals(log.signals)
         dummy = SlateObs(
             np.zeros((1, 1), np.float32),
@@ -259,12 +182,13 @@ class _LogReplay:
             np.zeros((1, 1), np.int64),
         )
         step = EnvStep(response, dummy, log.done, hidden_reward=log.hidden_reward)
-        self.reward = spec.build()(step)
+        self.reward = reward(step)
 
     def sample(self, rows: int, scale: float, rng: np.random.Generator) -> Transition:
+        """``rows`` random logged slates with their rewards times ``scale``."""
         idx = rng.integers(0, self.log.num_rows, rows)
         reward = self.reward[idx] * np.float32(scale)
-        return session_transitions(self.log, self.features, idx, reward)
+        return session_transitions(self.log, self.items, idx, reward, self.kind, self.is_ad)
 
 
 def _learn_slateq(
@@ -272,7 +196,7 @@ def _learn_slateq(
     replay: deque[Transition],
     config: PolicyTrainConfig,
     rng: np.random.Generator,
-    log_replay: _LogReplay | None = None,
+    log_replay: LogReplay | None = None,
     scale: float = 1.0,
     updates: int | None = None,
 ) -> list[Mapping[str, float]]:
@@ -324,24 +248,31 @@ def _learn_reinforce(
 def train_policy(
     config: PolicyTrainConfig,
     *,
+    env_factory: EnvFactory,
     artifacts_root: Path | None = None,
     resume: Path | None = None,
     progress: bool = False,
     output_dir: Path | None = None,
-    env_factory: EnvFactory | None = None,
-    setup: SimulatorSetup | None = None,
     reward_tensors: Tensors | None = None,
+    reward_report: Mapping[str, Any] | None = None,
+    log_replay: LogReplay | None = None,
+    features: PolicyFeatures | None = None,
+    checkpoint_name: str | None = None,
     on_iteration: Callable[[int, TrainableSlatePolicy, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``config.algo`` on rollouts; checkpoint, write curves, optionally resume.
 
-    ``artifacts_root``: where ``policy-<algo>/<version>`` checkpoints go (none without it).
+    ``env_factory(worker_index)`` builds each worker's
+    :class:`~recsys.policy.training.envs.BatchSlateEnv` (the simulator fields of the config
+    are the factory's business). ``reward='learned'`` needs ``reward_tensors`` (a fitted
+    :class:`~recsys.policy.reward.model.LearnedRewardModel`; ``reward_report`` describes it).
+    ``log_replay``: logged sessions SlateQ mixes into its minibatches and pretrains on.
+    ``features``: how the policy observes, stored in every checkpoint so it can be served.
+    ``artifacts_root``: where checkpoints go (none without it), as versions of the artifact
+    ``checkpoint_name`` (default ``checkpoint-<algo>``: intermediate checkpoints are not
+    what serving loads; :func:`recsys.pipeline.publish_policy` publishes ``policy-<algo>``).
     ``resume``: a checkpoint directory to continue from (same algo and feature widths).
     ``output_dir``: where ``learning_curve.csv`` / ``.png`` are written.
-    ``env_factory``: a custom :class:`~recsys.policy.training.envs.BatchSlateEnv` per worker instead
-    of the project simulator (``setup`` and the simulator fields of the config are then
-    unused; ``reward='learned'`` needs ``reward_tensors``). ``setup``: a prebuilt
-    :class:`SimulatorSetup` to share between runs (e.g. the experiments' several rewards).
     ``on_iteration(iteration, policy, row)`` is called after each iteration (e.g. evaluation).
     """
     start_time = time.perf_counter()
@@ -350,27 +281,12 @@ def train_policy(
     if ckpt is not None and ckpt.config.algo != config.algo:
         raise ValueError(f"cannot resume a {ckpt.config.algo} checkpoint as {config.algo}")
 
-    item_extra: FloatArray | None = None
-    reward_report: dict[str, Any] = {}
-    log: SessionLog | None = None
-    if env_factory is None:
-        if ckpt is not None:
-            item_extra, reward_tensors = ckpt.item_extra, ckpt.reward_tensors
-        else:
-            setup = setup or build_simulator_setup(config, need_reward=config.reward == "learned")
-            item_extra = setup.item_extra
-            reward_tensors = setup.reward_tensors
-            reward_report = setup.reward_report
-            log = setup.log
-        start_iteration = ckpt.iteration if ckpt else 0
-        env_seed = config.seed + 101 * start_iteration
-        env_factory = simulator_env_factory(config, item_extra, seed=env_seed)
-    else:
-        start_iteration = ckpt.iteration if ckpt else 0
-        if ckpt is not None and reward_tensors is None:
-            reward_tensors = ckpt.reward_tensors
+    start_iteration = ckpt.iteration if ckpt else 0
+    report: dict[str, Any] = dict(reward_report or {})
     if ckpt is not None:
-        reward_report = dict(ckpt.artifact.metadata.get("reward_report", {}))
+        reward_tensors = reward_tensors if reward_tensors is not None else ckpt.reward_tensors
+        features = features if features is not None else ckpt.features
+        report = dict(ckpt.artifact.metadata.get("reward_report", {}))
     spec = RewardSpec(
         config.reward,
         config.revenue_weight,
@@ -386,16 +302,16 @@ def train_policy(
             f"checkpoint was trained on (user_dim, item_dim, slate_size) = "
             f"{(ckpt.user_dim, ckpt.item_dim, ckpt.slate_size)}, this env has {dims}"
         )
+    if features is not None and features.items.dim != dims[1]:
+        raise ValueError(
+            f"features describe {features.items.dim} item columns, the env has {dims[1]}"
+        )
     factory = PolicyFactory(config, *dims)
     policy = ckpt.policy if ckpt is not None else factory()
-    log_replay = None
-    if (
-        config.algo == "slateq"
-        and log is not None
-        and isinstance(env0, SimulatorSlateEnv)
-        and (config.log_replay_fraction > 0 or config.pretrain_updates > 0)
+    if config.algo != "slateq" or (
+        config.log_replay_fraction == 0 and config.pretrain_updates == 0
     ):
-        log_replay = _LogReplay(log, env0.features, spec)
+        log_replay = None
     pool: _InProcessWorkers | _RayWorkers
     if config.workers < 2:
         worker = RolloutWorker(
@@ -476,10 +392,11 @@ def train_policy(
                     iteration=iteration,
                     dims=dims,
                     reward_scale=float(scale),
-                    item_extra=item_extra,
+                    features=features,
                     reward_tensors=reward_tensors,
                     curve=curve,
-                    reward_report=reward_report,
+                    reward_report=report,
+                    name=checkpoint_name or f"checkpoint-{config.algo}",
                 )
                 checkpoints.append(art.path)
     finally:
@@ -495,9 +412,9 @@ def train_policy(
         user_dim=dims[0],
         item_dim=dims[1],
         slate_size=dims[2],
-        item_extra=item_extra,
+        features=features,
         reward_tensors=reward_tensors,
-        reward_report=reward_report,
+        reward_report=report,
         wall_s=time.perf_counter() - start_time,
         checkpoints=checkpoints,
     )

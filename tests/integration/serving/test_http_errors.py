@@ -48,7 +48,8 @@ def _assert_error(resp: httpx.Response, status: int, field: str) -> None:
         ({"user_id": "USER", "slate_size": 5, "exclude": ["a"]}, 422, "exclude"),
         ({"user_id": "USER", "slate_size": 5, "colour": "red"}, 422, "colour"),
         ({"user_id": "", "slate_size": 5}, 422, "user_id"),
-        ({"user_id": "no-such-user", "slate_size": 5}, 404, "user_id"),
+        ({"user_id": "USER", "slate_size": 5, "session_id": "a b"}, 422, "session_id"),
+        ({"user_id": "USER", "slate_size": 5, "session_id": 7}, 422, "session_id"),
     ],
 )
 def test_recommend_rejects_bad_input(
@@ -81,7 +82,6 @@ def test_recommend_rejects_bad_input(
             422,
             "value",
         ),
-        ({"request_id": "r1", "user_id": "ghost", "item_id": 1, "event": "click"}, 404, "user_id"),
     ],
 )
 def test_feedback_rejects_bad_input(
@@ -94,6 +94,21 @@ def test_feedback_rejects_bad_input(
     if payload.get("user_id") == "USER":
         payload = {**payload, "user_id": _user(serving_stack)}
     _assert_error(http.post("/feedback", json=payload), status, field)
+
+
+def test_a_user_without_state_is_a_cold_start_not_an_error(http: httpx.Client) -> None:
+    rec = http.post("/recommend", json={"user_id": "never-seen-before", "slate_size": 3})
+    assert rec.status_code == 200, rec.text
+    fb = http.post(
+        "/feedback",
+        json={
+            "request_id": rec.json()["request_id"],
+            "user_id": "never-seen-before",
+            "item_id": rec.json()["items"][0]["item_id"],
+            "event": "click",
+        },
+    )
+    assert fb.status_code == 202, fb.text
 
 
 def test_malformed_json_is_422(http: httpx.Client) -> None:
@@ -128,7 +143,7 @@ def test_health_ready_metrics_and_openapi(http: httpx.Client) -> None:
     ready = http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
-    http.post("/recommend", json={"user_id": "ghost", "slate_size": 1})
+    http.post("/recommend", json={"user_id": "u", "slate_size": 1, "num_candidates": 10**5})
     metrics = http.get("/metrics").text
     assert "recsys_requests_total" in metrics
     assert 'outcome="error"' in metrics
@@ -140,19 +155,30 @@ def test_unknown_route_is_json_404(http: httpx.Client) -> None:
     _assert_error(http.get("/nope"), 404, "path")
 
 
-@pytest.mark.parametrize("ads", ["exclude", "only"])
-def test_ads_filter_is_applied_and_keeps_slate_size(
-    serving_stack: ServingStack, http: httpx.Client, ads: str
+def test_ads_filter_exclude_is_applied_and_keeps_slate_size(
+    serving_stack: ServingStack, http: httpx.Client
 ) -> None:
     is_ad = serving_stack.models.world.item_is_ad
     resp = http.post(
         "/recommend",
-        json={"user_id": _user(serving_stack), "slate_size": 5, "filters": {"ads": ads}},
+        json={"user_id": _user(serving_stack), "slate_size": 5, "filters": {"ads": "exclude"}},
     )
     assert resp.status_code == 200, resp.text
     items = [it["item_id"] for it in resp.json()["items"]]
     assert len(items) == 5
-    assert all(bool(is_ad[i]) == (ads == "only") for i in items)
+    assert not any(bool(is_ad[i]) for i in items)
+
+
+def test_only_ads_beyond_the_ad_load_is_a_clear_422(
+    serving_stack: ServingStack, http: httpx.Client
+) -> None:
+    """The policy places at most max_ads ads per slate: five ads is not a slate it serves."""
+    resp = http.post(
+        "/recommend",
+        json={"user_id": _user(serving_stack), "slate_size": 5, "filters": {"ads": "only"}},
+    )
+    _assert_error(resp, 422, "filters")
+    assert "ads" in resp.json()["detail"][0]["message"]
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,16 @@
-"""The policy experiments' driver: library defaults, the gap closure and the docs table."""
+"""The policy experiments' driver: library defaults, the comparison and the docs block."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchmarks.policy_experiments import ExperimentConfig, _gap_closure, markdown_table
+from benchmarks.policy_experiments import (
+    ExperimentConfig,
+    _versus,
+    markdown_table,
+    render_doc_block,
+)
 from recsys.policy.training.config import documented_config
 
 
@@ -13,20 +18,71 @@ def test_experiments_train_the_librarys_documented_configs() -> None:
     config = ExperimentConfig()
     assert config.slateq == documented_config("slateq")
     assert config.reinforce == documented_config("reinforce")
+    assert config.headline == "event"
+    assert set(config.feature_kinds) == {"event", "latent"}
 
 
-def test_gap_closure_is_the_share_of_the_gap_closed() -> None:
-    clicks, hidden = np.full(50, 10.0), np.full(50, 30.0)
-    learned = np.full(50, 25.0)
-    gap = _gap_closure(clicks, hidden, learned, n_bootstrap=100, seed=0)
-    assert gap["closure"] == pytest.approx(0.75)
-    assert gap["ci_low"] == pytest.approx(0.75)
-    assert gap["ci_high"] == pytest.approx(0.75)
+def test_versus_reports_target_and_whether_the_paired_ci_clears_one() -> None:
+    base = np.linspace(1.0, 2.0, 200)
+    better = _versus(base * 1.2, base, 1.10, seed=0)
+    assert better["ratio"] == pytest.approx(1.2)
+    assert better["meets_ratio"]
+    assert better["ci_above_one"]
+    noisy = _versus(base[::-1] * 1.01, base, 1.10, seed=0)
+    assert not noisy["meets_ratio"]
+    assert not noisy["ci_above_one"]
+
+
+def _row(mean: float) -> dict[str, object]:
+    cell = {"mean": mean, "ci_low": mean - 1, "ci_high": mean + 1, "n": 10}
+    return {
+        "return": cell,
+        "clicks": cell,
+        "revenue": cell,
+        "steps": cell,
+        "conversions": cell,
+        "bought_topic_share_after_conversion": cell,
+    }
 
 
 def test_markdown_table_orders_rows() -> None:
-    cell = {"mean": 1.0, "ci_low": 0.5, "ci_high": 1.5}
-    row = {"return": cell, "clicks": cell, "revenue": cell, "steps": cell}
-    results = {"evaluation": {"policies": {"slateq": row, "extra": row, "random": row}}}
-    lines = markdown_table(results).splitlines()
-    assert [line.split(" | ")[0] for line in lines[2:]] == ["| random", "| slateq", "| extra"]
+    results = {
+        "evaluation": {"event": {"policies": {"slateq": _row(1), "x": _row(1), "random": _row(1)}}}
+    }
+    lines = markdown_table(results, "event").splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| random", "| slateq", "| x"]
+
+
+def test_doc_block_quotes_the_results() -> None:
+    names = ("random", "myopic", "myopic_learned", "slateq", "reinforce")
+    ratio = {"ratio": 1.25, "ci_low": 1.1, "ci_high": 1.4, "target": 1.1,
+             "meets_ratio": True, "ci_above_one": True}  # fmt: skip
+    results = {
+        "evaluation": {"event": {"policies": {n: _row(10.0) for n in names}}},
+        "must_show": {
+            "best_rl": "reinforce",
+            "best_rl_chosen_on": "validation users",
+            "vs_myopic": ratio,
+            "vs_myopic_learned": {**ratio, "target": 1.03},
+            "slateq_vs_myopic": ratio,
+            "reinforce_vs_myopic": ratio,
+            "satiation": {
+                "after_conversion_steps": 10,
+                "bought_topic_share": {n: _row(0.2)["return"] for n in names[1:]},
+                "best_rl_mean_below_myopic_mean": True,
+                "best_rl_shows_less_than_myopic": False,
+            },
+        },
+        "reward_model": {
+            "spearman_step_learned_vs_future_ltv": 0.3,
+            "spearman_step_clicks_vs_future_ltv": 0.1,
+            "spearman_life_learned_vs_ltv": 0.9,
+            "spearman_life_clicks_vs_ltv": 0.8,
+            "spearman_step_bt_vs_future_ltv": 0.2,
+            "spearman_life_bt_vs_ltv": 0.95,
+            "objective": "regression",
+        },
+    }
+    block = render_doc_block(results)
+    assert "**1.25 [1.10, 1.40]**" in block
+    assert "reinforce / myopic (dwell-greedy)" in block

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ def test_evaluate_ope_missing_column_is_clear(tmp_path: Path) -> None:
 
 
 def _tiny_world(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The simulator world of the tiny policy checkpoint below (300 items, 6 topics, seed 0)."""
+    """The simulator world of the small policy checkpoints (300 items, 6 topics, seed 0)."""
     monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
     monkeypatch.setenv("RECSYS_CATALOG__NUM_TOPICS", "6")
     monkeypatch.setenv("RECSYS_CATALOG__NUM_USERS", "80")
@@ -167,21 +168,9 @@ def _simulate(out: Path, *extra: str) -> None:
 
 
 def test_evaluate_ope_with_a_policy_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_policies: dict[str, Path]
 ) -> None:
-    import torch
-
-    from recsys.policy.training.config import PolicyTrainConfig
-    from recsys.policy.training.trainer import train_policy
-
-    torch.set_num_threads(1)
-    config = PolicyTrainConfig(
-        num_items=300, num_topics=6, num_candidates=15, slate_size=3, log_users=300,
-        log_max_steps=20, users=64, iterations=2, steps_per_iteration=2,
-        updates_per_iteration=2, pretrain_updates=2, batch_size=64, hidden=(8,),
-    )  # fmt: skip
-    checkpoint = train_policy(config, artifacts_root=tmp_path / "artifacts").checkpoint
-    assert checkpoint is not None
+    checkpoint = small_policies["slateq"]  # reads event features, as `simulate` logs them
     _tiny_world(monkeypatch)
     logs = tmp_path / "logs.parquet"
     _simulate(logs, "--policy", "boltzmann", "--temperature", "0.5")
@@ -244,16 +233,140 @@ def test_evaluate_ope_policy_errors_are_clear(
     assert "learned reward model" in learned.output
 
 
+def _small_simulator(monkeypatch: pytest.MonkeyPatch, artifacts: Path) -> None:
+    """The CLI's simulator commands on the small setup of the policy tests: its catalog and
+    retriever through the environment, and the documented training settings shrunk to
+    :data:`SMALL_SIMULATOR`'s budget (the one thing that cannot be set from outside)."""
+    from recsys.policy.training import config as training_config
+    from tests.unit.policy.configs import SMALL_SIMULATOR
+
+    monkeypatch.setenv("RECSYS_ARTIFACTS__ROOT", str(artifacts))
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_TOPICS", "6")
+    monkeypatch.setenv("RECSYS_CANDIDATES__DIM", "8")
+    monkeypatch.setenv("RECSYS_CANDIDATES__EPOCHS", "2")
+    monkeypatch.setattr(
+        training_config, "documented_config", lambda algo: replace(SMALL_SIMULATOR, algo=algo)
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--algo", "dqn"], "algo must be slateq or reinforce"),
+        (["--algo", "dqn"], "algo must be slateq, reinforce or myopic"),
         (["--reward", "vibes"], "reward"),
         (["--reward-objective", "vibes"], "reward_objective must be regression or"),
+        (["--features", "vibes"], "features must be event or latent"),
+        (["--eval-users", "100000"], "validation users must lie in"),
+        (["--algo", "myopic", "--resume", "ckpt"], "nothing to resume"),
     ],
 )
-def test_train_policy_bad_options_are_clear(args: list[str], message: str) -> None:
+def test_train_policy_bad_options_are_clear(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSYS_ARTIFACTS__ROOT", str(tmp_path))
     result = runner.invoke(app, ["train", "policy", *args])
-    assert result.exit_code != 0
+    assert result.exit_code == 1
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not any(tmp_path.iterdir()), "refused before any work"
+
+
+@pytest.mark.parametrize(
+    "args", [["--workers", "65"], ["--eval-users", "1"], ["--iterations", "0"]]
+)
+def test_train_policy_out_of_range_options_are_usage_errors(args: list[str]) -> None:
+    result = runner.invoke(app, ["train", "policy", *args])
+    assert result.exit_code == 2
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_train_policy_publishes_a_servable_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_root: Path
+) -> None:
+    import shutil
+
+    from recsys.artifacts import latest_version
+    from recsys.candidates import RETRIEVAL_ARTIFACT
+    from recsys.policy.training.checkpoint import load_policy_checkpoint
+
+    shutil.copytree(small_root / RETRIEVAL_ARTIFACT, tmp_path / RETRIEVAL_ARTIFACT)
+    _small_simulator(monkeypatch, tmp_path)
+    args = ["--algo", "slateq", "--workers", "0", "--iterations", "1", "--eval-users", "4"]
+    result = runner.invoke(app, ["train", "policy", *args])
+    assert result.exit_code == 0, result.output
+    published = latest_version(tmp_path, "policy-slateq")
+    assert "published" in result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    assert summary["validation_users"] == 4
+    assert summary["return"]["ci_low"] <= summary["return"]["mean"] <= summary["return"]["ci_high"]
+    ckpt = load_policy_checkpoint(published)
+    assert (ckpt.config.workers, ckpt.config.iterations, ckpt.iteration) == (0, 1, 1)
+    assert ckpt.features is not None
+    assert ckpt.features.kind == "event"
+    assert ckpt.artifact.metadata["evaluation"]["config"]["users"] == 4
+    assert (tmp_path / "policy-slateq-curves" / "learning_curve.csv").is_file()
+    assert len(list((tmp_path / RETRIEVAL_ARTIFACT).iterdir())) == 1  # the setup's, reused
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--policies", "random,oracle"], 1, "unknown policies"),
+        (["--policies", " , "], 1, "unknown policies"),
+        (["--episodes", "100000"], 1, "test users must lie in"),
+        (["--episodes", "1"], 2, ""),
+        (["--max-steps", "0"], 2, ""),
+    ],
+)
+def test_evaluate_sim_bad_options_are_clear(
+    args: list[str], code: int, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSYS_ARTIFACTS__ROOT", str(tmp_path))
+    result = runner.invoke(app, ["evaluate", "sim", *args])
+    assert result.exit_code == code
     assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_evaluate_sim_loads_published_policies(
+    monkeypatch: pytest.MonkeyPatch, small_root: Path, small_policies: dict[str, Path]
+) -> None:
+    _small_simulator(monkeypatch, small_root)  # only read: the setup's retriever exists
+    args = ["--policies", "random,slateq", "--episodes", "4", "--max-steps", "3", "--json"]
+    result = runner.invoke(app, ["evaluate", "sim", *args])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert list(data["policies"]) == ["random", "slateq"]
+    assert data["sources"]["slateq"].startswith(f"checkpoint {small_policies['slateq']} ")
+    assert data["config"] == {**data["config"], "users": 4, "max_steps": 3, "seed": 2024}
+    assert "slateq/random" in data["ratios"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_train_candidates_on_the_simulator_publishes_then_reuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys.candidates import RETRIEVAL_ARTIFACT, load_retrieval
+
+    _small_simulator(monkeypatch, tmp_path)
+    first = runner.invoke(app, ["train", "candidates", "--data", "simulator"])
+    assert first.exit_code == 0, first.output
+    assert "wrote" in first.output
+    assert "val_auc" in json.loads(first.output[first.output.index("{") :])
+    (path,) = (tmp_path / RETRIEVAL_ARTIFACT).iterdir()
+    assert load_retrieval(path).artifact.metadata["trained_on"].startswith("logged sessions")
+    again = runner.invoke(app, ["train", "candidates", "--data", "simulator"])
+    assert again.exit_code == 0, again.output
+    assert list((tmp_path / RETRIEVAL_ARTIFACT).iterdir()) == [path]  # same setup: reused
+
+
+def test_train_candidates_bad_data_is_clear(tmp_path: Path) -> None:
+    missing = tmp_path / "none.parquet"
+    result = runner.invoke(
+        app, ["train", "candidates", "--data", str(missing), "--artifacts", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "error" in result.output
     assert "Traceback" not in result.output

@@ -15,7 +15,9 @@ from recsys.policy import (
     SlateResponse,
     SlateSampler,
     concat_transitions,
+    optimize_slates,
 )
+from recsys.policy.base import optimiser_first_priority
 from recsys.policy.batch import signals_array
 from recsys.policy.testing import TinySlateEnv, collect
 from recsys.protocols import SlatePolicy
@@ -81,11 +83,75 @@ def test_sampler_greedy_is_deterministic_with_unit_propensities() -> None:
 
 @pytest.mark.parametrize(
     ("bad", "match"),
-    [({"kind": "softmax"}, "kind"), ({"epsilon": 1.5}, "epsilon"), ({"temperature": 0.0}, "temp")],
+    [
+        ({"kind": "softmax"}, "kind"),
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"temperature": 0.0}, "temp"),
+        ({"max_ads": -1}, "max_ads must be >= 0"),
+        ({"min_ads": -1}, "min_ads must be >= 0"),
+        ({"max_ads": 1, "min_ads": 2}, "min_ads must be <= max_ads"),
+    ],
 )
 def test_sampler_validates(bad: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SlateSampler(**bad)  # type: ignore[arg-type]
+
+
+def test_sampler_ads_floor_forces_the_best_ads() -> None:
+    obs = TinySlateEnv(batch_size=3).reset()  # item 4 is the only ad
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]] * 3)
+    sampler = SlateSampler("greedy", max_ads=1, min_ads=1)
+    action = sampler.sample(scores, obs, 2, np.random.default_rng(0))
+    np.testing.assert_array_equal(action.slates, [[0, 4]] * 3)
+    np.testing.assert_array_equal(sampler.log_propensities(scores, obs, action.slates), 0.0)
+    # [0, 1] breaks the floor at slot 1, the only slot left for the ad.
+    broken = sampler.log_propensities(scores, obs, np.array([[0, 1]] * 3))
+    np.testing.assert_array_equal(broken, [[0.0, -np.inf]] * 3)
+
+
+@pytest.mark.parametrize("method", ["greedy", "exact_lp", "top_k"])
+@pytest.mark.parametrize(("max_ads", "min_ads"), [(None, 1), (2, 2), (3, 3)])
+def test_priority_sampler_reproduces_the_optimiser_slate_under_ads_floor(
+    method: str, max_ads: int | None, min_ads: int
+) -> None:
+    """Greedy (and epsilon = 0) sampling over the optimiser-first priority serves exactly the
+    optimiser's slate, in its order, when the floor forces ads: the forced slots take the
+    slate's own ads. Low-value ads make the floor bind."""
+    rng = np.random.default_rng(0)
+    b, c, s = 64, 9, 4
+    is_ad = rng.random((b, c)) < 0.5
+    is_ad[:, :4] = False
+    mask = rng.random((b, c)) < 0.9
+    mask[:, :4] = True
+    obs = SlateObs(
+        np.zeros((b, 1), np.float32),
+        np.zeros((b, c, 1), np.float32),
+        np.tile(np.arange(c), (b, 1)),
+        mask,
+        is_ad,
+    )
+    v = torch.from_numpy(np.exp(rng.normal(size=(b, c))))
+    v0 = torch.from_numpy(np.exp(rng.normal(size=b)))
+    q = torch.from_numpy(rng.normal(size=(b, c)) - 1.5 * is_ad)
+    kw = {"valid": torch.from_numpy(mask), "is_ad": torch.from_numpy(is_ad), "max_ads": max_ads}
+    slates = optimize_slates(v, v0, q, s, method, min_ads=min_ads, **kw).numpy()  # type: ignore[arg-type]
+    free = optimize_slates(v, v0, q, s, method, **kw).numpy()  # type: ignore[arg-type]
+    rows = np.arange(b)[:, None]
+    assert (is_ad[rows, free].sum(1) < is_ad[rows, slates].sum(1)).any()  # the floor binds
+    priority = optimiser_first_priority((v * q).numpy(), obs, slates)
+    for sampler, explore in [
+        (SlateSampler("greedy", max_ads=max_ads, min_ads=min_ads), True),
+        (SlateSampler("epsilon", epsilon=0.3, max_ads=max_ads, min_ads=min_ads), False),
+        (SlateSampler("epsilon", epsilon=0.0, max_ads=max_ads, min_ads=min_ads), True),
+    ]:
+        action = sampler.sample(priority, obs, s, np.random.default_rng(1), explore=explore)
+        np.testing.assert_array_equal(action.slates, slates)
+        np.testing.assert_array_equal(action.propensities, 1.0)
+    # Exploring, the optimiser's slate keeps its exact epsilon-greedy probability.
+    sampler = SlateSampler("epsilon", epsilon=0.3, max_ads=max_ads, min_ads=min_ads)
+    logp = sampler.log_propensities(priority, obs, slates)
+    assert np.isfinite(logp).all()
+    assert (logp > np.log(0.7)).all()
 
 
 def test_serving_adapter_serves_a_learned_policy() -> None:

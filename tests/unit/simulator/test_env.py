@@ -10,8 +10,8 @@ import pytest
 from recsys.config import CatalogSettings, SimulatorSettings
 from recsys.data import SyntheticWorld, make_world
 from recsys.simulator import MultinomialLogitChoice, SlateEnv, StepResult
-from recsys.simulator.logs import uniform_random_slates
 from tests.unit.simulator.conftest import pure_topic_world, settings
+from tests.unit.simulator.slates import uniform_random_slates
 
 
 def _batch(world: SyntheticWorld, n: int, slate_size: int, seed: int) -> tuple[np.ndarray, ...]:

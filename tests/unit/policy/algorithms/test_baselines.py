@@ -1,4 +1,4 @@
-"""Baselines share the batch interface, honour the ads cap, and behave as their names say."""
+"""Baselines share the batch interface, honour the ad load, and behave as their names say."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from recsys.policy import (
     BatchSlatePolicy,
+    ConditionalLogitChoiceModel,
     LinUCBPolicy,
     MyopicGreedyPolicy,
     PopularityPolicy,
@@ -16,6 +18,7 @@ from recsys.policy import (
     SlateObs,
     SlateSampler,
     TrainableSlatePolicy,
+    optimize_slates,
 )
 from recsys.policy.batch import SlateResponse, Transition, gather_slots
 from recsys.policy.testing import TinySlateEnv, collect, greedy_slates
@@ -34,11 +37,11 @@ def _obs(b: int = 32, c: int = 8, seed: int = 0) -> SlateObs:
     )
 
 
-def _all_baselines(max_ads: int | None) -> list[BatchSlatePolicy]:
+def _all_baselines(max_ads: int | None, min_ads: int = 0) -> list[BatchSlatePolicy]:
     env = TinySlateEnv()
-    sampler = SlateSampler("epsilon", epsilon=0.3, max_ads=max_ads)
+    sampler = SlateSampler("epsilon", epsilon=0.3, max_ads=max_ads, min_ads=min_ads)
     return [
-        RandomPolicy(max_ads=max_ads),
+        RandomPolicy(max_ads=max_ads, min_ads=min_ads),
         PopularityPolicy(100, sampler=sampler),
         MyopicGreedyPolicy(lambda o: o.item_features[..., 0], sampler=sampler),
         MyopicGreedyPolicy(env.immediate_click_reward, env.oracle_choice_model(), sampler=sampler),
@@ -46,9 +49,11 @@ def _all_baselines(max_ads: int | None) -> list[BatchSlatePolicy]:
     ]
 
 
-@pytest.mark.parametrize("max_ads", [None, 0, 1])
-def test_every_baseline_is_a_valid_batch_policy(max_ads: int | None) -> None:
-    for policy in _all_baselines(max_ads):
+@pytest.mark.parametrize(
+    ("max_ads", "min_ads"), [(None, 0), (0, 0), (1, 0), (None, 1), (1, 1), (2, 2), (None, 4)]
+)
+def test_every_baseline_is_a_valid_batch_policy(max_ads: int | None, min_ads: int) -> None:
+    for policy in _all_baselines(max_ads, min_ads):
         assert isinstance(policy, BatchSlatePolicy)
         obs = _obs()
         if isinstance(policy, MyopicGreedyPolicy) and policy.choice_model is not None:
@@ -61,9 +66,42 @@ def test_every_baseline_is_a_valid_batch_policy(max_ads: int | None) -> None:
         np.testing.assert_allclose(
             np.exp(action.log_prob), np.prod(action.propensities.astype(np.float64), 1), rtol=1e-5
         )
+        ads = gather_slots(obs.ads(), action.slates).sum(1)
         if max_ads is not None:
-            ads = gather_slots(obs.ads(), action.slates)
-            assert (ads.sum(1) <= max_ads).all(), policy.name
+            assert (ads <= max_ads).all(), policy.name
+        need = np.minimum(obs.ads().sum(1), min(min_ads, 3))
+        assert (ads >= need).all(), policy.name
+
+
+@pytest.mark.parametrize("optimizer", ["greedy", "exact_lp"])
+def test_myopic_greedy_optimises_under_the_ads_floor(optimizer: str) -> None:
+    """The optimiser itself gets the floor: the served slate is its floored optimum, in its
+    order (low-value ads make the floor bind, so forcing an ad after the fact would differ)."""
+    obs = _obs(b=64)
+    ads = obs.ads()
+    choice = ConditionalLogitChoiceModel(3, 4, 3, seed=1)
+    reward = obs.item_features[..., 0].astype(np.float64) - 2.0 * ads
+
+    def immediate_reward(o: SlateObs) -> np.ndarray:
+        return reward
+
+    sampler = SlateSampler("greedy", max_ads=2, min_ads=2)
+    policy = MyopicGreedyPolicy(immediate_reward, choice, optimizer, sampler)  # type: ignore[arg-type]
+    action = policy.act(obs, 3, np.random.default_rng(0))
+    user, items = torch.tensor(obs.user_features), torch.tensor(obs.item_features)
+    with torch.no_grad():
+        v, v0 = choice.item_logits(user, items).double(), choice.no_click_logit(user).double()
+    peak = torch.maximum(v.max(1).values, v0)
+    kw = {"is_ad": torch.from_numpy(ads), "max_ads": 2}
+    args = (torch.exp(v - peak[:, None]), torch.exp(v0 - peak), torch.from_numpy(reward), 3)
+    best = optimize_slates(*args, optimizer, min_ads=2, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(action.slates, best.numpy())
+    n_ads = gather_slots(ads, action.slates).sum(1)
+    assert (n_ads >= np.minimum(ads.sum(1), 2)).all()
+    free = optimize_slates(*args, optimizer, **kw)  # type: ignore[arg-type]
+    assert (gather_slots(ads, free.numpy()).sum(1) < n_ads).any()  # the floor binds
+    with pytest.raises(ValueError, match="min_ads must be <= max_ads"):
+        RandomPolicy(max_ads=0, min_ads=1)
 
 
 def test_random_policy_is_uniform() -> None:

@@ -80,10 +80,11 @@ def test_sarsa_needs_the_next_slate() -> None:
         policy.update([transitions[0]._replace(next_action=None)])
 
 
+@pytest.mark.parametrize("min_ads", [0, 1])
 @pytest.mark.parametrize("kind", ["epsilon", "boltzmann"])
-def test_exploration_propensities_are_exact(kind: str) -> None:
+def test_exploration_propensities_are_exact(kind: str, min_ads: int) -> None:
     env = TinySlateEnv(batch_size=1)
-    sampler = SlateSampler(kind, epsilon=0.2, temperature=0.5, max_ads=1)  # type: ignore[arg-type]
+    sampler = SlateSampler(kind, epsilon=0.2, temperature=0.5, max_ads=1, min_ads=min_ads)  # type: ignore[arg-type]
     policy = _policy(env, sampler=sampler)
     _train(env, policy, steps=20)
     obs = env.observe(np.array([0]))
@@ -114,6 +115,23 @@ def test_ads_cap_is_honoured() -> None:
     transitions, _ = collect(env, policy, env.reset(), 5, np.random.default_rng(0))
     for tr in transitions:
         assert not tr.obs.ads()[np.arange(64)[:, None], tr.action.slates].any()
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "boltzmann"])
+def test_ads_floor_is_honoured_by_acting_and_the_optimiser(kind: str) -> None:
+    env = TinySlateEnv(batch_size=64)  # item 4 is the only ad
+    sampler = SlateSampler(kind, epsilon=0.5, max_ads=1, min_ads=1)  # type: ignore[arg-type]
+    policy = _policy(env, sampler=sampler)
+    transitions, _ = collect(env, policy, env.reset(), 5, np.random.default_rng(0))
+    for tr in transitions:
+        assert (tr.obs.ads()[np.arange(64)[:, None], tr.action.slates].sum(1) == 1).all()
+    # The optimiser (acting greedily, and the max of the Q-learning target) honours it too.
+    obs = env.reset()
+    user, items = torch.tensor(obs.user_features), torch.tensor(obs.item_features)
+    slates, _ = policy._optimize(obs, user, items, 2, target=True)
+    assert (slates == 4).any(dim=1).all()
+    best = policy.act(obs, 2, np.random.default_rng(0), explore=False).slates
+    np.testing.assert_array_equal(best, policy._optimize(obs, user, items, 2, target=False)[0])
 
 
 def test_state_dict_round_trip() -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from recsys.config import CatalogSettings, SimulatorSettings
-from recsys.data.logged import LoggedFeedback, read_logged_feedback
+from recsys.data.logged import (
+    VERSION_KEY,
+    LoggedFeedback,
+    LoggedFeedbackWriter,
+    read_logged_feedback,
+    read_logged_feedback_metadata,
+)
 from recsys.policy.base import SlateSampler
 from recsys.policy.batch import SlateObs
 from recsys.policy.evaluation.ope import ItemPositionMeanModel
@@ -24,11 +29,11 @@ from recsys.policy.evaluation.ope_policies import (
 )
 from recsys.policy.evaluation.simulator import mean_ci
 from recsys.policy.exploration import plackett_luce_sample_batch
-from recsys.policy.training.trainer import train_policy
-from recsys.recording import RecordingConfig, write_sessions
+from recsys.policy.training.envs import SimulatedUsers
+from recsys.policy.training.sessions import LoggerDecision, record_sessions
+from recsys.recording import RecordingConfig, recording_users, write_sessions
 from recsys.simulator import SimulatorSpec, SlateEnv, relevance_scores
 from recsys.types import FloatArray, IntArray
-from tests.unit.policy.configs import SMALL_SIMULATOR as SMALL
 
 F64 = np.float64
 
@@ -227,39 +232,79 @@ def test_propensities_match_the_samplers_distribution(sampler: SlateSampler, ads
 
 # --- known answer: Plackett-Luce logger, Plackett-Luce targets ------------------------------
 
-N_LOG, N_ON = 4000, 40_000
+N_LOG, N_ON, WARMUP = 4000, 20_000, 5
 KNOWN = SimulatorSpec(
     CatalogSettings(num_items=500, num_users=N_LOG + N_ON, num_topics=8, seed=1),
     SimulatorSettings(num_candidates=10, slate_size=3),
 )
-T_LOGGER, T_TARGET = 1.0, 0.4
+T_LOGGER, T_TARGET = 1.0, 0.1
+
+
+def _rows(logs: LoggedFeedback, keep: np.ndarray) -> LoggedFeedback:
+    return LoggedFeedback(**{f.name: getattr(logs, f.name)[keep] for f in fields(LoggedFeedback)})
 
 
 @pytest.fixture(scope="module")
 def boltzmann_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One slate for each of N_LOG fresh users (initial states) from a PL logger."""
-    path = tmp_path_factory.mktemp("ope") / "logs.parquet"
+    """The requests of step ``WARMUP`` of N_LOG fresh users served by a PL logger.
+
+    The logged user features are event-derived: a fresh user's are all zero (the logger is
+    uniform for them), and the ``WARMUP`` earlier slates of the logger gave the users the
+    events that make its step-``WARMUP`` slates personal. Those requests alone are kept, so
+    the known answer is one simulation: the logger for ``WARMUP`` steps, then the target.
+    """
+    root = tmp_path_factory.mktemp("ope")
     cfg = RecordingConfig(
-        steps=1,
+        steps=WARMUP + 1,
         slate_size=3,
         policy="boltzmann",
         temperature=T_LOGGER,
         num_users=N_LOG,
         marginal_samples=50,
     )
-    write_sessions(path, KNOWN.build_env(), cfg, simulator=KNOWN)
+    logs = write_sessions(root / "all.parquet", KNOWN.build_env(), cfg, simulator=KNOWN)
+    meta = read_logged_feedback_metadata(root / "all.parquet")
+    meta.pop(VERSION_KEY)
+    path = root / "logs.parquet"
+    with LoggedFeedbackWriter(path, metadata=meta) as writer:
+        writer.write(_rows(logs, logs.ts == WARMUP))
     return path
 
 
-def _on_policy_clicks(temperature: float) -> dict[str, float]:
-    """The target's value measured by running it on N_ON other fresh users."""
-    env = SlateEnv(KNOWN.build_world(), seed=99, settings=KNOWN.simulator)
-    users = np.arange(N_LOG, N_LOG + N_ON, dtype=np.int64)
-    cands = env.sample_candidates(users)
-    scores = relevance_scores(env, env.user_features(users), cands)
-    slates, _, _ = plackett_luce_sample_batch(scores, 3, temperature, np.random.default_rng(5))
-    result = env.step(users, np.take_along_axis(cands, slates, axis=1), check=False)
-    return mean_ci(result.observable.clicks.sum(axis=1))
+class _PlackettLuce:
+    """Plackett-Luce over the relevance score at ``temperature`` (``None``: uniform) once
+    ``start`` steps have passed, the logger's own rule before."""
+
+    name = "switch"
+
+    def __init__(self, temperature: float | None, start: int) -> None:
+        self.temperature = temperature
+        self.start = start
+        self.steps = 0
+
+    def decide(
+        self, users: SimulatedUsers, rows: IntArray, obs: SlateObs, rng: np.random.Generator
+    ) -> LoggerDecision:
+        on = self.steps >= self.start
+        self.steps += 1
+        scores = relevance_scores(users.core, obs.user_features, obs.candidate_ids)
+        if on and self.temperature is None:
+            scores = np.zeros_like(scores)
+        temperature = (self.temperature or 1.0) if on else T_LOGGER
+        slates, cond, _ = plackett_luce_sample_batch(scores, 3, temperature, rng)
+        return LoggerDecision(slates, cond, cond)
+
+
+def _on_policy_clicks(temperature: float | None) -> dict[str, float]:
+    """The target's value measured by running it at step ``WARMUP`` on N_ON other fresh
+    users after ``WARMUP`` steps of the logger (``temperature=None``: uniformly random)."""
+    world = KNOWN.build_world().select_users(np.arange(N_LOG, N_LOG + N_ON, dtype=np.int64))
+    env = SlateEnv(world, seed=99, settings=KNOWN.simulator)
+    users = recording_users(env, RecordingConfig(steps=WARMUP + 1, slate_size=3, seed=7))
+    log = record_sessions(
+        users, _PlackettLuce(temperature, WARMUP), max_steps=WARMUP + 1, seed=5, one_life=False
+    )
+    return mean_ci(log.signals[log.step == WARMUP][..., 0].sum(axis=1))
 
 
 def test_the_loggers_own_temperature_gives_weights_of_one(boltzmann_log: Path) -> None:
@@ -267,6 +312,7 @@ def test_the_loggers_own_temperature_gives_weights_of_one(boltzmann_log: Path) -
     recomputed from the logged features in other batch shapes: equal up to float32 rounding,
     so compared with a tolerance, not bit for bit)."""
     logs = read_logged_feedback(boltzmann_log)
+    assert (logs.user_features[:, : KNOWN.catalog.num_topics] > 0).any(axis=1).mean() > 0.5
     loaded = load_target_policy(f"boltzmann:{T_LOGGER}", logs, simulator=KNOWN)
     tp = target_propensities(LoggedRequests.from_feedback(logs), loaded.policy, n_samples=50)
     np.testing.assert_allclose(tp.propensity, logs.propensity.astype(np.float64), rtol=1e-6)
@@ -277,14 +323,20 @@ def test_the_loggers_own_temperature_gives_weights_of_one(boltzmann_log: Path) -
     assert out["logging_policies"] == ["boltzmann-logger"]
 
 
-def test_another_temperature_is_estimated_within_its_ci(boltzmann_log: Path) -> None:
-    truth = _on_policy_clicks(T_TARGET)
-    out = evaluate_ope_file(boltzmann_log, policy=f"boltzmann:{T_TARGET}", n_bootstrap=300)
+@pytest.mark.parametrize(
+    ("policy", "temperature"), [(f"boltzmann:{T_TARGET}", T_TARGET), ("random", None)]
+)
+def test_another_policy_is_estimated_within_its_ci(
+    boltzmann_log: Path, policy: str, temperature: float | None
+) -> None:
+    truth = _on_policy_clicks(temperature)
+    out = evaluate_ope_file(boltzmann_log, policy=policy, n_bootstrap=300)
     est = out["estimates"]
     for name in ("ips", "snips", "dr"):
         assert est[name]["ci_low"] <= truth["mean"] <= est[name]["ci_high"], (name, truth, est)
-    # The target differs from the logger: the logged value is not the answer.
-    assert not est["logged"]["ci_low"] <= truth["mean"] <= est["logged"]["ci_high"]
+    if temperature is not None:
+        # The sharper target differs from the logger: the logged value is not the answer.
+        assert not est["logged"]["ci_low"] <= truth["mean"] <= est["logged"]["ci_high"]
 
 
 def test_boltzmann_needs_the_simulator_record(boltzmann_log: Path) -> None:
@@ -300,35 +352,27 @@ def test_boltzmann_needs_the_simulator_record(boltzmann_log: Path) -> None:
 
 
 def _simulated(path: Path, *, seed: int = 0, num_topics: int = 6) -> LoggedFeedback:
+    """Random slates over the small policies' world (unless ``seed`` / ``num_topics``
+    differ), user features from the event fold, as the checkpoints read them."""
     spec = SimulatorSpec(
         CatalogSettings(num_items=300, num_users=60, num_topics=num_topics, seed=seed),
         SimulatorSettings(num_candidates=15, slate_size=3),
     )
-    cfg = RecordingConfig(steps=2, slate_size=3, policy="random")
+    cfg = RecordingConfig(steps=4, slate_size=3, policy="random")
     return write_sessions(path, spec.build_env(), cfg, simulator=spec)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ckpt")
-    out = {}
-    for algo in ("slateq", "reinforce"):
-        torch.set_num_threads(1)
-        result = train_policy(replace(SMALL, algo=algo), artifacts_root=root)
-        out[algo] = result.checkpoints[-1]
-    return out
 
 
 @pytest.mark.parametrize("algo", ["slateq", "reinforce"])
 def test_checkpoint_propensities_are_those_of_its_act(
-    algo: str, checkpoints: dict[str, Path], tmp_path: Path
+    algo: str, small_policies: dict[str, Path], tmp_path: Path
 ) -> None:
     logs = _simulated(tmp_path / "logs.parquet")
-    loaded = load_target_policy(str(checkpoints[algo]), logs)
+    loaded = load_target_policy(str(small_policies[algo]), logs)
     assert loaded.reward_model is not None  # trained on the learned reward
     req = LoggedRequests.from_feedback(logs)
     target = loaded.policy
     features = target.features  # type: ignore[attr-defined]
+    assert features.kind == "event"
     policy = target.policy  # type: ignore[attr-defined]
     obs = features.obs(req.user_features, req.candidate_ids)
     action = policy.act(obs, 3, np.random.default_rng(4), explore=True)
@@ -342,9 +386,9 @@ def test_checkpoint_propensities_are_those_of_its_act(
 
 
 def test_a_checkpoint_from_another_world_is_refused(
-    checkpoints: dict[str, Path], tmp_path: Path
+    small_policies: dict[str, Path], tmp_path: Path
 ) -> None:
-    path = str(checkpoints["slateq"])
+    path = str(small_policies["slateq"])
     with pytest.raises(ValueError, match="another catalog"):
         load_target_policy(path, _simulated(tmp_path / "a.parquet", seed=5))
     with pytest.raises(ValueError, match="user features of width"):

@@ -1,30 +1,55 @@
-"""Simulator evaluation: CIs, common random numbers, baselines trained from logs."""
+"""Evaluation on simulated users: CIs, common random numbers, paired ratios, the baselines
+trained from logs under the ad load, and the bought-topic share after a conversion."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
 
-from recsys.config import CatalogSettings, SimulatorSettings
-from recsys.data import SyntheticWorld, make_world
+from recsys.features import EventFold, FeatureSpec
+from recsys.pipeline import SimulatorSetup
 from recsys.policy import RandomPolicy
+from recsys.policy.base import BatchSlatePolicy, SlateSampler
+from recsys.policy.batch import SlateAction, SlateObs
 from recsys.policy.evaluation.simulator import (
     build_baselines,
     evaluate_in_simulator,
+    evaluation_users,
     mean_ci,
     paired_ratio,
+    run_policy_lives,
+    validation_users,
 )
-from recsys.policy.reward.fit import fit_learned_reward
-from recsys.policy.training.envs import SimulatorFeatures
-from recsys.policy.training.sessions import collect_random_sessions, item_statistics
-from recsys.simulator import SlateEnv
+from recsys.policy.training.config import POPULATION, PolicyTrainConfig
+from recsys.policy.training.envs import SimulatedUsers
+from recsys.simulator.results import HiddenTruth, ObservableResponses, SessionInfo, StepResult
+from recsys.types import IntArray
+from tests.unit.policy.configs import SMALL_SIMULATOR
 
-SIM = SimulatorSettings(num_candidates=15, slate_size=3)
+BASELINES = {"random", "popular", "myopic", "myopic_learned", "bandit"}
+USERS = evaluation_users(48)
+
+
+def _baselines(setup: SimulatorSetup, sampler: SlateSampler) -> dict[str, BatchSlatePolicy]:
+    return build_baselines(
+        setup.logged(),
+        setup.reward_model,
+        num_items=setup.world.num_items,
+        slate_size=SMALL_SIMULATOR.slate_size,
+        sampler=sampler,
+        seed=0,
+        myopic_epochs=1,
+    )
 
 
 @pytest.fixture(scope="module")
-def world() -> SyntheticWorld:
-    return make_world(CatalogSettings(num_items=200, num_users=600, num_topics=6, seed=3))
+def baselines(small_setup: SimulatorSetup) -> dict[str, BatchSlatePolicy]:
+    """The baselines of the small setup, under its ad load (exactly one ad per slate)."""
+    return _baselines(small_setup, SMALL_SIMULATOR.sampler("greedy"))
 
 
 def test_mean_ci_matches_the_t_interval() -> None:
@@ -44,51 +69,289 @@ def test_paired_ratio_is_tight_for_identical_policies() -> None:
     assert out["ci_high"] == pytest.approx(1.0)
 
 
-def test_evaluation_reports_cis_and_is_reproducible(world: SyntheticWorld) -> None:
-    log = collect_random_sessions(world.select_users(np.arange(300)), SIM, seed=0, max_steps=30)
-    core = SlateEnv(world, settings=SIM)
-    features = SimulatorFeatures.build(core, item_statistics(log, world))
-    reward = fit_learned_reward(log, epochs=50).model
-    policies = build_baselines(log, world, features, reward, slate_size=3, myopic_epochs=1)
-    assert set(policies) == {"random", "popular", "myopic", "myopic_learned", "bandit"}
-    users = np.arange(300, 600)
+def test_paired_ratio_uses_the_pairing() -> None:
+    """Per-user noise shared by both policies cancels: the paired interval of a 10% uplift is
+    far tighter than the spread of either policy's users would allow."""
+    base = np.random.default_rng(2).exponential(size=400)
+    out = paired_ratio(1.1 * base, base)
+    assert out["ratio"] == pytest.approx(1.1)
+    assert out["ci_high"] - out["ci_low"] < 1e-9
+    with pytest.raises(ValueError, match="equally long"):
+        paired_ratio(base, base[:-1])
 
-    def run() -> dict[str, object]:
+
+def test_training_validation_and_test_users_never_meet() -> None:
+    """Training stays below POPULATION // 2 (enforced by the config); validation is where
+    settings were tuned; the reported figures come from test users that are neither."""
+    test, validation = evaluation_users(POPULATION // 4), validation_users(POPULATION // 4)
+    assert test.min() >= POPULATION // 2
+    assert validation.max() == POPULATION - 1
+    assert not set(test.tolist()) & set(validation.tolist())
+    with pytest.raises(ValueError, match=r"log_users \+ workers \* users must be"):
+        PolicyTrainConfig(log_users=POPULATION // 2, users=1)
+    with pytest.raises(ValueError, match="must lie"):
+        evaluation_users(POPULATION // 4 + 1)
+    with pytest.raises(ValueError, match="must lie"):
+        validation_users(1)
+
+
+def test_evaluation_reports_cis_and_is_reproducible(
+    small_setup: SimulatorSetup, baselines: dict[str, BatchSlatePolicy]
+) -> None:
+    assert set(baselines) == BASELINES
+    make_users = small_setup.make_users(USERS)
+
+    def run(seed: int) -> dict[str, Any]:
         return evaluate_in_simulator(
-            policies,
-            world=world,
-            settings=SIM,
-            features=features,
-            users=users,
-            max_steps=40,
-            seed=7,
-            ratios=[("myopic", "random")],
+            baselines, make_users=make_users, max_steps=30, seed=seed, ratios=[("myopic", "random")]
         )
 
-    first, second = run(), run()
-    first.pop("_per_user")
-    second.pop("_per_user")
-    for name in policies:
-        a = first["policies"][name]  # type: ignore[index]
-        b = second["policies"][name]  # type: ignore[index]
-        for metric in ("return", "clicks", "revenue", "steps"):
+    first, second, other = run(7), run(7), run(8)
+    assert first["config"]["users"] == USERS.size
+    for name in baselines:
+        a = first["policies"][name]
+        for metric in ("return", "clicks", "revenue", "steps", "conversions"):
             assert a[metric]["ci_low"] <= a[metric]["mean"] <= a[metric]["ci_high"]
-            assert a[metric]["mean"] == b[metric]["mean"]  # same seeds, same numbers
-    assert "myopic/random" in first["ratios"]  # type: ignore[operator]
+            assert a[metric]["n"] == USERS.size
+        assert a["steps"]["mean"] <= 30
+        assert a["ctr"] == pytest.approx(a["clicks"]["mean"] / a["steps"]["mean"])
+        assert 0.0 <= a["truncated_fraction"] <= 1.0
+        np.testing.assert_array_equal(  # same seed, same users, same numbers
+            first["_per_user"][name].returns, second["_per_user"][name].returns
+        )
+    assert first["policies"]["random"]["return"] != other["policies"]["random"]["return"]
+    per_user = first["_per_user"]
+    want = paired_ratio(per_user["myopic"].returns, per_user["random"].returns, seed=7)
+    assert first["ratios"]["myopic/random"] == want
 
 
-def test_same_users_start_identically_for_every_policy(world: SyntheticWorld) -> None:
-    """Common random numbers: the first step's users and candidates do not depend on the
-    policy, so two random policies with the same seed give identical results."""
-    core = SlateEnv(world, settings=SIM)
-    features = SimulatorFeatures.build(core, None)
+def test_every_policy_meets_the_same_users_in_the_same_states(small_setup: SimulatorSetup) -> None:
+    """Common random numbers: users, their candidates and the policy's random stream do not
+    depend on which policy is evaluated, so two copies of one policy agree user by user."""
     out = evaluate_in_simulator(
-        {"a": RandomPolicy(), "b": RandomPolicy()},
-        world=world,
-        settings=SIM,
-        features=features,
-        users=np.arange(100),
+        {"a": RandomPolicy(max_ads=1, min_ads=1), "b": RandomPolicy(max_ads=1, min_ads=1)},
+        make_users=small_setup.make_users(USERS),
         max_steps=20,
         seed=1,
     )
-    assert out["policies"]["a"]["return"]["mean"] == out["policies"]["b"]["return"]["mean"]
+    a, b = out["_per_user"]["a"], out["_per_user"]["b"]
+    for attr in ("returns", "clicks", "revenue", "steps", "conversions"):
+        np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr))
+
+
+@dataclass
+class Served:
+    """What a recording of the simulated users saw: per step, the candidates' ad flags and
+    the catalog ids served."""
+
+    candidate_ads: list[np.ndarray] = field(default_factory=list)
+    items: list[np.ndarray] = field(default_factory=list)
+
+
+def _recording(
+    make_users: Callable[[int], SimulatedUsers], served: Served
+) -> Callable[[int], SimulatedUsers]:
+    def build(seed: int) -> SimulatedUsers:
+        users = make_users(seed)
+        observe, step = users.observe, users.step
+
+        def observing(rows: IntArray | None = None) -> SlateObs:
+            obs = observe(rows)
+            assert obs.is_ad is not None
+            served.candidate_ads.append(obs.is_ad)
+            return obs
+
+        def stepping(rows: IntArray | None, items: IntArray) -> StepResult:
+            served.items.append(np.asarray(items))
+            return step(rows, items)
+
+        users.observe = observing  # type: ignore[method-assign]
+        users.step = stepping  # type: ignore[method-assign]
+        return users
+
+    return build
+
+
+@pytest.mark.parametrize(("min_ads", "max_ads"), [(1, 1), (2, 3)])
+def test_baselines_honour_the_ad_load(
+    small_setup: SimulatorSetup,
+    baselines: dict[str, BatchSlatePolicy],
+    min_ads: int,
+    max_ads: int,
+) -> None:
+    """Every slate any baseline serves holds at least ``min(min_ads, ads among its
+    candidates)`` and at most ``max_ads`` ads."""
+    policies = (
+        baselines
+        if (min_ads, max_ads) == (SMALL_SIMULATOR.min_ads, SMALL_SIMULATOR.max_ads)
+        else _baselines(small_setup, SlateSampler("greedy", max_ads=max_ads, min_ads=min_ads))
+    )
+    is_ad = small_setup.table.is_ad
+    for name, policy in policies.items():
+        served = Served()
+        make_users = _recording(small_setup.make_users(USERS), served)
+        run_policy_lives(policy, make_users, max_steps=15, seed=3)
+        assert len(served.items) > 1
+        for ads, items in zip(served.candidate_ads, served.items, strict=True):
+            shown = is_ad[items].sum(axis=1)
+            need = np.minimum(ads.sum(axis=1), min_ads)
+            assert (shown >= need).all(), name
+            assert (shown <= max_ads).all(), name
+            assert (need == min_ads).all()  # the retriever's ad block always has the ads
+
+
+# ---- the bought-topic share after a conversion, on scripted users --------------------------
+
+#: Catalog of the scripted users: item ``i`` is all about topic ``i % 3``; none is an ad.
+ITEM_TOPICS = np.eye(3, dtype=np.float32)[np.arange(6) % 3]
+
+
+class ScriptedUsers:
+    """Users whose every response is scripted: each request offers all 6 items; a user
+    converts on the item in slot 0 at the ``(step, user)`` pairs of ``conversions`` and
+    churns at those of ``churns``. Their user feature is their index (the scripted policy
+    reads it)."""
+
+    slate_size = 2
+
+    def __init__(
+        self,
+        num_users: int,
+        conversions: Collection[tuple[int, int]],
+        churns: Collection[tuple[int, int]],
+    ) -> None:
+        self.num_users = num_users
+        self.fold = EventFold(FeatureSpec(num_topics=3), ITEM_TOPICS, np.zeros(6, np.bool_))
+        self.conversions, self.churns = conversions, churns
+        self.t = 0
+
+    def observe(self, rows: IntArray) -> SlateObs:
+        b = rows.shape[0]
+        return SlateObs(
+            user_features=rows[:, None].astype(np.float32),
+            item_features=np.zeros((b, 6, 1), np.float32),
+            candidate_ids=np.tile(np.arange(6), (b, 1)),
+            candidate_mask=None,
+            is_ad=np.zeros((b, 6), np.bool_),
+        )
+
+    def step(self, rows: IntArray, items: IntArray) -> StepResult:
+        b, s = items.shape
+        users = rows.tolist()
+        conversion = np.array([(self.t, u) in self.conversions for u in users])
+        terminated = np.array([(self.t, u) in self.churns for u in users])
+        self.t += 1
+        zeros, none = np.zeros(b, np.float32), np.full(b, -1)
+        clicks = np.zeros((b, s), np.bool_)
+        clicks[conversion, 0] = True
+        return StepResult(
+            user_idx=rows,
+            slates=items,
+            user_features=np.zeros((b, 1), np.float32),
+            observable=ObservableResponses(
+                clicked_item=np.where(conversion, items[:, 0], -1),
+                click_position=np.where(conversion, 0, none),
+                clicks=clicks,
+                dwell_s=np.where(conversion, 60.0, 0.0).astype(np.float32),
+                like=np.zeros(b, np.bool_),
+                conversion=conversion,
+                revenue=zeros,
+                skip=np.zeros(b, np.bool_),
+            ),
+            session=SessionInfo(none + 1, none + 1, none + 1, terminated, terminated),
+            hidden=HiddenTruth(*(np.zeros((b, s), np.float32),) * 2, *(zeros,) * 5),
+            item_feature_table=np.zeros((6, 1), np.float32),
+        )
+
+
+class ScriptedPolicy:
+    """Serves ``slates[t][user]`` (item ids = candidate indices) at its ``t``-th call."""
+
+    name = "scripted"
+
+    def __init__(self, slates: Sequence[Mapping[int, tuple[int, int]]]) -> None:
+        self.slates = slates
+        self.t = 0
+
+    def act(
+        self, obs: SlateObs, slate_size: int, rng: np.random.Generator, explore: bool = True
+    ) -> SlateAction:
+        users = obs.user_features[:, 0].astype(np.int64).tolist()
+        slates = np.array([self.slates[self.t][u] for u in users], dtype=np.int64)
+        self.t += 1
+        ones = np.ones(slates.shape, np.float32)
+        return SlateAction(slates, ones, np.zeros(len(users), np.float32), None)
+
+
+def _run_scripted(
+    slates: Sequence[Mapping[int, tuple[int, int]]],
+    conversions: Collection[tuple[int, int]],
+    churns: Collection[tuple[int, int]] = (),
+    window: int = 2,
+) -> Any:
+    users = ScriptedUsers(len(slates[0]), conversions, churns)
+    return run_policy_lives(
+        ScriptedPolicy(slates),
+        lambda _: users,  # type: ignore[arg-type,return-value]
+        max_steps=len(slates),
+        seed=0,
+        after_conversion_steps=window,
+    )
+
+
+def test_after_conversion_share_on_a_hand_checked_case() -> None:
+    """Topics of items 0..5 are 0 1 2 0 1 2; windows are the 2 slates after a conversion.
+
+    - user 0 buys item 0 (topic 0) at t0, then sees [0, 1] (1/2 topic 0) and [1, 2] (0):
+      share 1/4. It buys item 3 at t4 and churns: no slate follows, so no share.
+    - user 1 buys item 4 (topic 1) at t1, sees [4, 1] (1) and [2, 5] (0): 1/2; it buys
+      item 2 (topic 2) at t3, which opens the next window: [2, 0] (1/2), [0, 1] (0): 1/4.
+    """
+    slates = [
+        {0: (0, 3), 1: (1, 2)},
+        {0: (0, 1), 1: (4, 1)},
+        {0: (1, 2), 1: (4, 1)},
+        {0: (5, 3), 1: (2, 5)},
+        {0: (3, 4), 1: (2, 0)},
+        {1: (0, 1)},
+    ]
+    conversions = {(0, 0), (1, 1), (3, 1), (4, 0)}
+    ev = _run_scripted(slates, conversions, churns={(4, 0)})
+    assert sorted(ev.after_conversion.tolist()) == [0.25, 0.25, 0.5]
+    np.testing.assert_array_equal(ev.conversions, [2, 2])
+    np.testing.assert_array_equal(ev.steps, [5, 6])
+    np.testing.assert_array_equal(ev.truncated, [False, True])
+    summary = ev.summary()["bought_topic_share_after_conversion"]
+    assert summary["mean"] == pytest.approx(1 / 3)
+    assert summary["n"] == 3
+
+
+def test_a_policy_that_never_shows_the_bought_topic_gets_share_zero() -> None:
+    """The user only buys topic-0 items (0 and 3); after each purchase the policy shows
+    topics 1 and 2 only. A window cut short by the end of the run still counts."""
+    slates = [
+        {0: (0, 1)},
+        {0: (1, 2)},
+        {0: (4, 5)},
+        {0: (3, 1)},
+        {0: (2, 5)},
+    ]
+    ev = _run_scripted(slates, conversions={(0, 0), (3, 0)})
+    np.testing.assert_array_equal(ev.after_conversion, [0.0, 0.0])
+    assert ev.summary()["bought_topic_share_after_conversion"]["mean"] == 0.0
+    # The same purchases with a policy that keeps showing the bought topic: share 1.
+    again = [{0: (0, 3)}, {0: (0, 3)}, {0: (3, 0)}, {0: (3, 0)}, {0: (0, 3)}]
+    np.testing.assert_array_equal(
+        _run_scripted(again, conversions={(0, 0), (3, 0)}).after_conversion, [1.0, 1.0]
+    )
+
+
+def test_after_conversion_share_on_simulated_users(
+    small_setup: SimulatorSetup, baselines: dict[str, BatchSlatePolicy]
+) -> None:
+    """On the simulator: one share per conversion followed by a slate, each in [0, 1]."""
+    ev = run_policy_lives(baselines["random"], small_setup.make_users(USERS), max_steps=30, seed=5)
+    assert ev.conversions.sum() > 0, "no conversion: the share was not exercised"
+    assert 0 < ev.after_conversion.size <= ev.conversions.sum()
+    assert ((ev.after_conversion >= 0) & (ev.after_conversion <= 1)).all()
+    assert ev.after_conversion_steps == 10

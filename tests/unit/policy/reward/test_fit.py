@@ -1,4 +1,5 @@
-"""The learned reward fit on simulator logs, both objectives, against the hidden truth."""
+"""The learned reward fit on the logging policy's sessions, both objectives, against the
+hidden truth."""
 
 from __future__ import annotations
 
@@ -7,21 +8,23 @@ import pytest
 
 from recsys.config import CatalogSettings, SimulatorSettings
 from recsys.data.synthetic import make_world
+from recsys.pipeline import log_random_sessions, make_fold, world_item_table
 from recsys.policy.batch import SIGNAL_NAMES
 from recsys.policy.reward.fit import fit_learned_reward
-from recsys.policy.training.sessions import collect_random_sessions
+from recsys.policy.training.sessions import SessionLog
 
 SIM = SimulatorSettings(num_candidates=15, slate_size=3)
 
 
 @pytest.fixture(scope="module")
-def log():  # type: ignore[no-untyped-def]
+def log() -> SessionLog:
     world = make_world(CatalogSettings(num_items=300, num_users=600, num_topics=6, seed=0))
-    return collect_random_sessions(world.select_users(np.arange(600)), SIM, seed=0, max_steps=40)
+    fold = make_fold(world_item_table(world))
+    return log_random_sessions(world, SIM, fold, users=np.arange(600), max_steps=40, seed=0)
 
 
 @pytest.mark.parametrize("objective", ["regression", "bradley_terry"])
-def test_both_objectives_rank_lives_by_hidden_value(log, objective: str) -> None:  # type: ignore[no-untyped-def]
+def test_both_objectives_rank_lives_by_hidden_value(log: SessionLog, objective: str) -> None:
     """Each learned reward, summed over a held-out life, ranks lives by their hidden LTV at
     least as well as counting clicks; both objectives are reported whichever is returned."""
     fit = fit_learned_reward(log, epochs=150, objective=objective, num_pairs=20_000)  # type: ignore[arg-type]
@@ -44,6 +47,6 @@ def test_both_objectives_rank_lives_by_hidden_value(log, objective: str) -> None
         assert weights["skip"] < 0
 
 
-def test_unknown_objective_is_refused(log) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_objective_is_refused(log: SessionLog) -> None:
     with pytest.raises(ValueError, match="objective must be"):
         fit_learned_reward(log, objective="vibes")  # type: ignore[arg-type]

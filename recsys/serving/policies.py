@@ -1,0 +1,251 @@
+"""The served slate policy: a trained policy artifact turned into one slate per request, and
+the registry that swaps in newly published versions while requests keep flowing.
+
+:class:`ServedPolicy` builds the observation a policy was trained on (its
+:class:`~recsys.policy.observation.PolicyFeatures`: the request-time user features from the
+event fold, the candidates' static item features and user-item cross features), asks the
+policy for one slate in one batched forward (a batch of one request; torch's thread count is
+pinned by the process that serves), and returns it with the exact per-slot propensities of
+the exploring sampler it served with.
+
+:class:`PolicyRegistry` loads the newest ``policy-<name>`` artifact, checks it can be served
+here (checksums, an event-feature policy, the system's feature spec, the catalog's size, the
+retrieval artifact it was trained against) and serves it; a watcher thread looks for newer
+versions and swaps them in atomically, off the request path. A version that fails any check
+is refused, logged and counted, and the previous one keeps answering. Without any usable
+artifact the registry serves the configured fallback (Plackett-Luce over retrieval scores).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from recsys.artifacts import latest_version
+from recsys.features import FeatureSpec
+from recsys.pipeline import served_policy
+from recsys.policy.algorithms.myopic import MyopicPolicy
+from recsys.policy.base import BatchSlatePolicy, ExploringPolicy, SlateSampler
+from recsys.policy.observation import PolicyFeatures
+from recsys.policy.training.checkpoint import load_policy_checkpoint
+from recsys.protocols import SlatePolicy
+from recsys.types import ArtifactError, Candidates, FloatArray, InvalidRequestError, Slate
+
+_log = logging.getLogger(__name__)
+
+
+class ServedPolicy:
+    """One trained policy serving single requests (:class:`recsys.protocols.SlatePolicy`).
+
+    ``sampler`` replaces the policy's own exploring sampler when given (the service's
+    exploration setting); the propensities returned are always those of the sampler that
+    drew the slate.
+    """
+
+    def __init__(
+        self,
+        policy: BatchSlatePolicy,
+        features: PolicyFeatures,
+        *,
+        name: str,
+        version: str,
+        sampler: SlateSampler | None = None,
+    ) -> None:
+        if sampler is not None:
+            if not isinstance(policy, ExploringPolicy):
+                raise ValueError(f"policy {name} cannot change its sampler")
+            policy.set_sampler(sampler)
+        self.policy = policy
+        self.features = features
+        self.name = name
+        self.version = version
+
+    @property
+    def num_ads(self) -> int:
+        """Ads among the candidates the policy was trained with (the retriever's ad block)."""
+        return self.features.num_ads
+
+    def select(
+        self,
+        user_features: FloatArray,
+        candidates: Candidates,
+        slate_size: int,
+        rng: np.random.Generator,
+    ) -> Slate:
+        """One slate with exact propensities; a slate that cannot be filled is a 422."""
+        ids = np.asarray(candidates.item_ids, dtype=np.int64)
+        obs = self.features.obs(np.asarray(user_features, np.float32)[None, :], ids[None, :])
+        try:
+            action = self.policy.act(obs, int(slate_size), rng, explore=True)
+        except ValueError as exc:  # e.g. the ads cap leaves too few eligible candidates
+            raise InvalidRequestError("slate_size", str(exc)) from exc
+        idx = action.slates[0]
+        scores = (
+            np.zeros(idx.shape[0], dtype=np.float32)
+            if action.scores is None
+            else action.scores[0].astype(np.float32)
+        )
+        return Slate(
+            item_ids=ids[idx],
+            positions=np.arange(idx.shape[0], dtype=np.int64),
+            scores=scores,
+            propensities=action.propensities[0].astype(np.float32),
+            policy=self.name,
+            version=self.version,
+        )
+
+
+def load_served_policy(
+    path: Path,
+    *,
+    name: str,
+    spec: FeatureSpec,
+    num_items: int,
+    retrieval_version: str,
+    exploration: str | None = None,
+    epsilon: float = 0.1,
+    temperature: float = 1.0,
+) -> ServedPolicy:
+    """Load one policy artifact for serving, or raise :class:`ArtifactError` saying why not.
+
+    The artifact's checksums are verified on load; then it must observe through event
+    features (latent simulator features do not exist in production), under the system's
+    feature spec, over a catalog of ``num_items`` items, with candidates from the retrieval
+    artifact ``retrieval_version`` that is loaded here. ``exploration`` (``epsilon`` or
+    ``boltzmann``) replaces the policy's own exploring sampler, keeping its ad load.
+    """
+    try:
+        ckpt = load_policy_checkpoint(path)
+    except (ArtifactError, ValueError, KeyError, OSError) as exc:
+        raise ArtifactError(f"cannot load policy {path}: {exc}") from exc
+    features = ckpt.features
+    where = f"{ckpt.artifact.name}/{ckpt.artifact.version}"
+    if features is None:
+        raise ArtifactError(f"{where} carries no feature description: it cannot be served")
+    if features.kind != "event":
+        raise ArtifactError(f"{where} observes {features.kind} features, which only exist in "
+                            "the simulator")  # fmt: skip
+    problem = spec.incompatibility(features.spec)
+    if problem is not None:
+        raise ArtifactError(f"{where} was trained on another feature spec: {problem}")
+    if features.num_items != num_items:
+        raise ArtifactError(
+            f"{where} knows {features.num_items} items, the catalog has {num_items}"
+        )
+    if features.retrieval_version != retrieval_version:
+        raise ArtifactError(
+            f"{where} was trained on candidates of retrieval {features.retrieval_version}, "
+            f"this service retrieves with {retrieval_version}"
+        )
+    sampler = None
+    if exploration is not None:
+        sampler = ckpt.config.sampler(exploration, epsilon=epsilon, temperature=temperature)
+    return ServedPolicy(
+        served_policy(ckpt),
+        features,
+        name=name,
+        version=f"{name}@{ckpt.artifact.version}",
+        sampler=sampler,
+    )
+
+
+@dataclass
+class RegistryStats:
+    """What the registry did: versions loaded and refused, the last refusal's reason."""
+
+    loaded: int = 0
+    refused: int = 0
+    last_error: str = ""
+    refused_versions: set[str] = field(default_factory=set)
+
+
+class PolicyRegistry:
+    """Serves the newest usable ``policy-<name>`` under ``root``, hot-swapping new versions.
+
+    ``loader(path)`` turns an artifact directory into a :class:`ServedPolicy` (raising
+    :class:`ArtifactError` when it cannot be served); ``fallback`` answers while no artifact
+    is usable. :meth:`current` is what every request reads: one attribute read, so a swap
+    never fails a request.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        loader: Callable[[Path], ServedPolicy],
+        fallback: SlatePolicy,
+    ) -> None:
+        self.root = Path(root)
+        self.name = name
+        self._loader = loader
+        self._current: SlatePolicy = fallback
+        self._current_path: Path | None = None
+        self.stats = RegistryStats()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def current(self) -> SlatePolicy:
+        """The policy serving right now."""
+        return self._current
+
+    def refresh(self) -> bool:
+        """Load the newest version if it is new and usable; True when a new one now serves.
+
+        A refused version is remembered and not tried again (it will not fix itself); the
+        version serving before keeps serving.
+        """
+        with self._lock:
+            try:
+                path = latest_version(self.root, f"policy-{self.name}")
+            except ArtifactError:
+                return False
+            if path == self._current_path or path.name in self.stats.refused_versions:
+                return False
+            try:
+                policy = self._loader(path)
+            except ArtifactError as exc:
+                self.stats.refused += 1
+                self.stats.refused_versions.add(path.name)
+                self.stats.last_error = str(exc)
+                _log.error("refused policy %s: %s", path, exc)
+                return False
+            self._current = policy
+            self._current_path = path
+            self.stats.loaded += 1
+            _log.info("serving %s", policy.version)
+            return True
+
+    def start(self, interval_s: float) -> None:
+        """Check for new versions every ``interval_s`` seconds in a daemon thread."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+
+        def watch() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.refresh()
+                except Exception:  # the watcher must outlive any surprise
+                    _log.exception("policy watcher failed; retrying")
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=watch, name=f"policy-watch-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (the current policy keeps serving)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+
+def retrieval_fallback(temperature: float, version: str) -> MyopicPolicy:
+    """Plackett-Luce over the retrieval scores: what serves before any policy artifact."""
+    policy = MyopicPolicy(temperature, version=f"retrieval@{version}")
+    policy.name = "retrieval"
+    return policy
