@@ -14,15 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from recsys.config import CandidateSettings
+from recsys.pipeline import build_simulator_setup, simulator_env_factory
 from recsys.policy.reward.spec import RewardSpec
 from recsys.policy.training.config import PolicyFactory, PolicyTrainConfig
 from recsys.policy.training.rollout import ensure_ray, make_ray_workers
-from recsys.policy.training.trainer import simulator_env_factory
 from recsys.simulator.bench import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout_scaling.json"
@@ -61,23 +64,29 @@ def run_rollout_scaling_benchmark(
         raise ValueError(f"total_users ({total_users}) must divide evenly by every count")
     # Every pool stays alive for the interleaved rounds, so Ray must admit all their actors
     # (num_cpus=1 each); only one pool runs at a time, so this over-subscribes no core.
+    base_config = PolicyTrainConfig(
+        algo="slateq",
+        reward="clicks",
+        num_candidates=num_candidates,
+        slate_size=slate_size,
+        seed=seed,
+        log_users=1024,
+        log_max_steps=30,
+    )
+    # The envs serve FAISS candidates and event features, as in training: a small setup
+    # (logs, a briefly trained retriever) is built once in a scratch directory.
+    scratch = tempfile.TemporaryDirectory(prefix="rollout-scaling-")
+    setup = build_simulator_setup(
+        base_config, Path(scratch.name), candidates=CandidateSettings(epochs=3)
+    )
     started = ensure_ray(num_cpus=sum(workers))
     import ray
 
     try:
         pools: dict[int, list[Any]] = {}
         for n in workers:
-            config = PolicyTrainConfig(
-                algo="slateq",
-                reward="clicks",
-                users=total_users // n,
-                workers=n,
-                num_candidates=num_candidates,
-                slate_size=slate_size,
-                seed=seed,
-                log_users=1,
-            )
-            env_factory = simulator_env_factory(config, None, seed=seed)
+            config = replace(base_config, users=total_users // n, workers=n)
+            env_factory = simulator_env_factory(setup, config, seed=seed)
             probe = env_factory(0)
             obs = probe.reset(seed=seed)
             factory = PolicyFactory(
@@ -105,6 +114,7 @@ def run_rollout_scaling_benchmark(
     finally:
         if started:
             ray.shutdown()
+        scratch.cleanup()
     per_count: dict[str, dict[str, Any]] = {
         str(n): {
             "workers": n,
@@ -127,8 +137,9 @@ def run_rollout_scaling_benchmark(
             "slate_size": slate_size,
             "policy": "SlateQ (untrained weights; inference cost does not depend on them), "
             "epsilon-greedy acting",
-            "work": "per step: candidate sampling, featurisation, SlateQ slate optimisation, "
-            "SlateEnv.step for every user",
+            "work": "per step: FAISS candidates from each user's event state, event-derived "
+            "user and item features, SlateQ slate optimisation, SlateEnv.step and the event "
+            "fold for every user",
             "threads": "one per actor (torch.set_num_threads(1), OMP/MKL/OPENBLAS=1)",
         },
         "results": per_count,

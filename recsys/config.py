@@ -48,11 +48,14 @@ class PolicySettings(BaseModel):
     ``name`` ``retrieval`` serves Plackett-Luce over the retrieval scores (no training
     needed); it is also what answers while no artifact of ``name`` can be served.
     ``exploration`` ``policy`` keeps the sampler the policy was trained with; ``epsilon`` or
-    ``boltzmann`` replace it (with ``epsilon`` / ``temperature``), keeping its ad load.
+    ``boltzmann`` replace it (with ``epsilon`` / ``temperature``), keeping its ad load;
+    ``greedy`` serves the policy's own best slate with propensity 1 (what an evaluation of
+    the policy measures, e.g. ``recsys evaluate live``; such traffic teaches off-policy
+    learning nothing new, so it is not the default).
     """
 
     name: Literal["slateq", "reinforce", "myopic", "retrieval"] = "slateq"
-    exploration: Literal["policy", "epsilon", "boltzmann"] = "policy"
+    exploration: Literal["policy", "greedy", "epsilon", "boltzmann"] = "policy"
     epsilon: float = Field(0.1, ge=0.0, le=1.0)
     temperature: float = Field(0.1, gt=0.0, le=100.0)
     reload_interval_s: float = Field(

@@ -6,25 +6,17 @@ Redis) and Ray Serve, then drives simulated users through ``POST /recommend`` an
 ``POST /feedback`` over HTTP and prints what happened.
 
 Whatever way the demo ends (normally, on an error, on Ctrl-C or on SIGTERM) it stops what it
-started, in reverse order: Ray Serve and Ray, the online updater, Redis and the broker. Both
-signals raise :class:`DemoInterrupted` (a ``KeyboardInterrupt``) in the main thread, so they take
-the same path as an error; once stopping has begun, further signals are ignored so they cannot
-cut the clean-up short. Should the demo die without cleaning up (SIGKILL, or Ray's core worker
-calling ``_exit``), the kernel still stops redis-server and tansu (:mod:`recsys.embedded`) and
-Ray's processes, which ``ray.init`` starts fate-shared with the driver.
+started (:mod:`recsys.services`); a signal becomes :class:`~recsys.services.Interrupted`.
 """
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import numpy as np
@@ -34,25 +26,13 @@ from rich.table import Table
 
 from recsys.config import Settings
 from recsys.data.synthetic import SyntheticWorld
-from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from recsys.live import feedback_events
 from recsys.pipeline import train_skeleton
-from recsys.protocols import UserStateStore
-from recsys.serving.deployment import start_serving, stop_serving
+from recsys.services import Interrupted, StopSignals, embedded_settings, start_loop
 from recsys.serving.wiring import build_fold
 from recsys.simulator.env import SlateEnv
-from recsys.store import build_user_state_store
-from recsys.stream import OnlineUpdater, build_event_source, ensure_topics
 
 MAX_REPORTED_FAILURES = 5
-
-
-class DemoInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM asked the demo to stop; raised in the main thread, before clean-up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -193,94 +173,6 @@ def drive_users(
     return stats
 
 
-@contextmanager
-def _updater_thread(store: UserStateStore, settings: Settings) -> Iterator[OnlineUpdater]:
-    source = build_event_source(settings.stream)
-    updater = OnlineUpdater(source, store, settings.stream.consumer_name, build_fold(settings))
-    updater.start_in_thread(timeout_s=settings.stream.poll_timeout_s)
-    try:
-        yield updater
-    finally:
-        updater.stop()
-        source.close()
-
-
-class _StopSignals:
-    """While active, SIGINT and SIGTERM raise :class:`DemoInterrupted` in the main thread, once.
-
-    By default SIGTERM kills the process without unwinding, and Ray swaps handlers under us:
-    ``ray.init`` installs its own (``sys.exit`` behind a C++ handler that aborts the process 3 s
-    later) and ``ray.shutdown`` resets SIGTERM to the default; :meth:`take_back` re-installs ours
-    after each. From the first signal, or from :meth:`hold`, on, signals are ignored so they cannot
-    interrupt the clean-up half-way. A no-op outside the main thread, where Python has no signals.
-    """
-
-    _signums = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self._previous: dict[int, Any] = {}
-        self._stopping = False
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if not self._stopping:
-            raise self.interrupted(signum)
-
-    def interrupted(self, signum: int) -> DemoInterrupted:
-        """Stopping begins because of ``signum`` (here, or in a handler Ray had installed)."""
-        self._stopping = True
-        return DemoInterrupted(signum)
-
-    def take_back(self) -> None:
-        """(Re-)install our handlers, over whatever Ray installed since."""
-        if not self._previous:
-            return
-        for signum in self._signums:
-            signal.signal(signum, self._handle)
-
-    def hold(self) -> None:
-        """Stopping has begun: ignore further signals."""
-        self._stopping = True
-
-    def __enter__(self) -> Self:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.getsignal(s) for s in self._signums}
-            self.take_back()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-
-
-@contextmanager
-def _ray_serve(settings: Settings, signals: _StopSignals) -> Iterator[str]:
-    """Ray Serve for the block; Serve and Ray are stopped on every way out, even a failed start."""
-    try:
-        try:
-            url = start_serving(settings)
-        except SystemExit as exc:
-            # A SIGTERM before take_back meets ray.init's handler, which calls sys.exit(signum)
-            # and, from its C++ side, arms an alarm that aborts the process 3 s later.
-            if exc.code != signal.SIGTERM:
-                raise
-            if hasattr(signal, "alarm"):  # POSIX
-                signal.alarm(0)  # we have our own clean-up to finish
-            raise signals.interrupted(signal.SIGTERM) from None
-        finally:
-            signals.take_back()
-        yield url
-    finally:
-        try:
-            stop_serving()
-        finally:
-            signals.take_back()
-
-
 def run_demo(
     settings: Settings,
     *,
@@ -293,13 +185,13 @@ def run_demo(
 
     Keeps serving after the traffic phase until Ctrl-C or SIGTERM (then returns normally), or
     until ``exit_after_s`` seconds after the service came up. A signal at any other time stops
-    the demo and raises :class:`DemoInterrupted` once every service is stopped.
+    the demo and raises :class:`~recsys.services.Interrupted` once every service is stopped.
     """
     console = console or Console()
-    with _StopSignals() as signals, ExitStack() as stack:
+    with StopSignals() as signals, ExitStack() as stack:
         try:
             return _run(stack, signals, settings, exit_after_s, workdir, port, console)
-        except DemoInterrupted as exc:
+        except Interrupted as exc:
             console.print(f"{exc}: stopping every service the demo started")
             raise
         finally:
@@ -308,7 +200,7 @@ def run_demo(
 
 def _run(
     stack: ExitStack,
-    signals: _StopSignals,
+    signals: StopSignals,
     settings: Settings,
     exit_after_s: float | None,
     workdir: Path,
@@ -316,19 +208,9 @@ def _run(
     console: Console,
 ) -> DemoResult:
     started = time.monotonic()
-    with console.status("starting redis-server and the Kafka-protocol broker"):
-        redis = stack.enter_context(EmbeddedRedis())
-        broker = stack.enter_context(EmbeddedBroker())
-    settings = settings.model_copy(
-        update={
-            "store": settings.store.model_copy(update={"url": redis.url}),
-            "stream": settings.stream.model_copy(update={"bootstrap": broker.bootstrap}),
-            "artifacts": settings.artifacts.model_copy(update={"root": workdir / "artifacts"}),
-            "serving": settings.serving.model_copy(update={"port": port or free_port()}),
-        }
+    settings = embedded_settings(
+        stack, settings, artifacts_root=workdir / "artifacts", port=port, console=console
     )
-    console.print(f"redis-server pid {redis.pid} at {redis.url}")
-    console.print(f"tansu broker pid {broker.pid} at {broker.bootstrap}")
 
     console.print("training the retriever and the slate policies on simulated logs")
     models = train_skeleton(settings, progress=True)
@@ -336,16 +218,7 @@ def _run(
     for name, art in models.policies.items():
         console.print(f"policy-{name} {art.version}")
 
-    store = build_user_state_store(settings.store)
-    stack.callback(store.close)
-    ensure_topics(
-        settings.stream.bootstrap,
-        [settings.stream.impressions_topic, settings.stream.feedback_topic],
-    )
-    stack.enter_context(_updater_thread(store, settings))
-
-    with console.status("starting Ray Serve"):
-        url = stack.enter_context(_ray_serve(settings, signals))
+    url, store = start_loop(stack, signals, settings, console)
     up_at = time.monotonic()
     console.print(f"[bold green]serving at {url}[/] (set-up took {up_at - started:.1f}s)")
 
@@ -376,7 +249,7 @@ def _run(
         try:
             while True:
                 time.sleep(1.0)
-        except KeyboardInterrupt:  # the expected way to end this phase, DemoInterrupted too
+        except KeyboardInterrupt:  # the expected way to end this phase, Interrupted too
             console.print("stopping")
     else:
         remaining = exit_after_s - (time.monotonic() - up_at)

@@ -145,6 +145,11 @@ class EventFold:
         out: FloatArray = self._topics[self._safe_items(items)]
         return out
 
+    def item_is_ad(self, items: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Ad flags of item ids (``False`` for padding and unknown ids)."""
+        out: npt.NDArray[np.bool_] = self._ads[self._safe_items(items)] > 0
+        return out
+
     # ---- one step -----------------------------------------------------------------------
 
     def begin(

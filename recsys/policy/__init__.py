@@ -1,9 +1,9 @@
 """Slate policies: learned reward and choice models, SlateQ, REINFORCE top-K, baselines.
 
 Every policy speaks the batch contract :class:`BatchSlatePolicy` (``act`` over ``[B, C]``
-candidates with exact per-slot propensities); :class:`ServingPolicy` serves any of them through
-the one-request :class:`recsys.protocols.SlatePolicy`. The myopic Plackett-Luce
-:class:`MyopicPolicy` remains the default serving policy.
+candidates with exact per-slot propensities); :class:`recsys.serving.policies.ServedPolicy`
+serves a published one through the one-request :class:`recsys.protocols.SlatePolicy`. The
+Plackett-Luce :class:`MyopicPolicy` over retrieval scores is the serving fallback.
 
 Ads: every policy builds its slate through a :class:`SlateSampler` (or a slate optimiser fed
 its ``max_ads``), so ``max_ads`` caps sponsored items per slate everywhere; the revenue
@@ -34,10 +34,8 @@ from recsys.policy.algorithms.reinforce import (
 from recsys.policy.algorithms.slateq import SlateQConfig, SlateQPolicy
 from recsys.policy.base import (
     BatchSlatePolicy,
-    ServingPolicy,
     SlateSampler,
     TrainableSlatePolicy,
-    embedding_features,
 )
 from recsys.policy.batch import (
     SIGNAL_NAMES,
@@ -73,7 +71,6 @@ __all__ = [
     "RandomPolicy",
     "ReinforceConfig",
     "ReinforceTopKPolicy",
-    "ServingPolicy",
     "SlateAction",
     "SlateObs",
     "SlateQConfig",
@@ -84,7 +81,6 @@ __all__ = [
     "Transition",
     "capped_importance_weights",
     "concat_transitions",
-    "embedding_features",
     "epsilon_greedy_log_propensities_batch",
     "epsilon_greedy_sample_batch",
     "greedy_slate_batch",

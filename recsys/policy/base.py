@@ -1,8 +1,8 @@
-"""The batch policy contract, slate construction with exploration, and the serving adapter.
+"""The batch policy contract and slate construction with exploration.
 
 Learned policies score ``[B, C]`` candidates at once (training and evaluation are batched); the
-serving path asks for one slate at a time through :class:`recsys.protocols.SlatePolicy`.
-:class:`ServingPolicy` bridges the two, so any :class:`BatchSlatePolicy` can be served.
+serving path asks for one slate at a time through :class:`recsys.protocols.SlatePolicy`, which
+:class:`recsys.serving.policies.ServedPolicy` implements over any :class:`BatchSlatePolicy`.
 
 The Protocols live here rather than in :mod:`recsys.protocols` because they speak in the batch
 types of :mod:`recsys.policy.batch`, which only the policy package, its trainer and
@@ -11,7 +11,7 @@ off-policy evaluation use.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -28,7 +28,6 @@ from recsys.policy.exploration import (
     plackett_luce_log_propensities_batch,
     plackett_luce_sample_batch,
 )
-from recsys.types import Candidates, InvalidRequestError, Slate, UserState
 
 Float64Array = npt.NDArray[np.float64]
 ExplorationKind = Literal["greedy", "epsilon", "boltzmann"]
@@ -197,76 +196,3 @@ def optimiser_first_priority(
     rows = np.arange(priority.shape[0])[:, None]
     priority[rows, slates] = top[:, None] + 1.0 + np.arange(slates.shape[1], 0, -1)
     return priority
-
-
-FeatureFn = Callable[[UserState, Candidates], SlateObs]
-
-
-def embedding_features(user: UserState, candidates: Candidates) -> SlateObs:
-    """The default serving features: user embedding and candidate embeddings, no ads."""
-    return SlateObs(
-        user_features=np.asarray(user.embedding, dtype=np.float32)[None, :],
-        item_features=np.asarray(candidates.embeddings, dtype=np.float32)[None, :, :],
-        candidate_ids=np.asarray(candidates.item_ids, dtype=np.int64)[None, :],
-        candidate_mask=None,
-        is_ad=None,
-    )
-
-
-class ServingPolicy:
-    """Serves any :class:`BatchSlatePolicy` through :class:`recsys.protocols.SlatePolicy`.
-
-    Builds a batch of one from the request (``feature_fn``, by default the user and candidate
-    embeddings), asks the batch policy for one slate and maps candidate indices back to
-    catalog ids. ``explore=True`` serves the policy's stochastic behaviour so the logged
-    propensities support off-policy evaluation.
-    """
-
-    def __init__(
-        self,
-        policy: BatchSlatePolicy,
-        feature_fn: FeatureFn = embedding_features,
-        version: str = "0",
-        explore: bool = True,
-    ) -> None:
-        self.policy = policy
-        self.feature_fn = feature_fn
-        self.name = policy.name
-        self.version = version
-        self.explore = explore
-
-    def select(
-        self,
-        user: UserState,
-        candidates: Candidates,
-        slate_size: int,
-        rng: np.random.Generator,
-    ) -> Slate:
-        """One slate with exact propensities; bad ``slate_size`` → :class:`InvalidRequestError`."""
-        if isinstance(slate_size, bool) or not isinstance(slate_size, int | np.integer):
-            raise InvalidRequestError("slate_size", f"must be an integer, got {slate_size!r}")
-        if not 1 <= slate_size <= len(candidates):
-            raise InvalidRequestError(
-                "slate_size",
-                f"must be between 1 and the number of candidates ({len(candidates)}), "
-                f"got {slate_size}",
-            )
-        obs = self.feature_fn(user, candidates)
-        try:
-            action = self.policy.act(obs, int(slate_size), rng, explore=self.explore)
-        except ValueError as exc:  # e.g. the ads cap leaves too few eligible candidates
-            raise InvalidRequestError("slate_size", str(exc)) from exc
-        idx = action.slates[0]
-        scores = (
-            np.zeros(idx.shape[0], dtype=np.float32)
-            if action.scores is None
-            else action.scores[0].astype(np.float32)
-        )
-        return Slate(
-            item_ids=obs.candidate_ids[0, idx].astype(np.int64),
-            positions=np.arange(idx.shape[0], dtype=np.int64),
-            scores=scores,
-            propensities=action.propensities[0].astype(np.float32),
-            policy=self.name,
-            version=self.version,
-        )

@@ -116,8 +116,9 @@ def load_served_policy(
     The artifact's checksums are verified on load; then it must observe through event
     features (latent simulator features do not exist in production), under the system's
     feature spec, over a catalog of ``num_items`` items, with candidates from the retrieval
-    artifact ``retrieval_version`` that is loaded here. ``exploration`` (``epsilon`` or
-    ``boltzmann``) replaces the policy's own exploring sampler, keeping its ad load.
+    artifact ``retrieval_version`` that is loaded here. ``exploration`` (``greedy``,
+    ``epsilon`` or ``boltzmann``) replaces the policy's own exploring sampler, keeping its ad
+    load.
     """
     try:
         ckpt = load_policy_checkpoint(path)

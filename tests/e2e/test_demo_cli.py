@@ -29,7 +29,6 @@ SMALL_WORLD = {
     "RECSYS_CATALOG__NUM_ITEMS": "500",
     "RECSYS_CATALOG__NUM_USERS": "80",
     "RECSYS_CANDIDATES__DEFAULT_K": "100",
-    "RECSYS_CANDIDATES__LOG_SESSIONS": "4000",
     "RECSYS_DEMO__CONCURRENCY": "2",
 }
 SERVING_WITHIN_S = 180.0  # set-up: services, training, Ray Serve (about 20 s on an idle box)

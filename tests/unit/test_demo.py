@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from recsys import demo
+from recsys import demo, services
 from recsys.config import CatalogSettings, Settings
 from recsys.data.synthetic import make_world
 from recsys.embedded import free_port
@@ -16,8 +16,8 @@ from recsys.embedded import free_port
 
 def test_sigterm_and_sigint_raise_one_interrupt_then_are_ignored() -> None:
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with demo._StopSignals() as signals:
-        with pytest.raises(demo.DemoInterrupted) as caught:
+    with services.StopSignals() as signals:
+        with pytest.raises(services.Interrupted) as caught:
             signal.raise_signal(signal.SIGTERM)
         assert caught.value.signum == signal.SIGTERM
         signal.raise_signal(signal.SIGINT)  # already stopping: ignored
@@ -27,14 +27,14 @@ def test_sigterm_and_sigint_raise_one_interrupt_then_are_ignored() -> None:
 
 
 def test_signals_are_ignored_once_clean_up_has_begun() -> None:
-    with demo._StopSignals() as signals:
+    with services.StopSignals() as signals:
         signals.hold()
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGTERM)
 
 
 def test_ctrl_c_is_an_interrupt_with_sigint() -> None:
-    with demo._StopSignals(), pytest.raises(demo.DemoInterrupted) as caught:
+    with services.StopSignals(), pytest.raises(services.Interrupted) as caught:
         signal.raise_signal(signal.SIGINT)
     assert isinstance(caught.value, KeyboardInterrupt)
     assert caught.value.signum == signal.SIGINT
@@ -45,12 +45,12 @@ def test_serve_and_ray_are_stopped_when_start_up_fails(monkeypatch: pytest.Monke
         raise RuntimeError("serve.run failed")  # Ray is up by now: it must be stopped
 
     stopped: list[bool] = []
-    monkeypatch.setattr(demo, "start_serving", fail_after_ray_init)
-    monkeypatch.setattr(demo, "stop_serving", lambda: stopped.append(True))
+    monkeypatch.setattr(services, "start_serving", fail_after_ray_init)
+    monkeypatch.setattr(services, "stop_serving", lambda: stopped.append(True))
     with (
-        demo._StopSignals() as signals,
+        services.StopSignals() as signals,
         pytest.raises(RuntimeError, match=r"serve\.run failed"),
-        demo._ray_serve(Settings(), signals),
+        services.ray_serve(Settings(), signals),
     ):
         pass
     assert stopped == [True]
@@ -61,12 +61,12 @@ def test_sigterm_during_ray_start_up_is_an_interrupt(monkeypatch: pytest.MonkeyP
         raise SystemExit(signal.SIGTERM)  # what ray.init's own handler does
 
     stopped: list[bool] = []
-    monkeypatch.setattr(demo, "start_serving", ray_init_sigterm_handler)
-    monkeypatch.setattr(demo, "stop_serving", lambda: stopped.append(True))
+    monkeypatch.setattr(services, "start_serving", ray_init_sigterm_handler)
+    monkeypatch.setattr(services, "stop_serving", lambda: stopped.append(True))
     with (
-        demo._StopSignals() as signals,
-        pytest.raises(demo.DemoInterrupted),
-        demo._ray_serve(Settings(), signals),
+        services.StopSignals() as signals,
+        pytest.raises(services.Interrupted),
+        services.ray_serve(Settings(), signals),
     ):
         pass
     assert stopped == [True]

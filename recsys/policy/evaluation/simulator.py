@@ -141,6 +141,8 @@ class PolicyEvaluation:
     ``after_conversion`` holds, per conversion, the share of the items shown to that user in
     the next ``after_conversion_steps`` slates whose main topic is the bought item's: how
     much of the just-bought topic a policy keeps showing (a satiated user does not want it).
+    ``after_conversion_ads`` is the same share among the ads shown in that window (windows
+    with no ad left out): purchases happen on ads, and a sated buyer is worth least there.
     """
 
     returns: F64
@@ -150,6 +152,7 @@ class PolicyEvaluation:
     conversions: F64
     truncated: npt.NDArray[np.bool_]
     after_conversion: F64
+    after_conversion_ads: F64
     after_conversion_steps: int
     seconds: float
 
@@ -163,17 +166,22 @@ class PolicyEvaluation:
         out["conversions"] = mean_ci(self.conversions, confidence)
         out["ctr"] = float(self.clicks.sum() / max(self.steps.sum(), 1.0))
         out["truncated_fraction"] = float(self.truncated.mean())
-        out["bought_topic_share_after_conversion"] = (
-            mean_ci(self.after_conversion, confidence)
-            if self.after_conversion.size > 1
-            else {  # JSON has no NaN: an undefined share is null
-                "mean": float(self.after_conversion[0]) if self.after_conversion.size else None,
-                "n": int(self.after_conversion.size),
-            }
+        out["bought_topic_share_after_conversion"] = _share_summary(
+            self.after_conversion, confidence
+        )
+        out["bought_topic_ad_share_after_conversion"] = _share_summary(
+            self.after_conversion_ads, confidence
         )
         out["after_conversion_steps"] = self.after_conversion_steps
         out["seconds"] = self.seconds
         return out
+
+
+def _share_summary(shares: F64, confidence: float) -> dict[str, Any]:
+    """Mean with CI of per-conversion shares; JSON has no NaN, so an undefined one is null."""
+    if shares.size > 1:
+        return mean_ci(shares, confidence)
+    return {"mean": float(shares[0]) if shares.size else None, "n": int(shares.size)}
 
 
 UsersFactory = Callable[[int], SimulatedUsers]
@@ -205,16 +213,19 @@ def run_policy_lives(
     alive = np.ones(n, dtype=np.bool_)
     window_topic = np.full(n, -1, dtype=np.int64)
     window_left = np.zeros(n, dtype=np.int64)
-    window_sum = np.zeros(n)
-    window_steps = np.zeros(n)
+    # Per open window: bought-topic items, items, bought-topic ads, ads shown so far.
+    window = np.zeros((4, n))
     shares: list[F64] = []
+    ad_shares: list[F64] = []
 
     def close_windows(done: npt.NDArray[np.bool_]) -> None:
-        ended = done & (window_steps > 0)
+        ended = done & (window[1] > 0)
         if ended.any():
-            shares.append(window_sum[ended] / window_steps[ended])
-        window_sum[done] = 0.0
-        window_steps[done] = 0.0
+            shares.append(window[0, ended] / window[1, ended])
+        with_ads = done & (window[3] > 0)
+        if with_ads.any():
+            ad_shares.append(window[2, with_ads] / window[3, with_ads])
+        window[:, done] = 0.0
         window_left[done] = 0
 
     start = time.perf_counter()
@@ -230,9 +241,13 @@ def run_policy_lives(
             open_ = window_left[rows] > 0
             if open_.any():
                 r = rows[open_]
-                hit = main_topic[items[open_]] == window_topic[r][:, None]
-                window_sum[r] += hit.mean(axis=1)
-                window_steps[r] += 1.0
+                shown = items[open_]
+                hit = main_topic[shown] == window_topic[r][:, None]
+                ads = users.fold.item_is_ad(shown)
+                window[0, r] += hit.sum(axis=1)
+                window[1, r] += shown.shape[1]
+                window[2, r] += (hit & ads).sum(axis=1)
+                window[3, r] += ads.sum(axis=1)
                 window_left[r] -= 1
             result = users.step(rows, items)
             o = result.observable
@@ -245,12 +260,12 @@ def run_policy_lives(
             finished[rows] = window_left[rows] == 0
             converted = np.zeros(n, dtype=np.bool_)
             converted[rows[o.conversion]] = True
-            close_windows((finished | converted) & (window_steps > 0))
+            close_windows(finished | converted)
             if converted.any():
                 window_topic[converted] = main_topic[o.clicked_item[o.conversion]]
                 window_left[converted] = after_conversion_steps
             alive[rows[result.session.terminated]] = False
-    close_windows(window_steps > 0)
+    close_windows(window[1] > 0)
     return PolicyEvaluation(
         returns=totals[0],
         clicks=totals[1],
@@ -259,6 +274,7 @@ def run_policy_lives(
         conversions=totals[4],
         truncated=alive.copy(),
         after_conversion=np.concatenate(shares) if shares else np.zeros(0),
+        after_conversion_ads=np.concatenate(ad_shares) if ad_shares else np.zeros(0),
         after_conversion_steps=after_conversion_steps,
         seconds=time.perf_counter() - start,
     )

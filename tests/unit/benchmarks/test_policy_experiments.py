@@ -67,10 +67,15 @@ def test_doc_block_quotes_the_results() -> None:
             "slateq_vs_myopic": ratio,
             "reinforce_vs_myopic": ratio,
             "satiation": {
+                "users": 3000,
                 "after_conversion_steps": 10,
                 "bought_topic_share": {n: _row(0.2)["return"] for n in names[1:]},
-                "best_rl_mean_below_myopic_mean": True,
-                "best_rl_shows_less_than_myopic": False,
+                "bought_topic_ad_share": {n: _row(0.04)["return"] for n in names[1:]},
+                "conversions_per_life": {n: 0.5 for n in names[1:]},
+                "return": {n: 100.0 for n in names[1:]},
+                "best_rl_vs_myopic": {**ratio, "ratio": 1.3},
+                "best_rl_shows_fewer_bought_topic_ads": True,
+                "best_rl_shows_fewer_bought_topic_items": False,
             },
         },
         "reward_model": {
@@ -86,3 +91,6 @@ def test_doc_block_quotes_the_results() -> None:
     block = render_doc_block(results)
     assert "**1.25 [1.10, 1.40]**" in block
     assert "reinforce / myopic (dwell-greedy)" in block
+    assert "| myopic | 100.0 | 0.50 | 0.200 [-0.800, 1.200] | 0.040 [-0.960, 1.040] | 10 |" in block
+    assert "fewer bought-topic ads than myopic (CIs apart): **True**" in block
+    assert "return over myopic on these users: **1.30 [1.10, 1.40]**" in block

@@ -9,8 +9,6 @@ import torch
 from recsys.policy import (
     SIGNAL_NAMES,
     RandomPolicy,
-    ReinforceTopKPolicy,
-    ServingPolicy,
     SlateObs,
     SlateResponse,
     SlateSampler,
@@ -20,8 +18,7 @@ from recsys.policy import (
 from recsys.policy.base import optimiser_first_priority
 from recsys.policy.batch import signals_array
 from recsys.policy.testing import TinySlateEnv, collect
-from recsys.protocols import SlatePolicy
-from recsys.types import Candidates, InvalidRequestError, Signals, UserState
+from recsys.types import Candidates, Signals, UserState
 
 
 def _candidates(n: int = 12, dim: int = 4) -> Candidates:
@@ -152,34 +149,3 @@ def test_priority_sampler_reproduces_the_optimiser_slate_under_ads_floor(
     logp = sampler.log_propensities(priority, obs, slates)
     assert np.isfinite(logp).all()
     assert (logp > np.log(0.7)).all()
-
-
-def test_serving_adapter_serves_a_learned_policy() -> None:
-    policy = ReinforceTopKPolicy(user_dim=4, item_dim=4, seed=0)
-    served = ServingPolicy(policy, version="v3")
-    assert isinstance(served, SlatePolicy)
-    cands = _candidates()
-    slate = served.select(USER, cands, 5, np.random.default_rng(0))
-    assert slate.policy == "reinforce_topk"
-    assert slate.version == "v3"
-    assert len(slate) == 5
-    assert set(slate.item_ids.tolist()) <= set(cands.item_ids.tolist())
-    assert len(set(slate.item_ids.tolist())) == 5
-    np.testing.assert_array_equal(slate.positions, np.arange(5))
-    assert slate.propensities.dtype == slate.scores.dtype == np.float32
-    # The propensities are those of the policy's Plackett-Luce over its logits.
-    obs = served.feature_fn(USER, cands)
-    with torch.no_grad():
-        logits, _ = policy.logits(obs)
-    where = {int(i): k for k, i in enumerate(cands.item_ids)}
-    idx = np.array([[where[int(i)] for i in slate.item_ids]])
-    expected = policy.config.sampler.log_propensities(logits.double().numpy(), obs, idx)
-    np.testing.assert_allclose(slate.propensities, np.exp(expected[0]), rtol=1e-5)
-
-
-@pytest.mark.parametrize("slate_size", [0, 13, 2.0, True])
-def test_serving_adapter_rejects_bad_slate_size(slate_size: object) -> None:
-    served = ServingPolicy(RandomPolicy())
-    with pytest.raises(InvalidRequestError) as info:
-        served.select(USER, _candidates(), slate_size, np.random.default_rng(0))  # type: ignore[arg-type]
-    assert info.value.field == "slate_size"

@@ -33,6 +33,7 @@ from recsys.serving.wiring import build_recommender, load_newest_retrieval
 from recsys.stream import shared_event_log
 from recsys.types import (
     ArtifactError,
+    Candidates,
     EventType,
     FeedbackEvent,
     ImpressionEvent,
@@ -249,6 +250,39 @@ def test_exploration_can_be_replaced_keeping_the_ad_load(root: Path) -> None:
         assert int(served.features.is_ad[slate.item_ids].sum()) == 1
     finally:
         rec.close()
+
+
+def test_greedy_serving_is_deterministic_with_propensity_one(root: Path) -> None:
+    """``exploration=greedy`` serves the policy's own best slate: whatever the random stream,
+    the same slate for the same request, each slot with propensity 1, the ad load kept; the
+    policy's own sampler explores instead."""
+    greedy = build_recommender(_settings(root, policy="reinforce", exploration="greedy"))
+    sampled = build_recommender(_settings(root, policy="reinforce"))
+    try:
+        _, features = greedy.user_state("u1", None, 0.0)
+        for rec, explores in ((greedy, False), (sampled, True)):
+            served = rec.policies.current()
+            assert isinstance(served, ServedPolicy)
+            ads = served.features.is_ad
+            ids = np.concatenate([np.flatnonzero(~ads)[:12], np.flatnonzero(ads)[:3]])
+            candidates = Candidates(
+                item_ids=ids,
+                scores=np.zeros(15, np.float32),
+                embeddings=np.zeros((15, 8), np.float32),
+                is_ad=ads[ids],
+            )
+            slates = [
+                served.select(features, candidates, 4, np.random.default_rng(seed))
+                for seed in range(6)
+            ]
+            same = all(np.array_equal(s.item_ids, slates[0].item_ids) for s in slates)
+            props = np.concatenate([s.propensities for s in slates])
+            assert same != explores
+            assert bool((props < 1.0).any()) == explores
+            assert all(int(served.features.is_ad[s.item_ids].sum()) == 1 for s in slates)
+    finally:
+        greedy.close()
+        sampled.close()
 
 
 def test_http_api_names_the_policy_and_refuses_bad_session_ids(rec: Recommender) -> None:

@@ -202,7 +202,8 @@ def test_baselines_honour_the_ad_load(
 
 # ---- the bought-topic share after a conversion, on scripted users --------------------------
 
-#: Catalog of the scripted users: item ``i`` is all about topic ``i % 3``; none is an ad.
+#: Catalog of the scripted users: item ``i`` is all about topic ``i % 3``; the ``ads`` of
+#: :class:`ScriptedUsers` are ads (none by default).
 ITEM_TOPICS = np.eye(3, dtype=np.float32)[np.arange(6) % 3]
 
 
@@ -219,9 +220,11 @@ class ScriptedUsers:
         num_users: int,
         conversions: Collection[tuple[int, int]],
         churns: Collection[tuple[int, int]],
+        ads: Collection[int] = (),
     ) -> None:
         self.num_users = num_users
-        self.fold = EventFold(FeatureSpec(num_topics=3), ITEM_TOPICS, np.zeros(6, np.bool_))
+        is_ad = np.isin(np.arange(6), list(ads))
+        self.fold = EventFold(FeatureSpec(num_topics=3), ITEM_TOPICS, is_ad)
         self.conversions, self.churns = conversions, churns
         self.t = 0
 
@@ -288,8 +291,9 @@ def _run_scripted(
     conversions: Collection[tuple[int, int]],
     churns: Collection[tuple[int, int]] = (),
     window: int = 2,
+    ads: Collection[int] = (),
 ) -> Any:
-    users = ScriptedUsers(len(slates[0]), conversions, churns)
+    users = ScriptedUsers(len(slates[0]), conversions, churns, ads)
     return run_policy_lives(
         ScriptedPolicy(slates),
         lambda _: users,  # type: ignore[arg-type,return-value]
@@ -346,6 +350,18 @@ def test_a_policy_that_never_shows_the_bought_topic_gets_share_zero() -> None:
     )
 
 
+def test_after_conversion_ad_share_counts_only_the_ads_shown() -> None:
+    """Items 3 (topic 0) and 4 (topic 1) are ads. User 0 buys item 0 (topic 0), then sees
+    [3, 1] (its ad is of topic 0) and [4, 2] (its ad is not): ad share 1/2, item share 1/4.
+    User 1 buys item 1 (topic 1) and sees no ad in its window: no ad share, item share 0."""
+    slates = [{0: (0, 5), 1: (1, 5)}, {0: (3, 1), 1: (0, 2)}, {0: (4, 2), 1: (5, 2)}]
+    ev = _run_scripted(slates, conversions={(0, 0), (0, 1)}, ads=(3, 4))
+    np.testing.assert_array_equal(ev.after_conversion_ads, [0.5])
+    assert sorted(ev.after_conversion.tolist()) == [0.0, 0.25]
+    summary = ev.summary()["bought_topic_ad_share_after_conversion"]
+    assert summary == {"mean": 0.5, "n": 1}
+
+
 def test_after_conversion_share_on_simulated_users(
     small_setup: SimulatorSetup, baselines: dict[str, BatchSlatePolicy]
 ) -> None:
@@ -354,4 +370,6 @@ def test_after_conversion_share_on_simulated_users(
     assert ev.conversions.sum() > 0, "no conversion: the share was not exercised"
     assert 0 < ev.after_conversion.size <= ev.conversions.sum()
     assert ((ev.after_conversion >= 0) & (ev.after_conversion <= 1)).all()
+    assert 0 < ev.after_conversion_ads.size <= ev.after_conversion.size  # ads in most slates
+    assert ((ev.after_conversion_ads >= 0) & (ev.after_conversion_ads <= 1)).all()
     assert ev.after_conversion_steps == 10
