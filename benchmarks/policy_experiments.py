@@ -52,7 +52,8 @@ from recsys.data.synthetic import make_world
 from recsys.pipeline import (
     SimulatorSetup,
     build_simulator_setup,
-    myopic_config,
+    fit_myopic,
+    publish_myopic,
     publish_policy,
     train_simulator_policy,
 )
@@ -64,7 +65,6 @@ from recsys.policy.evaluation.simulator import (
     evaluation_users,
     mean_ci,
     paired_ratio,
-    train_myopic,
     validation_users,
 )
 from recsys.policy.exploration import plackett_luce_sample_batch
@@ -265,21 +265,14 @@ def run_policy_experiments(
                 evaluation={"test": evaluation[head]["policies"][algo]},
             )
             published[algo] = str(art.path)
-        _, model = train_myopic(
-            setup.logged(head),
-            None,
-            slate_size=cfg.slateq.slate_size,
-            sampler=cfg.slateq.sampler("greedy"),
-            seed=cfg.slateq.seed,
-        )
-        art = publish_policy(
+        head_config = replace(cfg.slateq, features=head)
+        _, model = fit_myopic(head_config, setup)
+        art = publish_myopic(
             publish,
-            "myopic",
             model,
-            myopic_config(replace(cfg.slateq, features=head)),
+            head_config,
             setup,
             evaluation={"test": evaluation[head]["policies"]["myopic"]},
-            serve_as="myopic_greedy",
         )
         published["myopic"] = str(art.path)
         published["retrieval"] = str(setup.retrieval.artifact.path)

@@ -141,6 +141,55 @@ class _StateWatcher:
             time.sleep(0.02)
 
 
+class _Lives:
+    """Per-user totals of lives followed one step of one user at a time (both drivers).
+
+    Client threads write disjoint users' columns, so they share one instance without a lock.
+    """
+
+    def __init__(self, n: int, progress: Callable[[int], None] | None) -> None:
+        self.totals = np.zeros((5, n))
+        self.alive_at_end = np.zeros(n, dtype=np.bool_)
+        self.progress = progress
+        self.start = time.perf_counter()
+
+    def add(self, row: int, result: StepResult) -> bool:
+        """Count user ``row``'s step (a one-user ``result``); True when the user churned."""
+        o = result.observable
+        self.totals[:, row] += (
+            float(o.dwell_s[0]) / 60.0,
+            float(o.click_position[0] >= 0),
+            float(o.revenue[0]),
+            1.0,
+            float(o.conversion[0]),
+        )
+        done = bool(result.session.terminated[0])
+        if done and self.progress is not None:
+            self.progress(1)
+        return done
+
+    def end(self, rows: npt.NDArray[np.int64], alive: npt.NDArray[np.bool_]) -> None:
+        """Users ``rows`` are done; those still ``alive`` were cut off by ``max_steps``."""
+        self.alive_at_end[rows[alive]] = True
+        if self.progress is not None and alive.any():
+            self.progress(int(alive.sum()))
+
+    def evaluation(self) -> PolicyEvaluation:
+        """Per-user outcomes (no after-conversion shares: these drivers do not track them)."""
+        return PolicyEvaluation(
+            returns=self.totals[0],
+            clicks=self.totals[1],
+            revenue=self.totals[2],
+            steps=self.totals[3],
+            conversions=self.totals[4],
+            truncated=self.alive_at_end,
+            after_conversion=np.zeros(0),
+            after_conversion_ads=np.zeros(0),
+            after_conversion_steps=0,
+            seconds=time.perf_counter() - self.start,
+        )
+
+
 def run_live(
     base_url: str,
     world: SyntheticWorld,
@@ -171,8 +220,7 @@ def run_live(
     """
     order = np.asarray(users, dtype=np.int64)
     n = order.shape[0]
-    totals = np.zeros((5, n))
-    alive_at_end = np.zeros(n, dtype=np.bool_)
+    lives = _Lives(n, progress)
     merged = LiveStats()
     lock = threading.Lock()
     watcher = _StateWatcher(store, fold.codec, visibility_timeout_s)
@@ -239,22 +287,9 @@ def run_live(
                             local.feedback_posts += 1
                             k = next(i for i, (_, e) in enumerate(_COUNTED) if e == event)
                             posted[b, k] += 1.0 if value is None else value
-                        o = result.observable
-                        r = rows[b]
-                        totals[:, r] += (
-                            float(o.dwell_s[0]) / 60.0,
-                            float(o.click_position[0] >= 0),
-                            float(o.revenue[0]),
-                            1.0,
-                            float(o.conversion[0]),
-                        )
-                        if result.session.terminated[0]:
+                        if lives.add(int(rows[b]), result):
                             alive[b] = False
-                            if progress is not None:
-                                progress(1)
-                alive_at_end[rows[alive]] = True
-                if progress is not None and alive.any():
-                    progress(int(alive.sum()))
+                lives.end(rows, alive)
         except Exception as exc:
             local.failures.append(f"client {worker}: {type(exc).__name__}: {exc}")
         finally:
@@ -265,23 +300,11 @@ def run_live(
         threading.Thread(target=client, args=(w, rows), daemon=True)
         for w, rows in enumerate(slices)
     ]
-    start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    evaluation = PolicyEvaluation(
-        returns=totals[0],
-        clicks=totals[1],
-        revenue=totals[2],
-        steps=totals[3],
-        conversions=totals[4],
-        truncated=alive_at_end,
-        after_conversion=np.zeros(0),
-        after_conversion_ads=np.zeros(0),
-        after_conversion_steps=0,
-        seconds=time.perf_counter() - start,
-    )
+    evaluation = lives.evaluation()
     return evaluation, merged
 
 
@@ -303,10 +326,8 @@ def run_in_process(
     (``make_users(population, seed)``, a :class:`SimulatedUsers` of the population)."""
     order = np.asarray(users, dtype=np.int64)
     n = order.shape[0]
-    totals = np.zeros((5, n))
-    alive_at_end = np.zeros(n, dtype=np.bool_)
+    lives = _Lives(n, progress)
     rng = np.random.default_rng(seed)  # unused by a deterministic slate
-    start = time.perf_counter()
     for worker in range(min(concurrency, n)):
         rows = np.arange(worker, n, concurrency)
         sim = make_users(world.select_users(order[rows]), seed + worker)
@@ -324,33 +345,10 @@ def run_in_process(
                     result = sim.step(one, items)
                     if slates is not None:
                         slates[int(rows[b])].append(tuple(items[0].tolist()))
-                    o = result.observable
-                    totals[:, rows[b]] += (
-                        float(o.dwell_s[0]) / 60.0,
-                        float(o.click_position[0] >= 0),
-                        float(o.revenue[0]),
-                        1.0,
-                        float(o.conversion[0]),
-                    )
-                    if result.session.terminated[0]:
+                    if lives.add(int(rows[b]), result):
                         alive[b] = False
-                        if progress is not None:
-                            progress(1)
-        alive_at_end[rows[alive]] = True
-        if progress is not None and alive.any():
-            progress(int(alive.sum()))
-    return PolicyEvaluation(
-        returns=totals[0],
-        clicks=totals[1],
-        revenue=totals[2],
-        steps=totals[3],
-        conversions=totals[4],
-        truncated=alive_at_end,
-        after_conversion=np.zeros(0),
-        after_conversion_ads=np.zeros(0),
-        after_conversion_steps=0,
-        seconds=time.perf_counter() - start,
-    )
+        lives.end(rows, alive)
+    return lives.evaluation()
 
 
 def live_summary(

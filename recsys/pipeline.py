@@ -48,6 +48,7 @@ from recsys.candidates.faiss_index import FaissRetriever
 from recsys.config import CandidateSettings, CatalogSettings, Settings, SimulatorSettings
 from recsys.data.synthetic import SyntheticWorld, make_world
 from recsys.features import EventFold, FeatureSpec, ItemFeaturizer, ItemTable
+from recsys.policy.algorithms.slateq import SlateQPolicy
 from recsys.policy.base import BatchSlatePolicy, Tensors
 from recsys.policy.batch import SIGNAL_NAMES
 from recsys.policy.evaluation.simulator import (
@@ -696,11 +697,45 @@ def myopic_config(config: PolicyTrainConfig) -> PolicyTrainConfig:
     )
 
 
+def fit_myopic(
+    config: PolicyTrainConfig, setup: SimulatorSetup
+) -> tuple[BatchSlatePolicy, SlateQPolicy]:
+    """The dwell-greedy myopic baseline fit from the setup's logs, as seen through
+    ``config.features``: ``(policy, the gamma = 0 SlateQ model it serves through)``."""
+    return train_myopic(
+        setup.logged(config.features),
+        None,
+        slate_size=config.slate_size,
+        sampler=config.sampler("greedy"),
+        seed=config.seed,
+    )
+
+
+def publish_myopic(
+    root: Path,
+    model: SlateQPolicy,
+    config: PolicyTrainConfig,
+    setup: SimulatorSetup,
+    *,
+    name: str = "myopic",
+    evaluation: Mapping[str, Any] | None = None,
+) -> Artifact:
+    """Publish :func:`fit_myopic`'s model as ``policy-<name>``, served through the greedy
+    slate optimiser."""
+    return publish_policy(
+        root,
+        name,
+        model,
+        myopic_config(config),
+        setup,
+        evaluation=evaluation,
+        serve_as="myopic_greedy",
+    )
+
+
 def served_policy(ckpt: PolicyCheckpoint) -> BatchSlatePolicy:
     """The policy a checkpoint serves (the myopic greedy wrapper for ``serve_as``)."""
     if ckpt.artifact.metadata.get("serve_as") == "myopic_greedy":
-        from recsys.policy.algorithms.slateq import SlateQPolicy
-
         assert isinstance(ckpt.policy, SlateQPolicy)
         return myopic_policy(ckpt.policy, ckpt.config.sampler("greedy"), "myopic")
     return ckpt.policy
@@ -746,26 +781,12 @@ def train_and_publish(
     setup = build_simulator_setup(config, root, candidates=candidates, progress=progress)
     make_users = setup.make_users(users)
     if algo == "myopic":
-        policy, model = train_myopic(
-            setup.logged(),
-            None,
-            slate_size=config.slate_size,
-            sampler=config.sampler("greedy"),
-            seed=config.seed,
-        )
+        policy, model = fit_myopic(config, setup)
         evaluation = evaluate_in_simulator(
             {"myopic": policy}, make_users=make_users, max_steps=eval_max_steps, seed=eval_seed
         )
         evaluation.pop("_per_user")
-        art = publish_policy(
-            root,
-            name,
-            model,
-            myopic_config(config),
-            setup,
-            evaluation=evaluation,
-            serve_as="myopic_greedy",
-        )
+        art = publish_myopic(root, model, config, setup, name=name, evaluation=evaluation)
         return PublishedPolicy(art, evaluation)
     result = train_simulator_policy(
         replace(config, algo=algo),  # type: ignore[arg-type]  # checked against ALGOS
@@ -929,16 +950,8 @@ def train_skeleton(
         reward_scale=result.reward_scale,
         curve=result.curve,
     )
-    _, model = train_myopic(
-        setup.logged(),
-        None,
-        slate_size=config.slate_size,
-        sampler=config.sampler("greedy"),
-        seed=config.seed,
-    )
-    myopic = publish_policy(
-        root, "myopic", model, myopic_config(config), setup, serve_as="myopic_greedy"
-    )
+    _, model = fit_myopic(config, setup)
+    myopic = publish_myopic(root, model, config, setup)
     return SkeletonModels(
         world=make_world(settings.catalog),
         retrieval=setup.retrieval.artifact,
