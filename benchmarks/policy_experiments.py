@@ -54,7 +54,7 @@ from recsys.pipeline import (
     build_simulator_setup,
     fit_myopic,
     publish_myopic,
-    publish_policy,
+    publish_trained,
     train_simulator_policy,
 )
 from recsys.policy.base import BatchSlatePolicy
@@ -252,16 +252,11 @@ def run_policy_experiments(
     if publish is not None:
         published: dict[str, str] = {}
         for algo in RL_NAMES:
-            done = trained[f"{algo}/{head}"]
-            art = publish_policy(
+            art = publish_trained(
                 publish,
                 algo,
-                done.policy,
-                done.config,
+                trained[f"{algo}/{head}"],
                 setup,
-                iteration=done.iterations,
-                reward_scale=done.reward_scale,
-                curve=done.curve,
                 evaluation={"test": evaluation[head]["policies"][algo]},
             )
             published[algo] = str(art.path)

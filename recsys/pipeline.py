@@ -95,10 +95,13 @@ __all__ = [
     "build_simulator_setup",
     "demo_config",
     "evaluate_sim_policies",
+    "fit_myopic",
     "log_random_sessions",
     "make_fold",
     "policy_features",
+    "publish_myopic",
     "publish_policy",
+    "publish_trained",
     "setup_config",
     "train_retrieval",
     "train_simulator_policy",
@@ -697,6 +700,29 @@ def myopic_config(config: PolicyTrainConfig) -> PolicyTrainConfig:
     )
 
 
+def publish_trained(
+    root: Path,
+    name: str,
+    result: TrainResult,
+    setup: SimulatorSetup,
+    *,
+    evaluation: Mapping[str, Any] | None = None,
+) -> Artifact:
+    """Publish a finished training run (:func:`train_simulator_policy`) as ``policy-<name>``,
+    with its config, iteration, reward scale and learning curve."""
+    return publish_policy(
+        root,
+        name,
+        result.policy,
+        result.config,
+        setup,
+        iteration=result.iterations,
+        reward_scale=result.reward_scale,
+        curve=result.curve,
+        evaluation=evaluation,
+    )
+
+
 def fit_myopic(
     config: PolicyTrainConfig, setup: SimulatorSetup
 ) -> tuple[BatchSlatePolicy, SlateQPolicy]:
@@ -800,17 +826,7 @@ def train_and_publish(
         {algo: result.policy}, make_users=make_users, max_steps=eval_max_steps, seed=eval_seed
     )
     evaluation.pop("_per_user")
-    art = publish_policy(
-        root,
-        name,
-        result.policy,
-        result.config,
-        setup,
-        iteration=result.iterations,
-        reward_scale=result.reward_scale,
-        curve=result.curve,
-        evaluation=evaluation,
-    )
+    art = publish_trained(root, name, result, setup, evaluation=evaluation)
     return PublishedPolicy(art, evaluation, result)
 
 
@@ -940,16 +956,7 @@ def train_skeleton(
     config = config or demo_config(settings)
     setup = build_simulator_setup(config, root, candidates=settings.candidates, progress=progress)
     result = train_simulator_policy(config, setup, progress=progress)
-    slateq = publish_policy(
-        root,
-        "slateq",
-        result.policy,
-        config,
-        setup,
-        iteration=result.iterations,
-        reward_scale=result.reward_scale,
-        curve=result.curve,
-    )
+    slateq = publish_trained(root, "slateq", result, setup)
     _, model = fit_myopic(config, setup)
     myopic = publish_myopic(root, model, config, setup)
     return SkeletonModels(

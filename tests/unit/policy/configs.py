@@ -60,7 +60,7 @@ def publish_small_policies(root: Path, setup: SimulatorSetup | None = None) -> d
     They observe event-derived user features of the world ``CatalogSettings(num_items=300,
     num_topics=6, seed=0)``, as every policy trained by :mod:`recsys.pipeline` does.
     """
-    from recsys.pipeline import publish_policy, train_simulator_policy
+    from recsys.pipeline import publish_trained, train_simulator_policy
 
     setup = setup or build_small_setup(root)
     before = torch.get_num_threads()
@@ -70,15 +70,7 @@ def publish_small_policies(root: Path, setup: SimulatorSetup | None = None) -> d
         for algo in ("slateq", "reinforce"):
             config = replace(SMALL_SIMULATOR, algo=algo)
             result = train_simulator_policy(config, setup)
-            artifact = publish_policy(
-                root,
-                algo,
-                result.policy,
-                config,
-                setup,
-                iteration=result.iterations,
-                reward_scale=result.reward_scale,
-            )
+            artifact = publish_trained(root, algo, result, setup)
             out[algo] = artifact.path
         return out
     finally:
