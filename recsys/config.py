@@ -154,16 +154,13 @@ class SimulatorSettings(BaseModel):
     # while (half-life 10x boredom's). It barely dents click appeal (habit: click odds x0.67
     # right after a pure-topic purchase) but sours satisfaction (-2 on that topic: even a
     # loved topic, I = +1, disappoints; neutral after 50 steps), so its cost shows up later
-    # (dwell, budget drain, drift away, return), not in the click; and being shown the bought
-    # topic at all wears patience (exposure cost: seconds of budget per shown item, x its
-    # topic overlap with the satiation), clicked or not. Gain 0 turns it off.
+    # (dwell, budget drain, drift away, return), not in the click. Gain 0 turns it off.
     satiation_gain: float = Field(
         1.0, ge=0.0, le=100.0, description="satiation per conversion, x the item's topic mix"
     )
     satiation_half_life_steps: float = Field(50.0, gt=0.0, le=1e6)
     satiation_appeal_weight: float = Field(0.1, ge=0.0, le=10.0)
     satiation_satisfaction_weight: float = Field(2.0, ge=0.0, le=10.0)
-    satiation_exposure_cost_s: float = Field(60.0, ge=0.0, le=1e5)
     # Satisfaction and the observable responses it drives.
     satisfaction_quality_weight: float = Field(1.0, ge=0.0, le=10.0)
     clickbait_penalty: float = Field(2.0, ge=0.0, le=10.0)

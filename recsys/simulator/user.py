@@ -107,7 +107,6 @@ class SlateView(NamedTuple):
     num_ads: FloatArray  # [B] ads in the slate
     pref: FloatArray  # [B, T] interests less fatigue and satiation, as click appeal weighs them
     satiation: FloatArray | None  # [B, T] the users' satiation, None when it has no effect
-    sated_exposure: FloatArray | None  # [B] sum over the slots of topics_i . S_u (or None)
 
 
 class UserModel:
@@ -153,11 +152,8 @@ class UserModel:
         # Satiation changes nothing when it never grows or weighs nothing; the step then skips
         # its terms, so such settings give exactly the trajectories of a model without it.
         self.satiation_acts = s.satiation_gain > 0 and (
-            s.satiation_appeal_weight > 0
-            or s.satiation_satisfaction_weight > 0
-            or s.satiation_exposure_cost_s > 0
+            s.satiation_appeal_weight > 0 or s.satiation_satisfaction_weight > 0
         )
-        self.exposure_costs = s.satiation_gain > 0 and s.satiation_exposure_cost_s > 0
         self.log_activity: FloatArray = np.log(world.user_activity).astype(np.float32)
 
     # -- state construction -------------------------------------------------------------
@@ -232,14 +228,7 @@ class UserModel:
             satiation = state.satiation
             pref -= np.float32(s.satiation_appeal_weight) * satiation
         topics = np.take(self.topics, items, axis=0)  # [B, S, T]
-        exposure: FloatArray | None = None
-        if self.exposure_costs:
-            # One matmul for both: columns pref and S (the slate is read once from memory).
-            both = np.matmul(topics, np.stack([pref, state.satiation], axis=2))  # [B, S, 2]
-            appeal: FloatArray = np.ascontiguousarray(both[:, :, 0])
-            exposure = both[:, :, 1] @ np.ones(items.shape[1], dtype=np.float32)
-        else:
-            appeal = np.matmul(topics, pref[:, :, None])[:, :, 0]
+        appeal: FloatArray = np.matmul(topics, pref[:, :, None])[:, :, 0]
         appeal += np.take(self.static_appeal, items)
         ads: BoolArray = np.take(self.is_ad, items)
         repeat = self.repeat_penalty(state, items)
@@ -250,12 +239,7 @@ class UserModel:
         # Row counts via a GEMV: numpy reduces a short last axis slowly.
         num_ads = ads.astype(np.float32) @ np.ones(items.shape[1], dtype=np.float32)
         return SlateView(
-            appeal=appeal,
-            repeat=repeat,
-            num_ads=num_ads,
-            pref=pref,
-            satiation=satiation,
-            sated_exposure=exposure,
+            appeal=appeal, repeat=repeat, num_ads=num_ads, pref=pref, satiation=satiation
         )
 
     def respond_and_update(
@@ -324,9 +308,6 @@ class UserModel:
         drain += np.float32(s.bad_content_cost_s) * neg_sat
         drain += np.float32(s.no_click_cost_s) * (1.0 - clicked_f)
         drain += np.float32(s.ad_cost_s) * num_ads * (1.0 + state.ad_fatigue)
-        if view.sated_exposure is not None:
-            # Being shown what one just bought wears patience, clicked or not.
-            drain += np.float32(s.satiation_exposure_cost_s) * view.sated_exposure
         state.budget -= drain
 
         # Interest drift: satisfying consumption pulls interests towards the item's topics,

@@ -376,32 +376,6 @@ def test_satiation_lowers_later_appeal_and_satisfaction_of_the_same_topics() -> 
     assert interest_0[0] < interest_0[1]  # the disappointment pushes the interest away
 
 
-def test_being_shown_the_bought_topic_drains_the_budget_clicked_or_not() -> None:
-    """The exposure cost: seconds of budget per shown item times its topic overlap with the
-    satiation, on top of everything else (two envs alike but for the cost)."""
-    cost = 40.0
-    envs = [  # a budget small enough for float32 to resolve fractions of a second
-        SlateEnv(
-            _buyers_world(),
-            seed=0,
-            settings=_buyer_settings(satiation_exposure_cost_s=c, session_budget_s=1e4),
-        )
-        for c in (0.0, cost)
-    ]
-    bought = [_buy(env)[0] for env in envs]
-    np.testing.assert_array_equal(bought[0], bought[1])  # the cost draws no random numbers
-    users = bought[0]
-    for item in (OTHER, SAME_0):  # another topic first: no overlap, no cost
-        sated = _satiation(envs[1], users)
-        overlap = sated @ envs[1].world.item_topics[item]
-        res = [env.step(users, np.full((users.size, 1), item)) for env in envs]
-        clicks = [r.observable.click_position for r in res]
-        np.testing.assert_array_equal(clicks[0], clicks[1])
-        drained = res[0].hidden.budget_s - res[1].hidden.budget_s
-        np.testing.assert_allclose(drained, cost * overlap, rtol=1e-4, atol=1e-3)
-    assert overlap.min() > 0.3  # the last probe was of the bought topic
-
-
 def test_satiation_resets_at_a_new_life() -> None:
     cfg = _buyer_settings(session_budget_s=1.0, return_max=0.0)  # one-step lives
     env = SlateEnv(_buyers_world(), seed=0, settings=cfg)
@@ -443,10 +417,7 @@ def _trajectory(world: SyntheticWorld, **overrides: object) -> list[tuple[FloatA
 def test_zero_gain_or_zero_weights_turn_satiation_off_exactly(small_world: SyntheticWorld) -> None:
     off = _trajectory(small_world, satiation_gain=0.0)
     unweighted = _trajectory(
-        small_world,
-        satiation_appeal_weight=0.0,
-        satiation_satisfaction_weight=0.0,
-        satiation_exposure_cost_s=0.0,
+        small_world, satiation_appeal_weight=0.0, satiation_satisfaction_weight=0.0
     )
     on = _trajectory(small_world)
     assert sum(int(step[3].sum()) for step in off) > 20  # conversions happen
