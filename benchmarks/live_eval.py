@@ -26,7 +26,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ TARGET = 1.10
 
 
 def batched_in_process(
-    settings: Settings, users: int, max_steps: int, seed: int
+    settings: Settings, names: Sequence[str], users: int, max_steps: int, seed: int
 ) -> dict[str, dict[str, Any]]:
     """Each published policy on the same test users with the experiments' batched protocol."""
     config = catalog_config(documented_config("slateq"), settings.catalog)
@@ -65,7 +65,7 @@ def batched_in_process(
     population = run.world.select_users(run.users)
     out: dict[str, dict[str, Any]] = {}
     returns: dict[str, npt.NDArray[np.float64]] = {}
-    for name in LIVE_POLICIES:
+    for name in names:
         served = run.load(name)
         ev = run_policy_lives(
             served.policy,
@@ -75,7 +75,7 @@ def batched_in_process(
         )
         out[name] = {"return": mean_ci(ev.returns), "version": served.version}
         returns[name] = ev.returns
-    for name in LIVE_POLICIES:
+    for name in names:
         if name != "myopic":
             out[name]["vs_myopic"] = paired_ratio(returns[name], returns["myopic"], seed=seed)
     return out
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the live evaluation (or re-render from JSON) and write JSON and docs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=ROOT / ".recsys" / "experiments")
+    parser.add_argument(
+        "--policies", default=",".join(LIVE_POLICIES), help="comma-separated; must hold myopic"
+    )
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=2024)
@@ -185,13 +188,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_doc(results)
         return results
     best = json.loads(EXPERIMENTS.read_text())["must_show"]["best_rl"]
+    names = [n for n in args.policies.split(",") if n]
+    if "myopic" not in names or best not in names:
+        raise SystemExit(f"--policies must include myopic and the best RL policy ({best})")
     torch.set_num_threads(1)
     settings = Settings(artifacts=ArtifactSettings(root=args.artifacts.resolve()))
     start = time.perf_counter()
     results = evaluate_live(
         settings,
         catalog_config(documented_config("slateq"), settings.catalog),
-        policies=LIVE_POLICIES,
+        policies=names,
         users=args.users,
         max_steps=args.max_steps,
         seed=args.seed,
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     results["batched_in_process"] = batched_in_process(
-        settings, args.users, args.max_steps, args.seed
+        settings, names, args.users, args.max_steps, args.seed
     )
     results["timing_s"] = {
         "batched_in_process": time.perf_counter() - t0,
