@@ -65,6 +65,8 @@ from recsys.policy.evaluation.simulator import (
     evaluation_users,
     mean_ci,
     paired_ratio,
+    run_policy_lives,
+    shared_state_shares,
     validation_users,
 )
 from recsys.policy.exploration import plackett_luce_sample_batch
@@ -319,24 +321,44 @@ def _satiation(
 
     Both the share among all items shown and among the ads shown: purchases happen on ads,
     and an ad for what the user just bought is the one a sated user is least likely to want
-    (its conversion odds fall with the satisfaction satiation takes away). The claim is
-    that the best RL policy shows fewer than myopic, with CIs apart, and that its return
-    ratio over myopic holds on these users too.
+    (its conversion odds fall with the satisfaction satiation takes away). Two measures:
+
+    - *own trajectories*: each policy on its own run. Not paired: which users buy, what and
+      when, differs between policies, so a policy whose buyers are keener on the bought topic
+      shows more of it for that reason alone;
+    - *same states*: each policy's run with the others looking on
+      (:func:`run_policy_lives` ``onlookers``): on every observation after a purchase, every
+      policy says what it would show; paired differences to myopic with CIs over purchases.
+
+    The claim is that the best RL policy shows fewer bought-topic items (and ads) than myopic
+    on the same states, on the post-purchase states of every policy's run, and that its
+    return ratio over myopic holds on these users.
     """
     names = ("myopic", "myopic_learned", *RL_NAMES)
-    result = evaluate_in_simulator(
-        {name: policies[name] for name in names},
-        make_users=setup.make_users(satiation_users(cfg), cfg.headline),
-        max_steps=cfg.eval_max_steps,
-        seed=cfg.eval_seed,
-        ratios=[(best, "myopic")],
-    )
-    result.pop("_per_user")
-    summary = result["policies"]
+    make_users = setup.make_users(satiation_users(cfg), cfg.headline)
+    runs = {
+        name: run_policy_lives(
+            policies[name],
+            make_users,
+            max_steps=cfg.eval_max_steps,
+            seed=cfg.eval_seed,
+            after_conversion_steps=cfg.after_conversion_steps,
+            onlookers={other: policies[other] for other in names if other != name},
+        )
+        for name in names
+    }
+    summary = {name: run.summary() for name, run in runs.items()}
+    shared = {
+        name: shared_state_shares(run, name, reference="myopic", seed=cfg.eval_seed)
+        for name, run in runs.items()
+    }
 
     def fewer(key: str) -> bool:
         rl, my = summary[best][key], summary["myopic"][key]
         return bool(rl.get("ci_high", math.inf) < my.get("ci_low", -math.inf))
+
+    def fewer_on_same_states(kind: str) -> bool:
+        return all(s[f"{kind}_minus_myopic"][best]["ci_high"] < 0 for s in shared.values())
 
     return {
         "users": cfg.satiation_users,
@@ -348,9 +370,14 @@ def _satiation(
         },
         "conversions_per_life": {n: summary[n]["conversions"]["mean"] for n in names},
         "return": {n: summary[n]["return"]["mean"] for n in names},
-        "best_rl_vs_myopic": result["ratios"][f"{best}/myopic"],
+        "best_rl_vs_myopic": paired_ratio(
+            runs[best].returns, runs["myopic"].returns, seed=cfg.eval_seed
+        ),
         "best_rl_shows_fewer_bought_topic_ads": fewer("bought_topic_ad_share_after_conversion"),
         "best_rl_shows_fewer_bought_topic_items": fewer("bought_topic_share_after_conversion"),
+        "same_states": shared,
+        "best_rl_shows_fewer_bought_topic_items_on_same_states": fewer_on_same_states("items"),
+        "best_rl_shows_fewer_bought_topic_ads_on_same_states": fewer_on_same_states("ads"),
     }
 
 
@@ -575,10 +602,38 @@ def _satiation_lines(sat: Mapping[str, Any], best: str) -> list[str]:
         )
     lines += [
         "",
-        f"- {best} shows fewer bought-topic ads than myopic (CIs apart): "
-        f"**{sat['best_rl_shows_fewer_bought_topic_ads']}**; fewer bought-topic items of "
+        f"- On its own trajectories, {best} shows fewer bought-topic ads than myopic (CIs "
+        f"apart): {sat['best_rl_shows_fewer_bought_topic_ads']}; fewer bought-topic items of "
         f"any kind: {sat['best_rl_shows_fewer_bought_topic_items']}; its return over "
         f"myopic on these users: **{_fmt_ratio(sat['best_rl_vs_myopic'])}**.",
+    ]
+    same = sat.get("same_states")
+    if not same:
+        return lines
+    names = list(sat["bought_topic_share"])
+    lines += [
+        "",
+        "On the same states: on every observation in those windows of one policy's run, "
+        "every policy says which slate it would show (bought-topic share of its items, "
+        "paired difference to myopic with a 95% CI over purchases):",
+        "",
+        f"| states of | purchases | {' | '.join(names)} | {best} - myopic, items "
+        f"| {best} - myopic, ads |",
+        f"|---|---|{'---|' * len(names)}---|---|",
+    ]
+    for driver, v in same.items():
+        cells = " | ".join(f"{v['items'][n]['mean']:.3f}" for n in names)
+        diff = {k: v[f"{k}_minus_myopic"][best] for k in ("items", "ads")}
+        lines.append(
+            f"| {driver} | {v['windows']} | {cells} | {_share(diff['items'])} "
+            f"| {_share(diff['ads'])} |"
+        )
+    lines += [
+        "",
+        f"- On the same states, {best} shows fewer bought-topic items than myopic on every "
+        f"policy's states (CI of the difference below 0): "
+        f"**{sat['best_rl_shows_fewer_bought_topic_items_on_same_states']}**; fewer "
+        f"bought-topic ads: **{sat['best_rl_shows_fewer_bought_topic_ads_on_same_states']}**.",
     ]
     return lines
 

@@ -183,8 +183,7 @@ class _Lives:
             steps=self.totals[3],
             conversions=self.totals[4],
             truncated=self.alive_at_end,
-            after_conversion=np.zeros(0),
-            after_conversion_ads=np.zeros(0),
+            windows=np.zeros((4, 0)),
             after_conversion_steps=0,
             seconds=time.perf_counter() - self.start,
         )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,7 @@ __all__ = [
     "myopic_policy",
     "paired_ratio",
     "run_policy_lives",
+    "shared_state_shares",
     "train_myopic",
     "validation_users",
 ]
@@ -101,6 +102,16 @@ def mean_ci(values: npt.ArrayLike, confidence: float = 0.95) -> dict[str, float]
     return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "std": std, "n": n}
 
 
+def _bootstrap_weights(n: int, n_bootstrap: int, seed: int) -> F64:
+    """``[n_bootstrap, n]`` multiplicities of a joint percentile bootstrap over ``n`` units
+    (users or conversion windows): every policy's figures are resampled together."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_bootstrap, n))
+    counts = np.zeros((n_bootstrap, n))
+    np.add.at(counts, (np.arange(n_bootstrap)[:, None], idx), 1.0)
+    return counts
+
+
 def paired_ratio(
     numerator: npt.ArrayLike,
     denominator: npt.ArrayLike,
@@ -118,11 +129,7 @@ def paired_ratio(
     b = np.asarray(denominator, dtype=np.float64).reshape(-1)
     if a.shape != b.shape or a.size < 2:
         raise ValueError("paired_ratio needs two equally long per-user arrays (>= 2 users)")
-    rng = np.random.default_rng(seed)
-    n = a.shape[0]
-    idx = rng.integers(0, n, size=(n_bootstrap, n))
-    counts = np.zeros((n_bootstrap, n))
-    np.add.at(counts, (np.arange(n_bootstrap)[:, None], idx), 1.0)
+    counts = _bootstrap_weights(a.shape[0], n_bootstrap, seed)
     boot = (counts @ a) / np.maximum(counts @ b, 1e-300)
     alpha = 1 - confidence
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
@@ -130,7 +137,7 @@ def paired_ratio(
         "ratio": float(a.mean() / b.mean()),
         "ci_low": float(low),
         "ci_high": float(high),
-        "n": n,
+        "n": a.shape[0],
     }
 
 
@@ -138,11 +145,12 @@ def paired_ratio(
 class PolicyEvaluation:
     """Per-user outcomes of one policy (arrays ``[users]``) and its run time.
 
-    ``after_conversion`` holds, per conversion, the share of the items shown to that user in
-    the next ``after_conversion_steps`` slates whose main topic is the bought item's: how
-    much of the just-bought topic a policy keeps showing (a satiated user does not want it).
-    ``after_conversion_ads`` is the same share among the ads shown in that window (windows
-    with no ad left out): purchases happen on ads, and a sated buyer is worth least there.
+    ``windows`` ``[4, W]`` holds, per conversion followed by at least one slate, what this
+    policy showed that user in the next ``after_conversion_steps`` slates: items of the bought
+    item's main topic, items, bought-topic ads, ads. ``onlooker_windows`` holds, for the same
+    windows, what each *other* policy (``run_policy_lives(..., onlookers=)``) would have shown
+    on exactly the same observations: a paired comparison on the same post-purchase states,
+    free of the selection a policy's own trajectory brings (which users buy, and when).
     """
 
     returns: F64
@@ -151,10 +159,25 @@ class PolicyEvaluation:
     steps: F64
     conversions: F64
     truncated: npt.NDArray[np.bool_]
-    after_conversion: F64
-    after_conversion_ads: F64
+    windows: F64
     after_conversion_steps: int
     seconds: float
+    onlooker_windows: Mapping[str, F64] = field(default_factory=dict)
+
+    @property
+    def after_conversion(self) -> F64:
+        """Per window, the share of the items shown whose main topic is the bought item's:
+        how much of the just-bought topic the policy keeps showing."""
+        shares: F64 = self.windows[0] / self.windows[1]
+        return shares
+
+    @property
+    def after_conversion_ads(self) -> F64:
+        """The same share among the ads shown (windows with no ad left out): purchases happen
+        on ads, and a sated buyer is worth least there."""
+        with_ads = self.windows[3] > 0
+        shares: F64 = self.windows[2, with_ads] / self.windows[3, with_ads]
+        return shares
 
     def summary(self, confidence: float = 0.95) -> dict[str, Any]:
         """JSON-ready means with CIs, CTR, conversions, the after-conversion topic share and
@@ -184,6 +207,122 @@ def _share_summary(shares: F64, confidence: float) -> dict[str, Any]:
     return {"mean": float(shares[0]) if shares.size else None, "n": int(shares.size)}
 
 
+def shared_state_shares(
+    ev: PolicyEvaluation,
+    name: str,
+    *,
+    reference: str,
+    confidence: float = 0.95,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Bought-topic shares of every policy on the post-purchase states of ``name``'s run.
+
+    ``ev`` is ``name``'s :func:`run_policy_lives` with onlookers. Per policy: the share of
+    bought-topic items (and ads) among all it showed or would show in the windows (a ratio
+    of sums), and its paired difference to ``reference``'s, with percentile-bootstrap CIs
+    over windows resampled jointly for all policies (they answered the same observations).
+    """
+    counts = {name: ev.windows, **ev.onlooker_windows}
+    if reference not in counts:
+        raise ValueError(f"{reference!r} neither ran nor looked on: {sorted(counts)}")
+    n = ev.windows.shape[1]
+    if n < 2:
+        raise ValueError(f"{n} conversion windows: too few to compare shares")
+    weights = _bootstrap_weights(n, n_bootstrap, seed)
+    alpha = 1 - confidence
+
+    def ci(values: F64, point: float) -> dict[str, float]:
+        low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+        return {"mean": float(point), "ci_low": float(low), "ci_high": float(high)}
+
+    out: dict[str, Any] = {"states_of": name, "windows": n, "reference": reference}
+    for key, (hit, total) in {"items": (0, 1), "ads": (2, 3)}.items():
+        share = {p: c[hit].sum() / max(c[total].sum(), 1.0) for p, c in counts.items()}
+        boot = {
+            p: (weights @ c[hit]) / np.maximum(weights @ c[total], 1.0) for p, c in counts.items()
+        }
+        out[key] = {p: ci(boot[p], share[p]) for p in counts}
+        out[f"{key}_minus_{reference}"] = {
+            p: ci(boot[p] - boot[reference], share[p] - share[reference])
+            for p in counts
+            if p != reference
+        }
+    return out
+
+
+class _ConversionWindows:
+    """The ``steps`` slates after each conversion, counted for a policy and its onlookers.
+
+    Per open window and policy: bought-topic items, items, bought-topic ads, ads. A window
+    opens on a conversion (closing the user's open one) and closes after ``steps`` slates or
+    when the user churns; only windows with at least one slate are kept.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        steps: int,
+        names: Sequence[str],
+        main_topic: npt.NDArray[np.int64],
+        is_ad: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
+    ) -> None:
+        self.steps = steps
+        self.main_topic = main_topic
+        self.is_ad = is_ad
+        self.topic = np.full(num_users, -1, dtype=np.int64)
+        self.left = np.zeros(num_users, dtype=np.int64)
+        self.open = {p: np.zeros((4, num_users)) for p in names}
+        self.closed: dict[str, list[F64]] = {p: [] for p in names}
+
+    def in_window(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Which of ``rows`` have a window open (their next slate counts)."""
+        flags: npt.NDArray[np.bool_] = self.left[rows] > 0
+        return flags
+
+    def count(self, name: str, rows: npt.NDArray[np.int64], items: npt.NDArray[np.int64]) -> None:
+        """``name`` shows (or would show) ``items`` ``[len(rows), S]`` to users in a window."""
+        hit = self.main_topic[items] == self.topic[rows][:, None]
+        ads = self.is_ad(items)
+        acc = self.open[name]
+        acc[0, rows] += hit.sum(axis=1)
+        acc[1, rows] += items.shape[1]
+        acc[2, rows] += (hit & ads).sum(axis=1)
+        acc[3, rows] += ads.sum(axis=1)
+
+    def advance(
+        self,
+        rows: npt.NDArray[np.int64],
+        shown: npt.NDArray[np.bool_],
+        converted: npt.NDArray[np.int64],
+        bought: npt.NDArray[np.int64],
+    ) -> None:
+        """After a step of ``rows`` (``shown``: which were in a window): windows that are full
+        close, users in ``converted`` open one on the main topic of the ``bought`` items."""
+        self.left[rows[shown]] -= 1
+        done = np.zeros(self.left.shape[0], dtype=np.bool_)
+        done[rows] = self.left[rows] == 0
+        done[converted] = True
+        self.close(done)
+        self.topic[converted] = self.main_topic[bought]
+        self.left[converted] = self.steps
+
+    def close(self, done: npt.NDArray[np.bool_]) -> None:
+        """Close the windows of users flagged in ``done`` (those with a slate are kept)."""
+        first = next(iter(self.open.values()))
+        keep = done & (first[1] > 0)
+        for name, acc in self.open.items():
+            if keep.any():
+                self.closed[name].append(acc[:, keep].copy())
+            acc[:, done] = 0.0
+        self.left[done] = 0
+
+    def result(self, name: str) -> F64:
+        """``[4, W]`` counts of every kept window, in the order they closed."""
+        parts = self.closed[name]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((4, 0))
+
+
 UsersFactory = Callable[[int], SimulatedUsers]
 """``seed -> SimulatedUsers`` of the evaluation population (fresh initial states)."""
 
@@ -196,6 +335,7 @@ def run_policy_lives(
     seed: int,
     explore: bool = False,
     after_conversion_steps: int = 10,
+    onlookers: Mapping[str, BatchSlatePolicy] | None = None,
 ) -> PolicyEvaluation:
     """Serve every user of ``make_users(seed)`` with ``policy`` until each churns or
     ``max_steps``; per-user totals.
@@ -204,29 +344,22 @@ def run_policy_lives(
     the policy's generator are seeded from ``seed`` alone, so every policy sees the same users
     in the same initial states with the same random streams. Candidates and features are the
     simulated users' (the retriever and the event fold, or latent features).
+
+    ``onlookers`` are asked, greedily and with a generator of their own (so ``policy``'s run
+    is unchanged), for the slate they would show on every observation inside a conversion
+    window; what they would show is counted in ``onlooker_windows``.
     """
     users = make_users(seed)
     rng = np.random.default_rng(seed + 1)
+    onlookers = dict(onlookers or {})
+    look_rng = np.random.default_rng(seed + 2)
     n, s = users.num_users, users.slate_size
     main_topic = np.argmax(users.fold.item_topics(np.arange(users.fold.num_items)), axis=1)
     totals = np.zeros((5, n))
     alive = np.ones(n, dtype=np.bool_)
-    window_topic = np.full(n, -1, dtype=np.int64)
-    window_left = np.zeros(n, dtype=np.int64)
-    # Per open window: bought-topic items, items, bought-topic ads, ads shown so far.
-    window = np.zeros((4, n))
-    shares: list[F64] = []
-    ad_shares: list[F64] = []
-
-    def close_windows(done: npt.NDArray[np.bool_]) -> None:
-        ended = done & (window[1] > 0)
-        if ended.any():
-            shares.append(window[0, ended] / window[1, ended])
-        with_ads = done & (window[3] > 0)
-        if with_ads.any():
-            ad_shares.append(window[2, with_ads] / window[3, with_ads])
-        window[:, done] = 0.0
-        window_left[done] = 0
+    windows = _ConversionWindows(
+        n, after_conversion_steps, ["", *onlookers], main_topic, users.fold.item_is_ad
+    )
 
     start = time.perf_counter()
     with torch.no_grad():
@@ -238,17 +371,16 @@ def run_policy_lives(
             action = policy.act(obs, s, rng, explore=explore)
             items = np.take_along_axis(obs.candidate_ids, action.slates, axis=1)
             # Slates shown while a conversion's window is open count towards its share.
-            open_ = window_left[rows] > 0
+            open_ = windows.in_window(rows)
             if open_.any():
-                r = rows[open_]
-                shown = items[open_]
-                hit = main_topic[shown] == window_topic[r][:, None]
-                ads = users.fold.item_is_ad(shown)
-                window[0, r] += hit.sum(axis=1)
-                window[1, r] += shown.shape[1]
-                window[2, r] += (hit & ads).sum(axis=1)
-                window[3, r] += ads.sum(axis=1)
-                window_left[r] -= 1
+                windows.count("", rows[open_], items[open_])
+                if onlookers:
+                    sub = obs.take(np.flatnonzero(open_))
+                    for name, other in onlookers.items():
+                        slates = other.act(sub, s, look_rng, explore=False).slates
+                        windows.count(
+                            name, rows[open_], np.take_along_axis(sub.candidate_ids, slates, 1)
+                        )
             result = users.step(rows, items)
             o = result.observable
             totals[0, rows] += o.dwell_s / 60.0
@@ -256,16 +388,9 @@ def run_policy_lives(
             totals[2, rows] += o.revenue
             totals[3, rows] += 1.0
             totals[4, rows] += o.conversion
-            finished = np.zeros(n, dtype=np.bool_)
-            finished[rows] = window_left[rows] == 0
-            converted = np.zeros(n, dtype=np.bool_)
-            converted[rows[o.conversion]] = True
-            close_windows(finished | converted)
-            if converted.any():
-                window_topic[converted] = main_topic[o.clicked_item[o.conversion]]
-                window_left[converted] = after_conversion_steps
+            windows.advance(rows, open_, rows[o.conversion], o.clicked_item[o.conversion])
             alive[rows[result.session.terminated]] = False
-    close_windows(window[1] > 0)
+    windows.close(np.ones(n, dtype=np.bool_))
     return PolicyEvaluation(
         returns=totals[0],
         clicks=totals[1],
@@ -273,10 +398,10 @@ def run_policy_lives(
         steps=totals[3],
         conversions=totals[4],
         truncated=alive.copy(),
-        after_conversion=np.concatenate(shares) if shares else np.zeros(0),
-        after_conversion_ads=np.concatenate(ad_shares) if ad_shares else np.zeros(0),
+        windows=windows.result(""),
         after_conversion_steps=after_conversion_steps,
         seconds=time.perf_counter() - start,
+        onlooker_windows={name: windows.result(name) for name in onlookers},
     )
 
 

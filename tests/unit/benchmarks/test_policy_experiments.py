@@ -45,6 +45,22 @@ def _row(mean: float) -> dict[str, object]:
     }
 
 
+def _same_states(driver: str, names: tuple[str, ...]) -> dict[str, object]:
+    """A shared-state block: item shares 0.04, 0.05, ... in ``names`` order; the best RL
+    policy (reinforce) 0.02 below myopic on items and 0.03 on ads."""
+    items = {n: {"mean": 0.04 + 0.01 * i} for i, n in enumerate(names)}
+    items["reinforce"] = {"mean": 0.02}
+    diff = {"mean": -0.02, "ci_low": -0.03, "ci_high": -0.01}
+    return {
+        "states_of": driver,
+        "windows": 150,
+        "reference": "myopic",
+        "items": items,
+        "items_minus_myopic": {"reinforce": diff},
+        "ads_minus_myopic": {"reinforce": {"mean": -0.03, "ci_low": -0.05, "ci_high": -0.01}},
+    }
+
+
 def test_markdown_table_orders_rows() -> None:
     results = {
         "evaluation": {"event": {"policies": {"slateq": _row(1), "x": _row(1), "random": _row(1)}}}
@@ -76,6 +92,11 @@ def test_doc_block_quotes_the_results() -> None:
                 "best_rl_vs_myopic": {**ratio, "ratio": 1.3},
                 "best_rl_shows_fewer_bought_topic_ads": True,
                 "best_rl_shows_fewer_bought_topic_items": False,
+                "same_states": {
+                    driver: _same_states(driver, names[1:]) for driver in ("myopic", "reinforce")
+                },
+                "best_rl_shows_fewer_bought_topic_items_on_same_states": True,
+                "best_rl_shows_fewer_bought_topic_ads_on_same_states": False,
             },
         },
         "reward_model": {
@@ -92,5 +113,12 @@ def test_doc_block_quotes_the_results() -> None:
     assert "**1.25 [1.10, 1.40]**" in block
     assert "reinforce / myopic (dwell-greedy)" in block
     assert "| myopic | 100.0 | 0.50 | 0.200 [-0.800, 1.200] | 0.040 [-0.960, 1.040] | 10 |" in block
-    assert "fewer bought-topic ads than myopic (CIs apart): **True**" in block
+    assert "fewer bought-topic ads than myopic (CIs apart): True" in block
+    assert "| states of | purchases | myopic | myopic_learned | slateq | reinforce |" in block
+    assert (
+        "| reinforce | 150 | 0.040 | 0.050 | 0.060 | 0.020 | -0.020 [-0.030, -0.010] "
+        "| -0.030 [-0.050, -0.010] |"
+    ) in block
+    assert "on every policy's states (CI of the difference below 0): **True**" in block
+    assert "fewer bought-topic ads: **False**" in block
     assert "return over myopic on these users: **1.30 [1.10, 1.40]**" in block

@@ -22,6 +22,7 @@ from recsys.policy.evaluation.simulator import (
     mean_ci,
     paired_ratio,
     run_policy_lives,
+    shared_state_shares,
     validation_users,
 )
 from recsys.policy.training.config import POPULATION, PolicyTrainConfig
@@ -292,6 +293,7 @@ def _run_scripted(
     churns: Collection[tuple[int, int]] = (),
     window: int = 2,
     ads: Collection[int] = (),
+    onlookers: Mapping[str, BatchSlatePolicy] | None = None,
 ) -> Any:
     users = ScriptedUsers(len(slates[0]), conversions, churns, ads)
     return run_policy_lives(
@@ -300,6 +302,7 @@ def _run_scripted(
         max_steps=len(slates),
         seed=0,
         after_conversion_steps=window,
+        onlookers=onlookers,
     )
 
 
@@ -360,6 +363,77 @@ def test_after_conversion_ad_share_counts_only_the_ads_shown() -> None:
     assert sorted(ev.after_conversion.tolist()) == [0.0, 0.25]
     summary = ev.summary()["bought_topic_ad_share_after_conversion"]
     assert summary == {"mean": 0.5, "n": 1}
+
+
+class FixedPolicy:
+    """Shows each user the same slate whenever asked; records every call."""
+
+    name = "fixed"
+
+    def __init__(self, slates: Mapping[int, tuple[int, int]]) -> None:
+        self.slates = slates
+        self.calls: list[tuple[list[int], bool]] = []
+
+    def act(
+        self, obs: SlateObs, slate_size: int, rng: np.random.Generator, explore: bool = True
+    ) -> SlateAction:
+        users = obs.user_features[:, 0].astype(np.int64).tolist()
+        self.calls.append((users, explore))
+        slates = np.array([self.slates[u] for u in users], dtype=np.int64)
+        ones = np.ones(slates.shape, np.float32)
+        return SlateAction(slates, ones, np.zeros(len(users), np.float32), None)
+
+
+def test_onlookers_are_counted_on_the_same_post_purchase_states() -> None:
+    """The ad case above, with an onlooker that always shows user 0 items 0 and 3 (topic 0,
+    item 3 an ad) and user 1 items 4 and 1 (topic 1, item 4 an ad). Both users buy at t0
+    (user 0 topic 0, user 1 topic 1), so the onlooker is asked at t1 and t2 only, greedily,
+    about both users; in both windows everything it would show is of the bought topic."""
+    slates = [{0: (0, 5), 1: (1, 5)}, {0: (3, 1), 1: (0, 2)}, {0: (4, 2), 1: (5, 2)}]
+    fixed = FixedPolicy({0: (0, 3), 1: (4, 1)})
+    ev = _run_scripted(slates, {(0, 0), (0, 1)}, ads=(3, 4), onlookers={"fixed": fixed})
+    assert fixed.calls == [([0, 1], False), ([0, 1], False)]
+    # Driver per window: [bought-topic items, items, bought-topic ads, ads].
+    by_user = sorted(ev.windows.T.tolist())
+    assert by_user == [[0, 4, 0, 0], [1, 4, 1, 2]]
+    np.testing.assert_array_equal(ev.onlooker_windows["fixed"], [[4, 4], [4, 4], [2, 2], [2, 2]])
+    # The onlooker changes nothing in the driver's run.
+    alone = _run_scripted(slates, {(0, 0), (0, 1)}, ads=(3, 4))
+    np.testing.assert_array_equal(alone.windows, ev.windows)
+    np.testing.assert_array_equal(alone.returns, ev.returns)
+
+    out = shared_state_shares(ev, "scripted", reference="scripted")
+    assert out["windows"] == 2
+    assert out["items"]["scripted"]["mean"] == pytest.approx(1 / 8)
+    assert out["items"]["fixed"]["mean"] == 1.0
+    assert out["ads"]["scripted"]["mean"] == pytest.approx(1 / 2)
+    diff = out["items_minus_scripted"]["fixed"]
+    assert diff["mean"] == pytest.approx(7 / 8)
+    assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
+    assert "scripted" not in out["items_minus_scripted"]
+    with pytest.raises(ValueError, match="neither ran nor looked on"):
+        shared_state_shares(ev, "scripted", reference="myopic")
+
+
+def test_a_greedy_twin_onlooker_would_show_exactly_what_the_policy_showed(
+    small_setup: SimulatorSetup, baselines: dict[str, BatchSlatePolicy]
+) -> None:
+    """The deterministic myopic baseline looking on its own run sees the same observations,
+    so its counts equal the driver's window for window; its paired difference is zero."""
+    myopic = baselines["myopic"]
+    make_users = small_setup.make_users(USERS)
+    ev = run_policy_lives(myopic, make_users, max_steps=30, seed=5, onlookers={"twin": myopic})
+    assert ev.windows.shape[1] > 1, "too few conversions: the onlooker was not exercised"
+    np.testing.assert_array_equal(ev.onlooker_windows["twin"], ev.windows)
+    diff = shared_state_shares(ev, "myopic", reference="myopic")["items_minus_myopic"]["twin"]
+    assert diff == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    # A different onlooker answers the same windows with its own slates.
+    ev2 = run_policy_lives(
+        myopic, make_users, max_steps=30, seed=5, onlookers={"random": baselines["random"]}
+    )
+    np.testing.assert_array_equal(ev2.windows, ev.windows)
+    assert ev2.onlooker_windows["random"].shape == ev.windows.shape
+    assert not np.array_equal(ev2.onlooker_windows["random"], ev.windows)
 
 
 def test_after_conversion_share_on_simulated_users(
