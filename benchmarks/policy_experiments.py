@@ -60,6 +60,7 @@ from recsys.pipeline import (
 from recsys.policy.base import BatchSlatePolicy
 from recsys.policy.evaluation.ope import LoggedSlates, evaluate_off_policy, plackett_luce_target
 from recsys.policy.evaluation.simulator import (
+    blind_to_satiation,
     build_baselines,
     evaluate_in_simulator,
     evaluation_users,
@@ -329,6 +330,8 @@ def _satiation(
     - *same states*: each policy's run with the others looking on
       (:func:`run_policy_lives` ``onlookers``): on every observation after a purchase, every
       policy says what it would show; paired differences to myopic with CIs over purchases.
+      Myopic and the best RL policy also look on blind to the decayed conversions
+      (:func:`blind_to_satiation`): the difference is what the satiation signal changes.
 
     The claim is that the best RL policy shows fewer bought-topic items (and ads) than myopic
     on the same states, on the post-purchase states of every policy's run, and that its
@@ -336,6 +339,14 @@ def _satiation(
     """
     names = ("myopic", "myopic_learned", *RL_NAMES)
     make_users = setup.make_users(satiation_users(cfg), cfg.headline)
+    features = setup.features(cfg.headline)
+    blind = {
+        f"{name}_blind": blind_to_satiation(
+            policies[name], setup.fold.spec.user_feature_names, features.items.names
+        )
+        for name in ("myopic", best)
+    }
+    lookers: dict[str, BatchSlatePolicy] = {**{n: policies[n] for n in names}, **blind}
     runs = {
         name: run_policy_lives(
             policies[name],
@@ -343,7 +354,7 @@ def _satiation(
             max_steps=cfg.eval_max_steps,
             seed=cfg.eval_seed,
             after_conversion_steps=cfg.after_conversion_steps,
-            onlookers={other: policies[other] for other in names if other != name},
+            onlookers={other: p for other, p in lookers.items() if other != name},
         )
         for name in names
     }
@@ -611,6 +622,7 @@ def _satiation_lines(sat: Mapping[str, Any], best: str) -> list[str]:
     if not same:
         return lines
     names = list(sat["bought_topic_share"])
+    names += [n for n in next(iter(same.values()))["items"] if n not in names]
     lines += [
         "",
         "On the same states: on every observation in those windows of one policy's run, "
@@ -622,7 +634,7 @@ def _satiation_lines(sat: Mapping[str, Any], best: str) -> list[str]:
         f"|---|---|{'---|' * len(names)}---|---|",
     ]
     for driver, v in same.items():
-        cells = " | ".join(f"{v['items'][n]['mean']:.3f}" for n in names)
+        cells = " | ".join(f"{v['items'][n]['mean']:.3f}" if n in v["items"] else "" for n in names)
         diff = {k: v[f"{k}_minus_myopic"][best] for k in ("items", "ads")}
         lines.append(
             f"| {driver} | {v['windows']} | {cells} | {_share(diff['items'])} "
@@ -635,6 +647,14 @@ def _satiation_lines(sat: Mapping[str, Any], best: str) -> list[str]:
         f"**{sat['best_rl_shows_fewer_bought_topic_items_on_same_states']}**; fewer "
         f"bought-topic ads: **{sat['best_rl_shows_fewer_bought_topic_ads_on_same_states']}**.",
     ]
+    v = same.get("myopic", {}).get("items", {})
+    if f"{best}_blind" in v and "myopic_blind" in v:
+        lines.append(
+            f"- What the satiation signal changes (`_blind`: the same policy with the decayed "
+            f"conversions zeroed), on myopic's states: {best} "
+            f"{v[f'{best}_blind']['mean']:.3f} → {v[best]['mean']:.3f}, myopic "
+            f"{v['myopic_blind']['mean']:.3f} → {v['myopic']['mean']:.3f}."
+        )
     return lines
 
 

@@ -45,7 +45,7 @@ from recsys.policy.algorithms.baselines import (
 )
 from recsys.policy.algorithms.slateq import SlateQConfig, SlateQPolicy
 from recsys.policy.base import BatchSlatePolicy, SlateSampler
-from recsys.policy.batch import SlateObs, Transition
+from recsys.policy.batch import SlateAction, SlateObs, Transition
 from recsys.policy.choice_model import ConditionalLogitChoiceModel
 from recsys.policy.observation import FeatureKind
 from recsys.policy.reward.model import LearnedRewardModel
@@ -59,9 +59,11 @@ F64 = npt.NDArray[np.float64]
 __all__ = [
     "METRICS",
     "MYOPIC_CONFIG",
+    "BlindPolicy",
     "LoggedData",
     "PolicyEvaluation",
     "UsersFactory",
+    "blind_to_satiation",
     "build_baselines",
     "evaluate_in_simulator",
     "evaluation_users",
@@ -249,6 +251,54 @@ def shared_state_shares(
             if p != reference
         }
     return out
+
+
+class BlindPolicy:
+    """``policy`` acting on observations with some feature columns zeroed.
+
+    A probe of what a trained policy does with a signal: looking on the same observations
+    (:func:`run_policy_lives` ``onlookers``), the difference between a policy and its blind
+    twin is what that signal changes in its slates. Zero is what a user without any such
+    event looks like in the event features (decayed counts squashed as ``x / (x + c)``).
+    """
+
+    def __init__(
+        self,
+        policy: BatchSlatePolicy,
+        *,
+        user_columns: Sequence[int],
+        item_columns: Sequence[int],
+        name: str,
+    ) -> None:
+        self.policy = policy
+        self.user_columns = np.asarray(user_columns, dtype=np.int64)
+        self.item_columns = np.asarray(item_columns, dtype=np.int64)
+        self.name = name
+
+    def act(
+        self, obs: SlateObs, slate_size: int, rng: np.random.Generator, explore: bool = True
+    ) -> SlateAction:
+        """The wrapped policy's slates on the observation without the hidden columns."""
+        user = obs.user_features.copy()
+        user[:, self.user_columns] = 0.0
+        items = obs.item_features.copy()
+        items[:, :, self.item_columns] = 0.0
+        blind = obs._replace(user_features=user, item_features=items)
+        return self.policy.act(blind, slate_size, rng, explore=explore)
+
+
+def blind_to_satiation(
+    policy: BatchSlatePolicy, user_names: Sequence[str], item_names: Sequence[str]
+) -> BlindPolicy:
+    """``policy`` without the decayed conversions per topic (``satiation_*`` user features and
+    the ``x_satiation`` cross feature), named ``<name>_blind``."""
+    user_cols = [i for i, n in enumerate(user_names) if n.startswith("satiation_")]
+    item_cols = [i for i, n in enumerate(item_names) if n == "x_satiation"]
+    if not user_cols or not item_cols:
+        raise ValueError("these features have no satiation block (event features have one)")
+    return BlindPolicy(
+        policy, user_columns=user_cols, item_columns=item_cols, name=f"{policy.name}_blind"
+    )
 
 
 class _ConversionWindows:

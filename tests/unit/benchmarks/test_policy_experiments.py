@@ -47,9 +47,11 @@ def _row(mean: float) -> dict[str, object]:
 
 def _same_states(driver: str, names: tuple[str, ...]) -> dict[str, object]:
     """A shared-state block: item shares 0.04, 0.05, ... in ``names`` order; the best RL
-    policy (reinforce) 0.02 below myopic on items and 0.03 on ads."""
+    policy (reinforce) 0.02 below myopic on items and 0.03 on ads; blind to the satiation
+    signal, myopic would show 0.07 and reinforce 0.08."""
     items = {n: {"mean": 0.04 + 0.01 * i} for i, n in enumerate(names)}
     items["reinforce"] = {"mean": 0.02}
+    items |= {"myopic_blind": {"mean": 0.07}, "reinforce_blind": {"mean": 0.08}}
     diff = {"mean": -0.02, "ci_low": -0.03, "ci_high": -0.01}
     return {
         "states_of": driver,
@@ -114,11 +116,15 @@ def test_doc_block_quotes_the_results() -> None:
     assert "reinforce / myopic (dwell-greedy)" in block
     assert "| myopic | 100.0 | 0.50 | 0.200 [-0.800, 1.200] | 0.040 [-0.960, 1.040] | 10 |" in block
     assert "fewer bought-topic ads than myopic (CIs apart): True" in block
-    assert "| states of | purchases | myopic | myopic_learned | slateq | reinforce |" in block
     assert (
-        "| reinforce | 150 | 0.040 | 0.050 | 0.060 | 0.020 | -0.020 [-0.030, -0.010] "
-        "| -0.030 [-0.050, -0.010] |"
+        "| states of | purchases | myopic | myopic_learned | slateq | reinforce | myopic_blind "
+        "| reinforce_blind | reinforce - myopic, items | reinforce - myopic, ads |"
     ) in block
+    assert (
+        "| reinforce | 150 | 0.040 | 0.050 | 0.060 | 0.020 | 0.070 | 0.080 "
+        "| -0.020 [-0.030, -0.010] | -0.030 [-0.050, -0.010] |"
+    ) in block
+    assert "on myopic's states: reinforce 0.080 → 0.020, myopic 0.070 → 0.040." in block
     assert "on every policy's states (CI of the difference below 0): **True**" in block
     assert "fewer bought-topic ads: **False**" in block
     assert "return over myopic on these users: **1.30 [1.10, 1.40]**" in block

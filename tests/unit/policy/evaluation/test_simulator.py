@@ -16,6 +16,8 @@ from recsys.policy import RandomPolicy
 from recsys.policy.base import BatchSlatePolicy, SlateSampler
 from recsys.policy.batch import SlateAction, SlateObs
 from recsys.policy.evaluation.simulator import (
+    BlindPolicy,
+    blind_to_satiation,
     build_baselines,
     evaluate_in_simulator,
     evaluation_users,
@@ -434,6 +436,56 @@ def test_a_greedy_twin_onlooker_would_show_exactly_what_the_policy_showed(
     np.testing.assert_array_equal(ev2.windows, ev.windows)
     assert ev2.onlooker_windows["random"].shape == ev.windows.shape
     assert not np.array_equal(ev2.onlooker_windows["random"], ev.windows)
+
+
+class RecordingPolicy:
+    """Shows candidates 0 and 1 and keeps every observation it was given."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.seen: list[SlateObs] = []
+
+    def act(
+        self, obs: SlateObs, slate_size: int, rng: np.random.Generator, explore: bool = True
+    ) -> SlateAction:
+        self.seen.append(obs)
+        b = obs.user_features.shape[0]
+        slates = np.tile(np.arange(slate_size), (b, 1))
+        return SlateAction(slates, np.ones(slates.shape, np.float32), np.zeros(b), None)
+
+
+def test_a_blind_policy_acts_on_the_observation_without_the_hidden_columns() -> None:
+    obs = SlateObs(
+        user_features=np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3),
+        item_features=np.ones((2, 4, 3), np.float32),
+        candidate_ids=np.tile(np.arange(4), (2, 1)),
+        candidate_mask=None,
+        is_ad=np.zeros((2, 4), np.bool_),
+    )
+    inner = RecordingPolicy()
+    blind = BlindPolicy(inner, user_columns=[1], item_columns=[0, 2], name="probe")
+    action = blind.act(obs, 2, np.random.default_rng(0), explore=False)
+    np.testing.assert_array_equal(action.slates, [[0, 1], [0, 1]])
+    seen = inner.seen[0]
+    np.testing.assert_array_equal(seen.user_features, [[1, 0, 3], [4, 0, 6]])
+    np.testing.assert_array_equal(seen.item_features[..., 1], 1.0)
+    np.testing.assert_array_equal(seen.item_features[..., [0, 2]], 0.0)
+    # The caller's observation is untouched (the driver acts on it too).
+    np.testing.assert_array_equal(obs.user_features[:, 1], [2, 5])
+    np.testing.assert_array_equal(obs.item_features, 1.0)
+
+
+def test_blind_to_satiation_hides_the_decayed_conversions_only() -> None:
+    spec = FeatureSpec(num_topics=3)
+    users = spec.user_feature_names
+    items = ("log_length", "x_interest", "x_satiation")
+    blind = blind_to_satiation(RecordingPolicy(), users, items)
+    assert blind.name == "recording_blind"
+    assert [users[i] for i in blind.user_columns] == ["satiation_0", "satiation_1", "satiation_2"]
+    assert blind.item_columns.tolist() == [2]
+    with pytest.raises(ValueError, match="no satiation block"):
+        blind_to_satiation(RecordingPolicy(), ("interest_0", "fatigue_0"), ("topic_0",))
 
 
 def test_after_conversion_share_on_simulated_users(
