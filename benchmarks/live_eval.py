@@ -118,6 +118,10 @@ def _ratio(r: Mapping[str, float]) -> str:
     return f"{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
 
 
+def _flags(flags: Mapping[str, bool]) -> str:
+    return ", ".join(f"{name} {flag}" for name, flag in flags.items())
+
+
 def render_doc_block(results: Mapping[str, Any]) -> str:
     """The Markdown table and claims of ``docs/policy.md`` (from the JSON only)."""
     cfg, must = results["config"], results["must_show"]
@@ -151,8 +155,8 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
         f"**{_ratio(r)}** (target >= {r['target']}: {r['meets_ratio']}; paired CI above 1: "
         f"{r['ci_above_one']}).",
         "- Live return inside the in-process CI of the same checkpoint on the same users and "
-        f"seeds: {must['live_inside_paired_in_process_ci']}; inside the batched in-process CI: "
-        f"{must['live_inside_batched_in_process_ci']}.",
+        f"seeds: {_flags(must['live_inside_paired_in_process_ci'])}; inside the batched "
+        f"in-process CI: {_flags(must['live_inside_batched_in_process_ci'])}.",
         f"- {results['timing_s']['total'] / 60:.0f} minutes in all.",
     ]
     return "\n".join(lines)

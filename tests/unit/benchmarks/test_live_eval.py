@@ -77,3 +77,4 @@ def test_doc_block_quotes_the_json() -> None:
     assert "| 3/3000 | 12 / 80 |" in block
     assert "**1.30 [1.12, 1.40]** (target >= 1.1: True" in block
     assert "2 cores (x86_64)" in block
+    assert "on the same users and seeds: slateq True, myopic True; inside the batched" in block
