@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from recsys.types import EventType
 
@@ -79,8 +79,10 @@ class FeedbackRequest(_Strict):
     user_id: UserId
     item_id: ItemId
     event: EventType
-    value: Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)] | None = None
-    ts: Annotated[float, Field(allow_inf_nan=False, ge=0, le=1e11)] | None = None
+    # Strict numbers: JSON true/false or a numeric string is a client bug, not a value (a
+    # lax float would turn ``"value": true`` into 1.0 and ``"ts": "123.5"`` into a time).
+    value: Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-1e9, le=1e9)] | None = None
+    ts: Annotated[StrictFloat, Field(allow_inf_nan=False, ge=0, le=1e11)] | None = None
 
 
 class FeedbackResponse(BaseModel):

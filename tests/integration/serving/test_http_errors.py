@@ -82,6 +82,27 @@ def test_recommend_rejects_bad_input(
             422,
             "value",
         ),
+        # Strict types: no bool or numeric string is coerced into a number.
+        (
+            {"request_id": "r1", "user_id": "USER", "item_id": 1, "event": "like", "value": True},
+            422,
+            "value",
+        ),
+        (
+            {"request_id": "r1", "user_id": "USER", "item_id": 1, "event": "dwell", "value": "5"},
+            422,
+            "value",
+        ),
+        (
+            {"request_id": "r1", "user_id": "USER", "item_id": 1, "event": "click", "ts": False},
+            422,
+            "ts",
+        ),
+        (
+            {"request_id": "r1", "user_id": "USER", "item_id": 1, "event": "click", "ts": "123.5"},
+            422,
+            "ts",
+        ),
     ],
 )
 def test_feedback_rejects_bad_input(
