@@ -203,9 +203,16 @@ class LoggedFeedback:
         if missing:
             raise LoggedFeedbackError(f"logged feedback is missing columns {sorted(missing)}")
         table = table.select(names)
+        for name in names:
+            nulls = table.column(name).null_count
+            if nulls and not SCHEMA.field(name).nullable:
+                raise LoggedFeedbackError(
+                    f"column {name!r} is null on {nulls} of {table.num_rows} rows; the format "
+                    "does not allow nulls there"
+                )
         try:
             table = table.cast(pa.schema([SCHEMA.field(n) for n in names]))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
             raise LoggedFeedbackError(f"logged feedback has wrong column types: {exc}") from exc
         values: dict[str, Any] = {}
         for name, t in _SCALARS.items():

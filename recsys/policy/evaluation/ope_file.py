@@ -12,7 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from recsys.data.logged import read_logged_feedback, read_logged_feedback_metadata
+from recsys.data.logged import (
+    LoggedFeedbackError,
+    read_logged_feedback,
+    read_logged_feedback_metadata,
+)
 from recsys.policy.batch import SIGNAL_NAMES
 from recsys.policy.evaluation.ope import evaluate_off_policy, load_target_propensities
 from recsys.policy.evaluation.ope_policies import (
@@ -87,6 +91,8 @@ def evaluate_ope_file(
         raise ValueError("give exactly one of target_column and policy")
     path = Path(logs_path)
     logs = read_logged_feedback(path)
+    if len(logs) == 0:
+        raise LoggedFeedbackError(f"{path} holds no logged rows: there is nothing to evaluate")
     signals = np.stack(
         [np.asarray(getattr(logs, name), dtype=np.float32) for name in SIGNAL_NAMES], axis=1
     )
@@ -126,6 +132,13 @@ def evaluate_ope_file(
             position_samples=n_samples,
             max_position_propensity_stderr=None if stderr is None else float(stderr.max()),
             direct_method=direct_method,
+        )
+    if not np.any(target.propensity > 0):
+        what = f"column {target_column!r}" if target_column else f"policy {policy!r}"
+        raise ValueError(
+            f"the target ({what}) gives probability 0 to every logged slot: no logged action "
+            "is one it would take, so importance weighting has nothing to reweight (IPS is 0 "
+            "and SNIPS undefined by construction); check the column or the policy"
         )
     results = evaluate_off_policy(
         logs,

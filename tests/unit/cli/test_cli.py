@@ -144,6 +144,26 @@ def test_evaluate_ope_on_a_target_column(tmp_path: Path, monkeypatch: pytest.Mon
     assert ips["ci_low"] <= clicks_per_slate <= ips["ci_high"]
 
 
+def test_evaluate_ope_refuses_a_target_column_of_zeros(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
+    monkeypatch.setenv("RECSYS_CATALOG__NUM_USERS", "200")
+    monkeypatch.setenv("RECSYS_SIMULATOR__NUM_CANDIDATES", "20")
+    logs = tmp_path / "logs.parquet"
+    sim = runner.invoke(app, ["simulate", "--out", str(logs), "--steps", "3", "--slate", "3"])
+    assert sim.exit_code == 0, sim.output
+    table = pq.read_table(logs)
+    pq.write_table(table.append_column("target", pa.array([0.0] * table.num_rows)), logs)
+    out = runner.invoke(app, ["evaluate", "ope", "--logs", str(logs), "--target-column", "target"])
+    assert out.exit_code == 1
+    assert "gives probability 0 to every logged slot" in out.output
+    assert "Traceback" not in out.output
+
+
 def test_evaluate_ope_missing_column_is_clear(tmp_path: Path) -> None:
     out = runner.invoke(
         app, ["evaluate", "ope", "--logs", str(tmp_path / "no.parquet"), "--target-column", "t"]

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recsys.data.logged import LoggedFeedbackError, read_logged_feedback
 from recsys.policy import RandomPolicy
 from recsys.policy.evaluation.ope_file import evaluate_ope_file
 from recsys.policy.testing import TinySlateEnv, collect
@@ -30,3 +31,53 @@ def test_evaluate_ope_file_with_a_target_column(tmp_path: Path) -> None:
     assert est["snips"]["value"] == pytest.approx(est["logged"]["value"])
     with pytest.raises(ValueError, match="no column"):
         evaluate_ope_file(path, target_column="missing")
+
+
+def _logged_table() -> pa.Table:
+    env = TinySlateEnv(batch_size=16, seed=0)
+    transitions, _ = collect(env, RandomPolicy(), env.reset(), 4, np.random.default_rng(0))
+    logs = transitions_to_logged_feedback(transitions)
+    return logs.to_table().append_column("target_p", pa.array(logs.propensity))
+
+
+def test_a_log_without_rows_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    pq.write_table(_logged_table().slice(0, 0), path)
+    with pytest.raises(LoggedFeedbackError, match="holds no logged rows"):
+        evaluate_ope_file(path, target_column="target_p", n_bootstrap=10)
+
+
+@pytest.mark.parametrize(("column", "kind"), [("click", pa.bool_()), ("user_id", pa.string())])
+def test_a_null_in_a_non_nullable_column_is_a_logged_feedback_error(
+    tmp_path: Path, column: str, kind: pa.DataType
+) -> None:
+    table = _logged_table()
+    values = table.column(column).to_pylist()
+    values[3] = None
+    i = table.schema.get_field_index(column)
+    table = table.set_column(i, pa.field(column, kind, nullable=True), pa.array(values, kind))
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(table, path)
+    message = f"column '{column}' is null on 1 of {table.num_rows} rows"
+    with pytest.raises(LoggedFeedbackError, match=message):
+        read_logged_feedback(path)
+    with pytest.raises(LoggedFeedbackError, match="null"):
+        evaluate_ope_file(path, target_column="target_p", n_bootstrap=10)
+
+
+def test_a_target_with_probability_zero_everywhere_is_refused(tmp_path: Path) -> None:
+    """IPS would be 0 and SNIPS undefined: a column of zeros is a mistake, not an estimate."""
+    table = _logged_table()
+    j = table.schema.get_field_index("target_p")
+    zeros = table.set_column(j, "target_p", pa.array(np.zeros(table.num_rows, np.float32)))
+    path = tmp_path / "zeros.parquet"
+    pq.write_table(zeros, path)
+    with pytest.raises(ValueError, match="gives probability 0 to every logged slot"):
+        evaluate_ope_file(path, target_column="target_p", n_bootstrap=10)
+    # Support on part of the log is enough to estimate (weights are 0 elsewhere).
+    some = np.zeros(table.num_rows, np.float32)
+    half = table.num_rows // 2
+    some[:half] = np.asarray(table.column("propensity"))[:half]
+    pq.write_table(table.set_column(j, "target_p", pa.array(some)), path)
+    out = evaluate_ope_file(path, target_column="target_p", n_bootstrap=10)
+    assert out["estimates"]["snips"]["value"] is not None
