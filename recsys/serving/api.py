@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -143,8 +143,9 @@ def build_api(recommender: Recommender, max_body_bytes: int = 64 * 1024) -> Fast
     )
     app.state.recommender = recommender
     errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
         404: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
+        413: {"model": ErrorResponse, "description": "The body is too large"},
         422: {"model": ErrorResponse},
     }
 
@@ -163,8 +164,11 @@ def build_api(recommender: Recommender, max_body_bytes: int = 64 * 1024) -> Fast
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI raises 400 when it cannot decode the body (invalid UTF-8, nesting deeper
+        # than the JSON parser allows); everything else here is about the route.
+        field = "body" if exc.status_code == 400 else "path"
         return JSONResponse(
-            error_body("http_error", "path", str(exc.detail)), exc.status_code, exc.headers
+            error_body("http_error", field, str(exc.detail)), exc.status_code, exc.headers
         )
 
     @app.exception_handler(Exception)
@@ -216,13 +220,23 @@ def build_api(recommender: Recommender, max_body_bytes: int = 64 * 1024) -> Fast
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        responses={
+            200: {"description": "Ready: the user-state store answers"},
+            503: {"description": "Not ready: the user-state store is unreachable"},
+        },
+    )
     def readyz(rec: Rec) -> JSONResponse:
         if rec.ready():
             return JSONResponse({"status": "ready", "model_version": rec.model_version})
         return JSONResponse({"status": "not_ready", "reason": "user-state store unreachable"}, 503)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text exposition format"}},
+    )
     def metrics(rec: Rec) -> Response:
         rec.refresh_metrics()
         return Response(generate_latest(rec.metrics.registry), media_type=CONTENT_TYPE_LATEST)

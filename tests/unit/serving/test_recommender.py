@@ -301,3 +301,33 @@ def test_http_api_names_the_policy_and_refuses_bad_session_ids(rec: Recommender)
     )
     assert fb.status_code == 202
     assert request_key(body["request_id"]) != 0
+
+
+def test_unparseable_bodies_are_documented_4xx_naming_the_body(rec: Recommender) -> None:
+    """Invalid UTF-8 and absurdly deep nesting cannot be parsed: a 400 naming ``body`` (not a
+    route ``path``), listed in the OpenAPI of both POST routes."""
+    client = TestClient(build_api(rec))
+    deep = ("[" * 30_000 + "]" * 30_000).encode()  # under the 64 KiB body limit
+    invalid_utf8 = b'{"user_id": "\xff\xfe", "slate_size": 3}'
+    for route in ("/recommend", "/feedback"):
+        for body in (invalid_utf8, deep):
+            resp = client.post(route, content=body, headers={"content-type": "application/json"})
+            assert resp.status_code in (400, 422), resp.text
+            assert resp.json()["detail"][0]["field"] == "body", resp.text
+    spec = client.get("/openapi.json").json()
+    for route in ("/recommend", "/feedback"):
+        listed = set(spec["paths"][route]["post"]["responses"])
+        assert {"400", "413", "422"} <= listed
+    assert client.post("/recommend", json={"user_id": "u1", "slate_size": 2}).status_code == 200
+
+
+def test_openapi_describes_metrics_as_text_and_readyz_503(rec: Recommender) -> None:
+    client = TestClient(build_api(rec))
+    spec = client.get("/openapi.json").json()
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert "application/json" not in metrics
+    assert any(kind.startswith("text/plain") for kind in metrics)
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+    ready = spec["paths"]["/readyz"]["get"]["responses"]
+    assert {"200", "503"} <= set(ready)
+    assert client.get("/readyz").json()["status"] == "ready"
