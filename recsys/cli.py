@@ -567,6 +567,64 @@ def updater(
         store.close()
 
 
+#: Exit code of ``recsys loadtest`` when the run completed but missed its SLO.
+SLO_MISSED_EXIT = 3
+
+
+@app.command()
+def loadtest(
+    url: Annotated[str, typer.Argument(help="Base URL of a running service.")],
+    rps: Annotated[float, typer.Option(help="Offered requests per second.", min=0.1)] = 50.0,
+    duration: Annotated[float, typer.Option(help="Seconds of load.", min=1, max=3600)] = 30.0,
+    slo_p99_ms: Annotated[
+        float, typer.Option(help="SLO: p99 latency over all requests, ms.", min=0.001)
+    ] = 50.0,
+    max_error_rate: Annotated[
+        float, typer.Option(help="SLO: unexpected errors per request.", min=0.0, max=1.0)
+    ] = 0.0,
+    out: Annotated[
+        Path, typer.Option(help="Directory for Locust's CSV files, report.html, result.json.")
+    ] = Path("load_tests/results"),
+    known_users: Annotated[int, typer.Option(help="Known user ids u0..uN-1.", min=1)] = 500,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Locust headless against URL (known, new and returning users; slates, clicks, dwell;
+    2% malformed requests that must get a 4xx). Exit 0 when the SLO holds, 3 when it is
+    missed, 1 when the test could not run."""
+    from recsys.loadtest import LoadTestError, run_loadtest
+
+    try:
+        result = run_loadtest(
+            url,
+            rps=rps,
+            duration_s=duration,
+            slo_p99_ms=slo_p99_ms,
+            max_error_rate=max_error_rate,
+            out_dir=out,
+            known_users=known_users,
+            seed=seed,
+        )
+    except (LoadTestError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    data = result.to_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        t = result.total
+        console.print(
+            f"{t.requests} requests in {duration:g} s ({t.rps:.1f} req/s offered "
+            f"{rps:g} by {result.clients} clients): p50 {t.p50_ms:.0f} ms, p99 "
+            f"{t.p99_ms:.0f} ms, unexpected errors {t.failures} ({result.error_rate:.2%}); "
+            f"reports in {out}"
+        )
+    if not result.passed:
+        err_console.print("SLO missed: " + "; ".join(result.violations))
+        raise typer.Exit(SLO_MISSED_EXIT)
+    if not as_json:
+        console.print("SLO met")
+
+
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option(help="Parquet file to write (logged-feedback format).")],
