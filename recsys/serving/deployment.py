@@ -46,6 +46,22 @@ class RecsysIngress:
             rec.close()
 
 
+def bind_application(settings: Settings) -> serve.Application:
+    """The ingress bound to ``settings``: what ``serve.run`` or a Serve config deploys.
+
+    The artifact root is made absolute first, because replicas may start in another working
+    directory than the process that read the settings.
+    """
+    settings = settings.model_copy(
+        update={"artifacts": ArtifactSettings(root=settings.artifacts.root.resolve())}
+    )
+    deployment: Any = RecsysIngress  # a serve.Deployment at runtime; mypy sees the class
+    app: serve.Application = deployment.options(num_replicas=settings.serving.replicas).bind(
+        settings.model_dump_json()
+    )
+    return app
+
+
 def start_serving(settings: Settings, *, num_cpus: int | None = None) -> str:
     """Start (or join) a local Ray, start Serve on the configured loopback port, deploy.
 
@@ -59,17 +75,9 @@ def start_serving(settings: Settings, *, num_cpus: int | None = None) -> str:
             log_to_driver=False,
             configure_logging=False,
         )
-    # Replicas may run in another working directory: pin the artifact root.
-    settings = settings.model_copy(
-        update={"artifacts": ArtifactSettings(root=settings.artifacts.root.resolve())}
-    )
     host, port = settings.serving.host, settings.serving.port
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
-    deployment: Any = RecsysIngress  # a serve.Deployment at runtime; mypy sees the class
-    app = deployment.options(num_replicas=settings.serving.replicas).bind(
-        settings.model_dump_json()
-    )
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(bind_application(settings), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
 
 

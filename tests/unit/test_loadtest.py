@@ -94,6 +94,4 @@ def test_a_service_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LoadTestError, match=f"no recsys service answers at {url}"):
         check_service(url, timeout_s=2.0)
     with pytest.raises(ValueError, match="duration"):
-        run_loadtest(
-            url, rps=1, duration_s=0, slo_p99_ms=10, max_error_rate=0, out_dir=tmp_path
-        )
+        run_loadtest(url, rps=1, duration_s=0, slo_p99_ms=10, max_error_rate=0, out_dir=tmp_path)
