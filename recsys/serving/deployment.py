@@ -7,6 +7,7 @@ Settings travel to replicas as JSON so every replica builds the same thing.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from typing import Any
@@ -90,5 +91,10 @@ def stop_serving(shutdown_ray: bool = True) -> None:
     """
     if ray.is_initialized():
         serve.shutdown()
+        # Serve's client, the handle serve.run returned and their actor handles can sit in
+        # reference cycles; freed by a later GC after ray.shutdown, their finalizers would
+        # call into the dead core worker, and Ray then ends the whole process with exit code
+        # 1 ("the core worker has already been shutdown"). Free them while Ray still runs.
+        gc.collect()
     if shutdown_ray:
         ray.shutdown(wait_for_processes=True)
