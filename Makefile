@@ -24,12 +24,12 @@ demo: $(STAMP)
 	$(BIN)/recsys demo $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check recsys tests benchmarks load_tests
-	$(BIN)/ruff format --check recsys tests benchmarks load_tests
+	$(BIN)/ruff check recsys tests benchmarks load_tests scripts
+	$(BIN)/ruff format --check recsys tests benchmarks load_tests scripts
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix recsys tests benchmarks load_tests
-	$(BIN)/ruff format recsys tests benchmarks load_tests
+	$(BIN)/ruff check --fix recsys tests benchmarks load_tests scripts
+	$(BIN)/ruff format recsys tests benchmarks load_tests scripts
 
 type: $(STAMP)
 	$(BIN)/mypy recsys
