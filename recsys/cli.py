@@ -223,6 +223,13 @@ def train_policy_cmd(
         int, typer.Option(help="Validation users the published policy is evaluated on.", min=2)
     ] = 300,
     seed: int = 0,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster for the rollout actors: HOST:PORT of its head (GCS), "
+            "ray://HOST:PORT (Ray Client) or auto. Default: RAY_ADDRESS, else a local Ray."
+        ),
+    ] = None,
 ) -> None:
     """Train a slate policy on simulated users and publish it as a servable artifact.
 
@@ -261,8 +268,9 @@ def train_policy_cmd(
             output_dir=output_dir or settings.artifacts.root / f"policy-{algo}-curves",
             candidates=settings.candidates,
             eval_users=eval_users,
+            ray_address=address,
         )
-    except (ValueError, RecsysError) as exc:
+    except (ValueError, RecsysError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"published {published.artifact.path}")
     summary = published.evaluation["policies"][algo]

@@ -617,9 +617,11 @@ def train_simulator_policy(
     progress: bool = False,
     output_dir: Path | None = None,
     on_iteration: Callable[..., None] | None = None,
+    ray_address: str | None = None,
 ) -> TrainResult:
     """Train ``config`` on the setup's simulated users (retriever candidates, ``config.features``
-    user features), SlateQ mixing the logs into its minibatches."""
+    user features), SlateQ mixing the logs into its minibatches; rollout actors on the Ray
+    cluster at ``ray_address`` (``RAY_ADDRESS``, or a local Ray, by default)."""
     features = setup.features(config.features)
     spec = RewardSpec(
         config.reward,
@@ -640,6 +642,7 @@ def train_simulator_policy(
         log_replay=replay,
         features=features,
         on_iteration=on_iteration,
+        ray_address=ray_address,
     )
 
 
@@ -788,6 +791,7 @@ def train_and_publish(
     eval_users: int = 300,
     eval_max_steps: int = 100,
     eval_seed: int = 2024,
+    ray_address: str | None = None,
 ) -> PublishedPolicy:
     """What ``recsys train policy`` does: build (or reuse) the simulator setup under
     ``root``, train ``algo`` (``slateq``, ``reinforce``, or the ``myopic`` baseline from the
@@ -796,7 +800,8 @@ def train_and_publish(
     a service cannot serve it, so it never takes the place of a servable one).
 
     Intermediate checkpoints go to ``checkpoint-<algo>`` under ``root`` (``resume`` takes
-    one); only the finished, evaluated policy is published where serving looks.
+    one); only the finished, evaluated policy is published where serving looks. With
+    ``config.workers >= 2`` the rollout actors run on the Ray cluster at ``ray_address``.
     """
     if algo not in (*ALGOS, "myopic"):
         raise ValueError(f"algo must be slateq, reinforce or myopic, got {algo!r}")
@@ -821,6 +826,7 @@ def train_and_publish(
         resume=resume,
         progress=progress,
         output_dir=output_dir,
+        ray_address=ray_address,
     )
     evaluation = evaluate_in_simulator(
         {algo: result.policy}, make_users=make_users, max_steps=eval_max_steps, seed=eval_seed

@@ -182,6 +182,13 @@ class RolloutWorker:
         """Readiness check (returns the process id, so tests can see distinct processes)."""
         return os.getpid()
 
+    def node(self) -> str:
+        """The Ray node this actor runs on (where a cluster placed the rollouts)."""
+        import ray
+
+        node_id: str = ray.get_runtime_context().get_node_id()
+        return node_id
+
 
 def make_ray_workers(
     count: int,
@@ -224,14 +231,27 @@ def make_ray_workers(
     return actors
 
 
-def ensure_ray(num_cpus: int | None = None) -> bool:
-    """Start a local Ray if none is running; True when this call started it (so the caller
-    shuts it down), False when an existing cluster (e.g. a Ray Serve session) is reused."""
+def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
+    """Connect to Ray; True when this call did (so the caller shuts the connection down),
+    False when this process is already connected (e.g. a Ray Serve session) and reuses it.
+
+    ``address`` (``HOST:PORT`` of a running cluster's GCS, ``ray://HOST:PORT`` for Ray Client,
+    or ``auto``) joins an existing cluster, where the rollout actors are scheduled on any of
+    its nodes; without it ``ray.init`` still honours ``RAY_ADDRESS``, and otherwise starts a
+    local Ray that ends with the run. ``num_cpus`` sizes only a local Ray.
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as exc:
+        raise RuntimeError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     return True
 
 

@@ -259,6 +259,7 @@ def train_policy(
     features: PolicyFeatures | None = None,
     checkpoint_name: str | None = None,
     on_iteration: Callable[[int, TrainableSlatePolicy, dict[str, float]], None] | None = None,
+    ray_address: str | None = None,
 ) -> TrainResult:
     """Train ``config.algo`` on rollouts; checkpoint, write curves, optionally resume.
 
@@ -274,6 +275,9 @@ def train_policy(
     ``resume``: a checkpoint directory to continue from (same algo and feature widths).
     ``output_dir``: where ``learning_curve.csv`` / ``.png`` are written.
     ``on_iteration(iteration, policy, row)`` is called after each iteration (e.g. evaluation).
+    ``ray_address``: with ``config.workers >= 2``, the Ray cluster the rollout actors run on
+    (see :func:`~recsys.policy.training.rollout.ensure_ray`; default ``RAY_ADDRESS`` or a
+    local Ray).
     """
     start_time = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -320,7 +324,7 @@ def train_policy(
         pool = _InProcessWorkers(worker)
     else:
         del env0
-        started = ensure_ray()
+        started = ensure_ray(address=ray_address)
         actors = make_ray_workers(
             config.workers, env_factory, factory, spec, seed=config.seed + start_iteration
         )
