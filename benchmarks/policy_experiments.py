@@ -50,6 +50,7 @@ import torch
 from recsys.config import CandidateSettings, CatalogSettings, SimulatorSettings
 from recsys.data.synthetic import make_world
 from recsys.pipeline import (
+    SIM_POLICY_NAMES,
     SimulatorSetup,
     build_simulator_setup,
     fit_myopic,
@@ -394,15 +395,7 @@ def _satiation(
 
 # ---- reporting -----------------------------------------------------------------------------
 
-_ROW_ORDER = (
-    "random",
-    "popular",
-    "myopic",
-    "myopic_learned",
-    "bandit",
-    "slateq",
-    "reinforce",
-)
+_ROW_ORDER = SIM_POLICY_NAMES
 
 
 def _cell(m: Mapping[str, float], digits: int) -> str:

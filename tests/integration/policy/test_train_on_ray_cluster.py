@@ -23,6 +23,7 @@ from ray.cluster_utils import Cluster
 
 from recsys.artifacts import latest_version
 from recsys.policy.training.checkpoint import load_policy_checkpoint
+from tests.unit.policy.configs import SMALL_SIMULATOR_ENV
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -71,13 +72,7 @@ def two_nodes() -> Iterator[str]:
 def test_train_policy_runs_its_rollout_actors_on_a_two_node_cluster(
     two_nodes: str, tmp_path: Path
 ) -> None:
-    env = {
-        "RECSYS_ARTIFACTS__ROOT": str(tmp_path),
-        "RECSYS_CATALOG__NUM_ITEMS": "300",
-        "RECSYS_CATALOG__NUM_TOPICS": "6",
-        "RECSYS_CANDIDATES__DIM": "8",
-        "RECSYS_CANDIDATES__EPOCHS": "2",
-    }
+    env = {"RECSYS_ARTIFACTS__ROOT": str(tmp_path), **SMALL_SIMULATOR_ENV}
     placement = tmp_path / "placement.json"
     args = ["train", "policy", "--algo", "slateq", "--workers", "2", "--iterations", "1"]
     args += ["--eval-users", "4", "--address", two_nodes]

@@ -116,16 +116,23 @@ def test_bench_simulator_prints_json_with_throughput(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["user_steps_per_s"] == data["user_steps_per_s"]
 
 
-def test_evaluate_ope_on_a_target_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import numpy as np
-    import pyarrow.parquet as pq
-
+def _simulated_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: int) -> Path:
+    """``recsys simulate`` logs of a small world (slates of 3)."""
     monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
     monkeypatch.setenv("RECSYS_CATALOG__NUM_USERS", "200")
     monkeypatch.setenv("RECSYS_SIMULATOR__NUM_CANDIDATES", "20")
     logs = tmp_path / "logs.parquet"
-    sim = runner.invoke(app, ["simulate", "--out", str(logs), "--steps", "5", "--slate", "3"])
+    args = ["simulate", "--out", str(logs), "--steps", str(steps), "--slate", "3"]
+    sim = runner.invoke(app, args)
     assert sim.exit_code == 0, sim.output
+    return logs
+
+
+def test_evaluate_ope_on_a_target_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    logs = _simulated_log(tmp_path, monkeypatch, steps=5)
     table = pq.read_table(logs)
     # Evaluate the logging policy itself: every estimator must recover the logged mean.
     table = table.append_column("target", table.column("propensity"))
@@ -150,12 +157,7 @@ def test_evaluate_ope_refuses_a_target_column_of_zeros(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
-    monkeypatch.setenv("RECSYS_CATALOG__NUM_USERS", "200")
-    monkeypatch.setenv("RECSYS_SIMULATOR__NUM_CANDIDATES", "20")
-    logs = tmp_path / "logs.parquet"
-    sim = runner.invoke(app, ["simulate", "--out", str(logs), "--steps", "3", "--slate", "3"])
-    assert sim.exit_code == 0, sim.output
+    logs = _simulated_log(tmp_path, monkeypatch, steps=3)
     table = pq.read_table(logs)
     pq.write_table(table.append_column("target", pa.array([0.0] * table.num_rows)), logs)
     out = runner.invoke(app, ["evaluate", "ope", "--logs", str(logs), "--target-column", "target"])
@@ -258,13 +260,11 @@ def _small_simulator(monkeypatch: pytest.MonkeyPatch, artifacts: Path) -> None:
     retriever through the environment, and the documented training settings shrunk to
     :data:`SMALL_SIMULATOR`'s budget (the one thing that cannot be set from outside)."""
     from recsys.policy.training import config as training_config
-    from tests.unit.policy.configs import SMALL_SIMULATOR
+    from tests.unit.policy.configs import SMALL_SIMULATOR, SMALL_SIMULATOR_ENV
 
     monkeypatch.setenv("RECSYS_ARTIFACTS__ROOT", str(artifacts))
-    monkeypatch.setenv("RECSYS_CATALOG__NUM_ITEMS", "300")
-    monkeypatch.setenv("RECSYS_CATALOG__NUM_TOPICS", "6")
-    monkeypatch.setenv("RECSYS_CANDIDATES__DIM", "8")
-    monkeypatch.setenv("RECSYS_CANDIDATES__EPOCHS", "2")
+    for key, value in SMALL_SIMULATOR_ENV.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setattr(
         training_config, "documented_config", lambda algo: replace(SMALL_SIMULATOR, algo=algo)
     )

@@ -37,6 +37,13 @@ SMALL_SIMULATOR: PolicyTrainConfig = replace(
 )
 #: The small two-tower retriever of :data:`SMALL_SIMULATOR`'s setup.
 SMALL_CANDIDATES = CandidateSettings(dim=8, epochs=2)
+#: The same catalog and retriever as ``RECSYS_*`` settings, for CLI runs of the small setup.
+SMALL_SIMULATOR_ENV = {
+    "RECSYS_CATALOG__NUM_ITEMS": str(SMALL_SIMULATOR.num_items),
+    "RECSYS_CATALOG__NUM_TOPICS": str(SMALL_SIMULATOR.num_topics),
+    "RECSYS_CANDIDATES__DIM": str(SMALL_CANDIDATES.dim),
+    "RECSYS_CANDIDATES__EPOCHS": str(SMALL_CANDIDATES.epochs),
+}
 
 
 def build_small_setup(root: Path) -> SimulatorSetup:
