@@ -721,6 +721,31 @@ def bench_simulator(
     _emit(result, as_json, output)
 
 
+@bench_app.command("serve")
+def bench_serve(
+    catalog: Annotated[int, typer.Option(min=100, max=1_000_000)] = 100_000,
+    duration: Annotated[float, typer.Option(min=5.0, max=3600.0)] = 60.0,
+    clients: Annotated[int, typer.Option(min=1, max=1000)] = 32,
+    fixed_rps: Annotated[float, typer.Option(min=1.0, max=100_000.0)] = 300.0,
+    out_dir: Annotated[Path, typer.Option(help="Locust CSV and HTML reports")] = Path(
+        "benchmarks/results/serve"
+    ),
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Ray Serve vs the same Recommender behind plain uvicorn, with real Redis and broker:
+    Locust at saturation and at a fixed rate; rps, p50/p99, errors and the throughput ratio."""
+    from recsys.embedded import EmbeddedServiceError
+    from recsys.serving.bench import ServeBenchConfig, run_serve_benchmark
+
+    cfg = ServeBenchConfig(catalog, duration, clients, fixed_rps, out_dir)
+    try:
+        result = run_serve_benchmark(cfg, console=err_console)
+    except (RecsysError, EmbeddedServiceError, ValueError) as exc:
+        raise _fail(escape(str(exc))) from None
+    _emit(result, as_json, output)
+
+
 @app.command("config")
 def show_config() -> None:
     """Print the effective settings (environment + defaults) as JSON."""

@@ -89,6 +89,9 @@ class StreamSettings(BaseModel):
     feedback_topic: str = "feedback"
     consumer_name: str = "online-updater"
     poll_timeout_s: float = Field(0.2, gt=0.0, le=60.0)
+    publish_buffer: int = Field(
+        100_000, ge=1, description="events the server holds while the broker is unreachable"
+    )
 
 
 class ServingSettings(BaseModel):
@@ -100,6 +103,32 @@ class ServingSettings(BaseModel):
     max_slate_size: int = Field(50, ge=1, le=1000)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_exclude: int = Field(10_000, ge=0)
+    max_batch_size: int = Field(
+        16, ge=1, le=256, description="requests answered by one batched policy forward"
+    )
+    batcher: Literal["micro", "serve"] = Field(
+        "micro",
+        description="micro: close a batch when the last one is done; serve: @serve.batch",
+    )
+    batch_wait_ms: float = Field(
+        2.0, ge=0.0, le=100.0, description="how long a partial batch waits for more requests"
+    )
+    max_ongoing_requests: int = Field(
+        128, ge=1, le=10_000, description="per replica; Serve queues or rejects beyond it"
+    )
+    store_timeout_ms: float = Field(
+        50.0, gt=0.0, le=10_000.0, description="budget of one user-state read on the request path"
+    )
+    store_retry_s: float = Field(
+        1.0, gt=0.0, le=60.0, description="after a failed read, serve degraded this long"
+    )
+    state_cache_size: int = Field(
+        10_000, ge=0, description="recently read user states kept per replica for degraded mode"
+    )
+    throughput_optimized: bool = Field(
+        True,
+        description="a Ray started by recsys runs Serve's HAProxy ingress and throughput mode",
+    )
 
 
 class ArtifactSettings(BaseModel):

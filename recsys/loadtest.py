@@ -2,11 +2,12 @@
 
 The clients are :mod:`recsys.loadtest_profile` (known, new and returning users; slates,
 clicks and dwell; a small share of malformed requests that must get a 4xx). Every client
-task is one request paced by ``constant_throughput``, so the offered rate is ``clients x
+task is one request, started as a Poisson process per client, so the offered rate is ``clients x
 per-client rate``: the runner picks the clients for the requested rate. Locust writes its
 CSV files and HTML report into the output directory; the runner reads the aggregate row and
-decides the gate: p99 latency at most ``slo_p99_ms`` and unexpected errors (Locust
-failures: 5xx, timeouts, a wrong answer to a malformed request) at most
+decides the gate over the steady state (clients start over ``RAMP_S`` seconds, then
+statistics restart for ``duration``): p99 latency at most ``slo_p99_ms`` and unexpected
+errors (Locust failures: 5xx, timeouts, a wrong answer to a malformed request) at most
 ``max_error_rate`` of the requests. The Locust process is stopped on every exit path.
 """
 
@@ -30,6 +31,8 @@ from recsys.types import RecsysError
 PROFILE = Path(__file__).with_name("loadtest_profile.py")
 #: Requests each simulated client sends per second (its think time is the inverse).
 PER_CLIENT_RATE = 2.0
+#: Seconds over which the clients are started before the measured ``duration``.
+RAMP_S = 5.0
 
 
 class LoadTestError(RecsysError):
@@ -158,8 +161,13 @@ def run_loadtest(
     seed: int = 0,
     per_client_rate: float = PER_CLIENT_RATE,
     invalid_share: float = 0.02,
+    clients: int | None = None,
 ) -> LoadTestResult:
     """Run Locust headless for ``duration_s`` at ``rps`` and gate the result on the SLO.
+
+    ``clients`` fixes the number of simulated clients instead of sizing it from ``rps`` (each
+    then offers ``rps / clients``): with a rate far above what the service can answer, that is
+    a closed-loop test at saturation with that many clients in flight.
 
     Writes ``locust_stats.csv`` (and the other Locust CSVs), ``report.html`` and
     ``result.json`` into ``out_dir``.
@@ -171,7 +179,10 @@ def run_loadtest(
     if not 0.0 <= max_error_rate <= 1.0:
         raise ValueError(f"max_error_rate must be in [0, 1], got {max_error_rate}")
     check_service(url)
-    clients = clients_for(rps, per_client_rate)
+    if clients is None:
+        clients = clients_for(rps, per_client_rate)
+    elif clients < 1:
+        raise ValueError(f"clients must be >= 1, got {clients}")
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / "locust"
     html = out_dir / "report.html"
@@ -194,9 +205,13 @@ def run_loadtest(
         "--users",
         str(clients),
         "--spawn-rate",
-        str(clients),
+        repr(clients / RAMP_S),
+        # Statistics restart once every client runs, so they describe the steady state:
+        # while Locust spawns clients its own process is busy and the first requests of each
+        # new connection would be measured late.
+        "--reset-stats",
         "--run-time",
-        f"{math.ceil(duration_s)}s",
+        f"{math.ceil(duration_s + RAMP_S)}s",
         "--stop-timeout",
         "5",
         "--csv",
@@ -207,7 +222,7 @@ def run_loadtest(
         "--loglevel",
         "WARNING",
     ]
-    _run_locust(cmd, env, timeout_s=duration_s + 90.0, log=out_dir / "locust.log")
+    _run_locust(cmd, env, timeout_s=duration_s + RAMP_S + 90.0, log=out_dir / "locust.log")
     total, endpoints = read_stats(prefix)
     result = LoadTestResult(
         url=url,

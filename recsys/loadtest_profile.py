@@ -10,8 +10,14 @@ HTTP request, so ``clients x rate`` is the offered request rate (the runner size
   or, with the new-user share, hands its tab to someone new.
 - **What.** ``POST /recommend`` for a slate; the person clicks one item with probability
   ``RECSYS_LOAD_CLICK_SHARE`` (earlier positions more often) and the next requests report
-  it: ``/feedback`` click, then dwell seconds. Think time is the pacing of
-  ``constant_throughput(RECSYS_LOAD_RATE)``.
+  it: ``/feedback`` click, then dwell seconds.
+- **When.** Each client starts its requests as a Poisson process of rate
+  ``RECSYS_LOAD_RATE`` (exponential gaps between request *starts*, drawn from its own
+  generator), so all clients together offer a Poisson stream of ``clients x rate`` requests a
+  second, as independent people do. Fixed pacing (Locust's ``constant_throughput``) would let
+  clients answered by the same server batch fall into lock-step and arrive as bursts. A
+  client that falls behind (a slow answer) starts its next request at once but does not
+  burst to catch up.
 - **Bad clients.** A share ``RECSYS_LOAD_INVALID_SHARE`` of requests is malformed on purpose
   (a zero slate size, a missing user id, an unknown event, a string item id). They must get a
   4xx JSON error naming a field; anything else (a 2xx or a 5xx) is a failure. Failures are
@@ -26,10 +32,11 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import time
 import uuid
 from typing import Any
 
-from locust import FastHttpUser, constant_throughput, task
+from locust import FastHttpUser, task
 
 NUM_USERS = int(os.environ.get("RECSYS_LOAD_USERS", "500"))
 SLATE_SIZE = int(os.environ.get("RECSYS_LOAD_SLATE_SIZE", "10"))
@@ -62,7 +69,11 @@ _client_index = itertools.count()
 class SlateClient(FastHttpUser):  # type: ignore[misc]  # locust is untyped
     """One simulated person behind one tab: slates, clicks, dwell, sessions, bad requests."""
 
-    wait_time = constant_throughput(RATE)
+    def wait_time(self) -> float:
+        now = time.monotonic()
+        scheduled = getattr(self, "next_start", now) + self.rng.expovariate(RATE)
+        self.next_start = max(scheduled, now)
+        return self.next_start - now
 
     def on_start(self) -> None:
         self.rng = random.Random(SEED * 1_000_003 + next(_client_index))

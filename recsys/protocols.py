@@ -96,6 +96,19 @@ class SlatePolicy(Protocol):
         be exact."""
         ...
 
+    def select_batch(
+        self,
+        user_features: FloatArray,
+        candidates: CandidateBatch,
+        slate_size: int,
+        rng: np.random.Generator,
+    ) -> list[Slate]:
+        """:meth:`select` for a batch of requests in one pass (``user_features`` ``[B, F]``,
+        one row of ``candidates`` per request; padding where ``mask`` is False is never
+        chosen). The server batches concurrent requests through this, so a policy's cost per
+        request falls with load instead of growing."""
+        ...
+
 
 @runtime_checkable
 class RewardModel(Protocol):
@@ -123,7 +136,8 @@ class UserStateStore(Protocol):
         ...
 
     def get_many(self, user_ids: Sequence[str]) -> list[bytes | None]:
-        """Records in the order of ``user_ids``, read at one instant (one round trip)."""
+        """Records in the order of ``user_ids``, read at one instant (one round trip); raises
+        :class:`~recsys.types.StoreUnavailableError` when the store does not answer."""
         ...
 
     def put_many(self, states: Mapping[str, bytes]) -> None:

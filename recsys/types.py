@@ -45,6 +45,10 @@ class UnknownUserError(RecsysError, KeyError):
         return f"unknown user {self.user_id!r}"
 
 
+class StoreUnavailableError(RecsysError):
+    """The user-state store did not answer (down, paused, or slower than the timeout)."""
+
+
 class StaleOffsetsError(RecsysError):
     """Stream offsets moved under a writer (another updater committed): nothing was written."""
 

@@ -34,7 +34,14 @@ from recsys.policy.base import BatchSlatePolicy, ExploringPolicy, SlateSampler
 from recsys.policy.observation import PolicyFeatures
 from recsys.policy.training.checkpoint import load_policy_checkpoint
 from recsys.protocols import SlatePolicy
-from recsys.types import ArtifactError, Candidates, FloatArray, InvalidRequestError, Slate
+from recsys.types import (
+    ArtifactError,
+    CandidateBatch,
+    Candidates,
+    FloatArray,
+    InvalidRequestError,
+    Slate,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -79,25 +86,53 @@ class ServedPolicy:
     ) -> Slate:
         """One slate with exact propensities; a slate that cannot be filled is a 422."""
         ids = np.asarray(candidates.item_ids, dtype=np.int64)
-        obs = self.features.obs(np.asarray(user_features, np.float32)[None, :], ids[None, :])
+        batch = CandidateBatch(
+            item_ids=ids[None, :],
+            scores=np.asarray(candidates.scores, np.float32)[None, :],
+            mask=np.ones((1, ids.shape[0]), dtype=np.bool_),
+            is_ad=np.asarray(candidates.is_ad, np.bool_)[None, :],
+        )
+        return self.select_batch(np.asarray(user_features)[None, :], batch, slate_size, rng)[0]
+
+    def select_batch(
+        self,
+        user_features: FloatArray,
+        candidates: CandidateBatch,
+        slate_size: int,
+        rng: np.random.Generator,
+    ) -> list[Slate]:
+        """One slate per row of ``candidates`` from one batched forward of the policy.
+
+        Padding (``mask`` False) is never chosen. Raises :class:`InvalidRequestError` when a
+        row's slate cannot be filled (e.g. the ads cap leaves too few eligible candidates); the
+        caller isolates the offending row by retrying rows alone.
+        """
+        mask = np.asarray(candidates.mask, dtype=np.bool_)
+        ids = np.where(mask, candidates.item_ids, 0).astype(np.int64)  # padding: any valid id
+        obs = self.features.obs(np.asarray(user_features, np.float32), ids, mask)
         try:
             action = self.policy.act(obs, int(slate_size), rng, explore=True)
-        except ValueError as exc:  # e.g. the ads cap leaves too few eligible candidates
+        except ValueError as exc:
             raise InvalidRequestError("slate_size", str(exc)) from exc
-        idx = action.slates[0]
+        picked = np.take_along_axis(ids, action.slates, axis=1)
         scores = (
-            np.zeros(idx.shape[0], dtype=np.float32)
+            np.zeros(action.slates.shape, dtype=np.float32)
             if action.scores is None
-            else action.scores[0].astype(np.float32)
+            else action.scores.astype(np.float32)
         )
-        return Slate(
-            item_ids=ids[idx],
-            positions=np.arange(idx.shape[0], dtype=np.int64),
-            scores=scores,
-            propensities=action.propensities[0].astype(np.float32),
-            policy=self.name,
-            version=self.version,
-        )
+        props = action.propensities.astype(np.float32)
+        positions = np.arange(action.slates.shape[1], dtype=np.int64)
+        return [
+            Slate(
+                item_ids=picked[b],
+                positions=positions,
+                scores=scores[b],
+                propensities=props[b],
+                policy=self.name,
+                version=self.version,
+            )
+            for b in range(picked.shape[0])
+        ]
 
 
 def load_served_policy(

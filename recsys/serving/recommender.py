@@ -11,22 +11,27 @@ the online updater folds both into the user's state.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from recsys.config import ServingSettings
 from recsys.features import EventFold, StateArray, UserFeaturizer, session_key
-from recsys.protocols import EventSink, HistoryCandidateSource, UserStateStore
+from recsys.protocols import EventSink, HistoryCandidateSource, SlatePolicy, UserStateStore
 from recsys.serving.policies import PolicyRegistry
+from recsys.stream.buffered import BufferedEventSink
+from recsys.stream.events import EventPublishError
 from recsys.types import (
+    CandidateBatch,
     CandidateFilters,
-    Candidates,
     EventType,
     FeedbackEvent,
     FloatArray,
@@ -34,7 +39,10 @@ from recsys.types import (
     InvalidRequestError,
     Slate,
     SlateItem,
+    StoreUnavailableError,
 )
+
+_log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -48,6 +56,28 @@ _DEFAULT_VALUE = {
 }
 
 
+def _rows(
+    batch: CandidateBatch, rows: npt.NDArray[np.intp] | npt.NDArray[np.int64]
+) -> CandidateBatch:
+    """The candidate batch of some of its rows."""
+    return CandidateBatch(
+        batch.item_ids[rows], batch.scores[rows], batch.mask[rows], batch.is_ad[rows]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendQuery:
+    """One ``/recommend`` request in domain terms (what :meth:`Recommender.recommend_many`
+    batches)."""
+
+    user_id: str
+    slate_size: int
+    num_candidates: int | None = None
+    exclude: tuple[int, ...] = ()
+    filters: CandidateFilters | None = None
+    session_id: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Recommendation:
     """What :meth:`Recommender.recommend` returns: the slate plus the ids to log it under."""
@@ -55,6 +85,9 @@ class Recommendation:
     request_id: str
     model_version: str
     slate: Slate
+    #: True when the store did not answer and the user's state came from this replica's
+    #: cache of recent reads, or was taken as a cold start.
+    degraded: bool = False
 
 
 class RecommenderMetrics:
@@ -77,6 +110,35 @@ class RecommenderMetrics:
         self.policy_versions = Gauge(
             "recsys_policy_versions", "Policy artifact versions loaded or refused by this replica",
             ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "recsys_recommend_batch_size", "Requests answered together by one batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry,
+        )  # fmt: skip
+        self.stage = Histogram(
+            "recsys_recommend_stage_seconds",
+            "Time of each step of a batch: state (store and features), retrieval, policy, publish",
+            ["stage"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.store_errors = Counter(
+            "recsys_store_errors", "User-state reads that failed or timed out",
+            registry=self.registry,
+        )  # fmt: skip
+        self.degraded = Counter(
+            "recsys_degraded_answers", "Slates served without the store (cached or cold state)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.unlogged = Counter(
+            "recsys_impressions_unlogged", "Slates served whose impression could not be queued",
+            registry=self.registry,
+        )  # fmt: skip
+        self.events_buffered = Gauge(
+            "recsys_events_buffered", "Events waiting in the server for the broker",
+            registry=self.registry,
+        )  # fmt: skip
+        self.events_refused = Gauge(
+            "recsys_events_refused", "Events refused because the buffer for the broker was full",
+            registry=self.registry,
         )  # fmt: skip
         self.serving = Gauge(
             "recsys_policy_serving", "1 for the policy version this replica serves",
@@ -123,6 +185,8 @@ class Recommender:
         self._clock = clock
         self._on_close = tuple(on_close)
         self.metrics = RecommenderMetrics()
+        self._store_down_until = 0.0
+        self._state_cache: OrderedDict[str, bytes] = OrderedDict()
 
     @property
     def num_items(self) -> int:
@@ -148,102 +212,268 @@ class Recommender:
         filters: CandidateFilters | None = None,
         session_id: str | None = None,
     ) -> Recommendation:
-        """Pick a slate for a user from their event-derived state.
+        """One request through :meth:`recommend_many`; raises its :class:`InvalidRequestError`."""
+        query = RecommendQuery(user_id, slate_size, num_candidates, tuple(exclude), filters,
+                               session_id)  # fmt: skip
+        out = self.recommend_many([query])[0]
+        if isinstance(out, InvalidRequestError):
+            raise out
+        return out
 
-        State from the store (a user with none is a cold start) → request-time features
+    def recommend_many(
+        self, queries: Sequence[RecommendQuery], *, log: bool = True
+    ) -> list[Recommendation | InvalidRequestError]:
+        """Pick a slate for each query, batched: what ``@serve.batch`` hands a replica.
+
+        Per query: its user's stored state (none is a cold start) → request-time features
         (the event fold's session rule with ``session_id``) → retrieval candidates from the
         user's recent clicks (an organic block and an ad block, never the recent clicks nor
         ``exclude``) → the policy's slate with exact propensities → the impression on the
-        stream. Raises :class:`InvalidRequestError` on bad input: a 4xx answer that leaves no
-        trace in the store or stream.
+        stream. The batch costs one store round trip, one featurisation, and one retrieval
+        and one policy forward per group of queries sharing slate size, candidate count and
+        filters. A bad query gets its :class:`InvalidRequestError` in its own slot (a 4xx
+        that leaves no trace in the store or stream) and never fails the others. With
+        ``log=False`` nothing is published nor counted (:meth:`warm_up`).
         """
         start = time.perf_counter()
-        max_slate = self._settings.max_slate_size
-        if not 1 <= slate_size <= max_slate:
-            raise InvalidRequestError("slate_size", f"must be between 1 and {max_slate}")
+        out: list[Recommendation | InvalidRequestError] = [
+            InvalidRequestError("body", "not processed")
+        ] * len(queries)
         policy = self.policies.current()
         num_ads = getattr(policy, "num_ads", self._default_ads)
-        k = self._default_k if num_candidates is None else num_candidates
-        if k < slate_size or k <= num_ads:
+        valid: list[int] = []
+        for i, q in enumerate(queries):
+            try:
+                self._check(q, num_ads)
+                valid.append(i)
+            except InvalidRequestError as exc:
+                out[i] = exc
+        if not valid:
+            return out
+        now = self._clock()
+        stage = dict.fromkeys(("retrieval", "policy", "publish"), 0.0)
+        t0 = time.perf_counter()
+        states, features, degraded = self._states_for(
+            [queries[i].user_id for i in valid], [queries[i].session_id for i in valid], now
+        )
+        stage["state"] = time.perf_counter() - t0
+        groups: dict[tuple[int, int, CandidateFilters | None], list[int]] = {}
+        for row, i in enumerate(valid):
+            q = queries[i]
+            k = self._default_k if q.num_candidates is None else q.num_candidates
+            groups.setdefault((q.slate_size, k, q.filters), []).append(row)
+        rng = self._rng()
+        for (slate_size, k, filters), rows in groups.items():
+            t0 = time.perf_counter()
+            batch = self._candidates.candidates_for_histories(
+                states["recent"][rows],
+                k - num_ads,
+                num_ads,
+                exclude=[np.asarray(queries[valid[r]].exclude, np.int64) for r in rows],
+                filters=filters,
+            )
+            counts = batch.mask.sum(axis=1)
+            short = counts < slate_size
+            for j in np.flatnonzero(short):
+                out[valid[rows[j]]] = InvalidRequestError(
+                    "filters" if filters is not None and not filters.is_noop else "slate_size",
+                    f"only {int(counts[j])} candidates remain after exclusions and filters for "
+                    f"this user, fewer than slate_size={slate_size}",
+                )
+            ok = np.flatnonzero(~short)
+            t1 = time.perf_counter()
+            stage["retrieval"] += t1 - t0
+            if not ok.size:
+                continue
+            sub = _rows(batch, ok)
+            slates = self._select(policy, features[[rows[j] for j in ok]], sub, slate_size,
+                                  filters, rng)  # fmt: skip
+            t2 = time.perf_counter()
+            stage["policy"] += t2 - t1
+            for j, slate in zip(ok, slates, strict=True):
+                i = valid[rows[j]]
+                if isinstance(slate, InvalidRequestError):
+                    out[i] = slate
+                elif log:
+                    out[i] = self._log_impression(queries[i], slate, now, degraded)
+                else:
+                    out[i] = Recommendation("", slate.version, slate, degraded)
+            stage["publish"] += time.perf_counter() - t2
+        if not log:
+            return out
+        for name, seconds in stage.items():
+            self.metrics.stage.labels(name).observe(seconds)
+        self.metrics.batch_size.observe(len(queries))
+        elapsed = time.perf_counter() - start
+        for o in out:
+            if isinstance(o, Recommendation):
+                self.metrics.latency.observe(elapsed)
+                self.metrics.slate_size.observe(len(o.slate))
+        return out
+
+    def warm_up(self, max_batch_size: int, slate_size: int = 10) -> None:
+        """Run the whole path once per batch size 1, 2, 4, ... ``max_batch_size`` for a user
+        nobody knows, publishing nothing: first calls pay one-time costs (allocator growth,
+        lazily built kernels for each shape) that would otherwise land on the first real
+        requests after the service says it is ready."""
+        size = min(slate_size, self._settings.max_slate_size, self._default_k)
+        b = 1
+        while True:
+            self.recommend_many([RecommendQuery("warm-up", size)] * min(b, max_batch_size),
+                                log=False)  # fmt: skip
+            if b >= max_batch_size:
+                return
+            b *= 2
+
+    def _check(self, q: RecommendQuery, num_ads: int) -> None:
+        """Reject a query the service cannot answer, naming the field."""
+        max_slate = self._settings.max_slate_size
+        if not 1 <= q.slate_size <= max_slate:
+            raise InvalidRequestError("slate_size", f"must be between 1 and {max_slate}")
+        k = self._default_k if q.num_candidates is None else q.num_candidates
+        if k < q.slate_size or k <= num_ads:
             raise InvalidRequestError(
                 "num_candidates",
-                f"must be at least slate_size ({slate_size}) and more than the "
+                f"must be at least slate_size ({q.slate_size}) and more than the "
                 f"{num_ads} ads the policy expects among them, got {k}",
             )
         if k > self.num_items:
             raise InvalidRequestError(
                 "num_candidates", f"must be at most the catalog size ({self.num_items}), got {k}"
             )
-        if len(exclude) > self._settings.max_exclude:
+        if len(q.exclude) > self._settings.max_exclude:
             raise InvalidRequestError(
-                "exclude", f"at most {self._settings.max_exclude} ids, got {len(exclude)}"
+                "exclude", f"at most {self._settings.max_exclude} ids, got {len(q.exclude)}"
             )
-        requested = np.asarray(exclude, dtype=np.int64)
+        requested = np.asarray(q.exclude, dtype=np.int64)
         if requested.size and (requested.min() < 0 or requested.max() >= self.num_items):
             bad = int(requested[(requested < 0) | (requested >= self.num_items)][0])
             raise InvalidRequestError(
                 "exclude", f"unknown item id {bad} (catalog has ids 0..{self.num_items - 1})"
             )
-        now = self._clock()
-        states, features = self.user_state(user_id, session_id, now)
-        batch = self._candidates.candidates_for_histories(
-            states["recent"], k - num_ads, num_ads, exclude=[requested], filters=filters
-        )
-        keep = batch.mask[0]
-        if int(keep.sum()) < slate_size:
-            raise InvalidRequestError(
-                "filters" if filters is not None and not filters.is_noop else "slate_size",
-                f"only {int(keep.sum())} candidates remain after exclusions and filters for "
-                f"this user, fewer than slate_size={slate_size}",
-            )
-        ids = batch.item_ids[0, keep]
-        candidates = Candidates(
-            item_ids=ids,
-            scores=batch.scores[0, keep],
-            embeddings=np.zeros((ids.shape[0], 0), dtype=np.float32),
-            is_ad=batch.is_ad[0, keep],
-        )
+
+    @staticmethod
+    def _select(
+        policy: SlatePolicy,
+        features: FloatArray,
+        batch: CandidateBatch,
+        slate_size: int,
+        filters: CandidateFilters | None,
+        rng: np.random.Generator,
+    ) -> Sequence[Slate | InvalidRequestError]:
+        """The policy's slates for a group; when the batch fails (a row whose ad load cannot
+        be met), rows are retried alone so only the offending ones get the error."""
         try:
-            slate = policy.select(features, candidates, slate_size, self._rng())
+            return policy.select_batch(features, batch, slate_size, rng)
         except InvalidRequestError as exc:
+            n = len(batch.item_ids)
+            if n > 1:
+                return [
+                    r
+                    for b in range(n)
+                    for r in Recommender._select(
+                        policy, features[b : b + 1],
+                        _rows(batch, np.arange(b, b + 1)),
+                        slate_size, filters, rng,
+                    )
+                ]  # fmt: skip
             if filters is not None and filters.ads == "only":  # the ad load caps ads per slate
-                raise InvalidRequestError(
+                exc = InvalidRequestError(
                     "filters", f"ads=only cannot fill this slate: {exc.message}"
-                ) from exc
-            raise
+                )
+            return [exc]
+
+    def _log_impression(
+        self, q: RecommendQuery, slate: Slate, now: float, degraded: bool
+    ) -> Recommendation:
+        """Publish the impression of ``slate`` and return it under a fresh request id."""
         request_id = uuid.uuid4().hex
-        self._sink.publish(
+        self._publish_impression(
             ImpressionEvent(
                 request_id=request_id,
-                user_id=user_id,
+                user_id=q.user_id,
                 ts=now,
                 model_version=slate.version,
                 policy=slate.policy,
                 items=tuple(
-                    SlateItem(int(i), int(p), float(s), float(q))
-                    for i, p, s, q in zip(
-                        slate.item_ids, slate.positions, slate.scores, slate.propensities,
-                        strict=True,
+                    SlateItem(int(i), int(p), float(s), float(r))
+                    for i, p, s, r in zip(
+                        slate.item_ids.tolist(), slate.positions.tolist(),
+                        slate.scores.tolist(), slate.propensities.tolist(), strict=True,
                     )
                 ),
-                session_id=session_id or "",
+                session_id=q.session_id or "",
             )
         )  # fmt: skip
-        self.metrics.latency.observe(time.perf_counter() - start)
-        self.metrics.slate_size.observe(len(slate))
-        return Recommendation(request_id, slate.version, slate)
+        return Recommendation(request_id, slate.version, slate, degraded)
+
+    def _publish_impression(self, event: ImpressionEvent) -> None:
+        """Log an impression; a full buffer (broker down for long) costs the log, not the
+        answer: the slate is still served and the loss is counted."""
+        try:
+            self._sink.publish(event)
+        except EventPublishError:
+            self.metrics.unlogged.inc()
+
+    def user_states(
+        self, user_ids: Sequence[str], session_ids: Sequence[str | None], now: float
+    ) -> tuple[StateArray, FloatArray]:
+        """Stored states of ``user_ids`` (one round trip; none is a cold start) and their
+        features ``[B, F]`` for requests at server time ``now``: the event fold's session rule
+        applied on a copy, then the featuriser the policy was trained with."""
+        states, features, _ = self._states_for(user_ids, session_ids, now)
+        return states, features
+
+    def _states_for(
+        self, user_ids: Sequence[str], session_ids: Sequence[str | None], now: float
+    ) -> tuple[StateArray, FloatArray, bool]:
+        """:meth:`user_states` plus whether the store failed to answer (degraded)."""
+        records, degraded = self._read_records(list(user_ids))
+        states, _ = self._fold.codec.decode(records)
+        keys = np.array([session_key(s) for s in session_ids], np.uint32)
+        features = self._users.features_at(self._fold, states, np.full(len(user_ids), now), keys)
+        return states, features, degraded
+
+    def _read_records(self, user_ids: list[str]) -> tuple[list[bytes | None], bool]:
+        """Stored records, or in degraded mode this replica's cached copies.
+
+        A failed read (the store's client has a short timeout) opens a breaker for
+        ``store_retry_s``: batches in that window do not touch the store at all, so an outage
+        costs one timeout per window instead of one per batch, and the first read after the
+        window brings normal answers back by itself.
+        """
+        if time.monotonic() >= self._store_down_until:
+            try:
+                records = self._store.get_many(user_ids)
+            except StoreUnavailableError as exc:
+                self._store_down_until = time.monotonic() + self._settings.store_retry_s
+                self.metrics.store_errors.inc()
+                _log.warning("user-state store unavailable, serving degraded: %s", exc)
+            else:
+                self._remember(user_ids, records)
+                return records, False
+        self.metrics.degraded.inc(len(user_ids))
+        cache = self._state_cache
+        return [cache.get(u) for u in user_ids], True
+
+    def _remember(self, user_ids: list[str], records: list[bytes | None]) -> None:
+        """Keep the newest ``state_cache_size`` records read, for degraded answers."""
+        cap = self._settings.state_cache_size
+        if cap <= 0:
+            return
+        cache = self._state_cache
+        for u, r in zip(user_ids, records, strict=True):
+            if r is not None:
+                cache[u] = r
+                cache.move_to_end(u)
+        while len(cache) > cap:
+            cache.popitem(last=False)
 
     def user_state(
         self, user_id: str, session_id: str | None, now: float
     ) -> tuple[StateArray, FloatArray]:
-        """The user's stored state (``[1]``; a cold start when there is none) and their
-        features for a request at server time ``now`` in session ``session_id``: the event
-        fold's session rule applied on a copy, then the featuriser the policy was trained
-        with."""
-        states, _ = self._fold.codec.decode([self._store.get(user_id)])
-        features = self._users.features_at(
-            self._fold, states, np.array([now]), np.array([session_key(session_id)], np.uint32)
-        )
+        """:meth:`user_states` of one user: the state (``[1]``) and its features ``[F]``."""
+        states, features = self.user_states([user_id], [session_id], now)
         return states, features[0]
 
     def feedback(
@@ -278,6 +508,9 @@ class Recommender:
         stats = self.policies.stats
         self.metrics.policy_versions.labels("loaded").set(stats.loaded)
         self.metrics.policy_versions.labels("refused").set(stats.refused)
+        if isinstance(self._sink, BufferedEventSink):
+            self.metrics.events_buffered.set(self._sink.pending)
+            self.metrics.events_refused.set(self._sink.stats.refused)
         self.metrics.serving.clear()
         self.metrics.serving.labels(self.model_version).set(1)
 

@@ -69,6 +69,9 @@ class RecommendResponse(BaseModel):
     request_id: str
     model_version: str
     policy: str
+    #: True when the user-state store did not answer and the slate was chosen from this
+    #: replica's cached copy of the user's state, or as for a new user.
+    degraded: bool = False
     items: list[SlateItemOut]
 
 

@@ -19,6 +19,7 @@ from recsys.candidates import RETRIEVAL_ARTIFACT, LoadedRetrieval, load_retrieva
 from recsys.config import PolicySettings, Settings
 from recsys.features import EventFold, FeatureSpec
 from recsys.pipeline import make_fold
+from recsys.protocols import EventSink
 from recsys.serving.policies import (
     PolicyRegistry,
     ServedPolicy,
@@ -28,6 +29,7 @@ from recsys.serving.policies import (
 from recsys.serving.recommender import Recommender
 from recsys.store import build_user_state_store
 from recsys.stream import OnlineUpdater, build_event_sink, build_event_source
+from recsys.stream.buffered import BufferedEventSink
 from recsys.types import ArtifactError
 
 
@@ -65,6 +67,15 @@ def policy_loader(
     )
 
 
+def _server_sink(settings: Settings) -> EventSink:
+    """The server's event sink: a Kafka producer behind a bounded buffer, so no request ever
+    waits for the broker (the in-process log never blocks and needs none)."""
+    sink = build_event_sink(settings.stream)
+    if settings.stream.bootstrap:
+        return BufferedEventSink(sink, settings.stream.publish_buffer)
+    return sink
+
+
 def build_recommender(settings: Settings) -> Recommender:
     """Load the newest retrieval and policy artifacts and wire store, stream and policy."""
     torch.set_num_threads(settings.policy.torch_threads)
@@ -81,7 +92,7 @@ def build_recommender(settings: Settings) -> Recommender:
     if settings.policy.name != "retrieval":
         registry.refresh()
         registry.start(settings.policy.reload_interval_s)
-    store = build_user_state_store(settings.store)
+    store = build_user_state_store(settings.store, settings.serving.store_timeout_ms / 1000.0)
     if settings.store.url.startswith("memory://") and not settings.stream.bootstrap:
         # Store and stream both live in this process, so nobody else can close the loop:
         # run the online updater here (the zero-configuration `recsys serve`).
@@ -95,7 +106,7 @@ def build_recommender(settings: Settings) -> Recommender:
         candidates=retrieval.retriever,
         policies=registry,
         fold=fold,
-        sink=build_event_sink(settings.stream),
+        sink=_server_sink(settings),
         settings=settings.serving,
         default_k=settings.candidates.default_k,
         default_ads=settings.candidates.num_ads,

@@ -32,7 +32,7 @@ from recsys.store._common import (
     check_offsets,
     check_states,
 )
-from recsys.types import StaleOffsetsError
+from recsys.types import StaleOffsetsError, StoreUnavailableError
 
 # KEYS: [1] offsets hash, then one key per state.
 # ARGV: n_expected, n_expected x (partition, offset or "" for "none stored"),
@@ -114,7 +114,10 @@ class RedisUserStateStore:
         if not user_ids:
             return []
         keys = [self.state_key(u) for u in user_ids]
-        values = self._client.mget(keys)
+        try:
+            values = self._client.mget(keys)
+        except (redis.RedisError, OSError) as exc:
+            raise StoreUnavailableError(f"redis did not answer: {exc}") from exc
         return [v if v is None or isinstance(v, bytes) else str(v).encode() for v in values]
 
     def put_many(self, states: Mapping[str, bytes]) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from recsys.config import PolicySettings
-from recsys.policy.exploration import plackett_luce_sample
-from recsys.types import Candidates, FloatArray, InvalidRequestError, Slate
+from recsys.policy.exploration import plackett_luce_sample, plackett_luce_sample_batch
+from recsys.types import CandidateBatch, Candidates, FloatArray, InvalidRequestError, Slate
 
 
 class MyopicPolicy:
@@ -67,3 +67,39 @@ class MyopicPolicy:
             policy=self.name,
             version=self.version,
         )
+
+    def select_batch(
+        self,
+        user_features: FloatArray,
+        candidates: CandidateBatch,
+        slate_size: int,
+        rng: np.random.Generator,
+    ) -> list[Slate]:
+        """One slate per row of ``candidates`` (padding never chosen), sampled for all rows
+        at once; :class:`InvalidRequestError` when some row has fewer valid candidates than
+        ``slate_size``."""
+        mask = np.asarray(candidates.mask, dtype=np.bool_)
+        short = int(mask.sum(axis=1).min()) if mask.size else 0
+        if not 1 <= slate_size <= short:
+            raise InvalidRequestError(
+                "slate_size",
+                f"must be between 1 and the number of candidates ({short}), got {slate_size}",
+            )
+        scores = np.asarray(candidates.scores, dtype=np.float64)
+        idx, props, _ = plackett_luce_sample_batch(
+            scores, int(slate_size), self.temperature, rng, mask=mask
+        )
+        ids = np.take_along_axis(np.asarray(candidates.item_ids, np.int64), idx, axis=1)
+        chosen = np.take_along_axis(scores, idx, axis=1).astype(np.float32)
+        positions = np.arange(idx.shape[1], dtype=np.int64)
+        return [
+            Slate(
+                item_ids=ids[b],
+                positions=positions,
+                scores=chosen[b],
+                propensities=props[b],
+                policy=self.name,
+                version=self.version,
+            )
+            for b in range(ids.shape[0])
+        ]

@@ -189,11 +189,19 @@ class SlateQPolicy:
         items: torch.Tensor,
         slate_size: int,
         target: bool,
+        values: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(best slates [B, S], slate values [B])`` under the configured optimiser."""
+        """``(best slates [B, S], slate values [B])`` under the configured optimiser.
+
+        ``values`` (``q, q0, v, v0``) are item values and attractions the caller already
+        computed for these users and items, so acting runs each network once.
+        """
         with torch.no_grad():
-            q, q0 = self.item_values(user, items, target=target)
-            v, v0 = self.attractions(user, items)
+            if values is None:
+                q, q0 = self.item_values(user, items, target=target)
+                v, v0 = self.attractions(user, items)
+            else:
+                q, q0, v, v0 = values
             slates = optimize_slates(
                 v,
                 v0,
@@ -226,11 +234,11 @@ class SlateQPolicy:
         user, items = to_tensor(obs.user_features), to_tensor(obs.item_features)
         with torch.no_grad():
             q, q0 = self.item_values(user, items)
-            v, _ = self.attractions(user, items)
+            v, v0 = self.attractions(user, items)
             item_scores = (v * (q - q0[:, None]).double()).numpy()
         if explore and self.config.sampler.kind == "boltzmann":
             return item_scores, item_scores
-        slates, _ = self._optimize(obs, user, items, slate_size, target=False)
+        slates, _ = self._optimize(obs, user, items, slate_size, False, (q, q0, v, v0))
         return optimiser_first_priority(item_scores, obs, slates.numpy()), item_scores
 
     def set_sampler(self, sampler: SlateSampler) -> None:
