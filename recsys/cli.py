@@ -6,8 +6,10 @@ given here override them. A bad setting stops with a message naming it, never a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -740,7 +742,9 @@ def bench_serve(
 
     cfg = ServeBenchConfig(catalog, duration, clients, fixed_rps, out_dir)
     try:
-        result = run_serve_benchmark(cfg, console=err_console)
+        # Ray prints its own shutdown notices to stdout; stdout carries only the JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_serve_benchmark(cfg, console=err_console)
     except (RecsysError, EmbeddedServiceError, ValueError) as exc:
         raise _fail(escape(str(exc))) from None
     _emit(result, as_json, output)

@@ -111,7 +111,7 @@ class ServingSettings(BaseModel):
         description="micro: close a batch when the last one is done; serve: @serve.batch",
     )
     batch_wait_ms: float = Field(
-        2.0, ge=0.0, le=100.0, description="how long a partial batch waits for more requests"
+        0.5, ge=0.0, le=100.0, description="how long a partial batch waits for more requests"
     )
     max_ongoing_requests: int = Field(
         128, ge=1, le=10_000, description="per replica; Serve queues or rejects beyond it"

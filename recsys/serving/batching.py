@@ -28,17 +28,17 @@ class MicroBatcher(Generic[Q, R]):
 
     By default the batch runs on the event loop itself. ``offload=True`` runs it in a worker
     thread instead, which keeps the loop free during the batch but pays a GIL hand-off on
-    every switch between the two threads: on the 2-core box that doubled a batch's time
-    and took the p99 at 300 req/s from 36 ms to 77 ms behind Ray Serve (see
-    docs/serving.md). ``fn`` must therefore not block for long: the serving path reads the
-    store with a short timeout and never waits on the broker.
+    every switch between the two threads: on the 2-core box that about doubled a batch's
+    time and the tail latency behind Ray Serve (docs/serving.md). ``fn`` must therefore not
+    block for long: the serving path reads the store with a short timeout and never waits
+    on the broker.
     """
 
     def __init__(
         self,
         fn: Callable[[Sequence[Q]], Sequence[R]],
         max_batch_size: int = 16,
-        max_wait_s: float = 0.002,
+        max_wait_s: float = 0.0005,
         *,
         offload: bool = False,
     ) -> None:

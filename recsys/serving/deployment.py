@@ -42,8 +42,8 @@ class RecsysIngress:
     which closes a batch when the previous one is done. ``@serve.batch``
     (:meth:`recommend_batch`, ``serving.batcher = "serve"``) closes a batch after its wait
     even while the previous one still computes, and the closed batch then waits for its turn:
-    under CPU-bound load its batches stay at one or two requests (measured: 1.3 on average
-    with 32 clients in flight), so it does not pay here.
+    under CPU-bound load its batches stayed at one or two requests with 32 clients in flight
+    (docs/serving.md), so it does not pay here.
     """
 
     def __init__(self, settings_json: str) -> None:
@@ -55,7 +55,7 @@ class RecsysIngress:
         self._recommender.warm_up(serving.max_batch_size)
         gc.freeze()  # the models live as long as the replica: keep them out of GC sweeps
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # type: ignore[untyped-decorator]
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0005)  # type: ignore[untyped-decorator]
     async def recommend_batch(
         self, queries: list[RecommendQuery]
     ) -> list[Recommendation | InvalidRequestError]:

@@ -393,12 +393,18 @@ def test_configmap_settings_are_settings_recsys_accepts(
     data: dict[str, str] = config["data"]
     unknown = {k for k in data if k.startswith("RECSYS_")} - _setting_paths()
     assert unknown == set(), f"not fields of recsys.config.Settings: {sorted(unknown)}"
-    assert all(k.startswith("RECSYS_") for k in data)
+    ray_env = {k: v for k, v in data.items() if not k.startswith("RECSYS_")}
+    fast = values["settings"]["serving"].get("throughputOptimized", True)
+    expected = {"RAY_worker_niceness": "0"}
+    if fast:
+        expected |= {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    assert ray_env == expected
 
     for key in [k for k in os.environ if k.startswith("RECSYS_")]:
         monkeypatch.delenv(key)
     for key, value in data.items():
-        monkeypatch.setenv(key, value)
+        if key.startswith("RECSYS_"):
+            monkeypatch.setenv(key, value)
     # What the secretKeyRefs would bring (placeholders for the Secrets' contents).
     if values["store"]["existingSecret"]:
         monkeypatch.setenv("RECSYS_STORE__URL", "redis://:pw@redis:6379/0")
@@ -411,6 +417,7 @@ def test_configmap_settings_are_settings_recsys_accepts(
     assert settings.serving.host == "0.0.0.0"
     assert settings.serving.port == serving["port"]
     assert settings.serving.max_slate_size == serving["maxSlateSize"]
+    assert settings.serving.throughput_optimized is fast
     assert settings.policy.name == values["settings"]["policy"]["name"]
     assert str(settings.artifacts.root) == (
         f"{values['storage']['mountPath']}/{values['storage']['artifactsDir']}"

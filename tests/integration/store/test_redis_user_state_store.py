@@ -7,6 +7,9 @@ data is corrupt, and readiness when the server is gone.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +21,13 @@ from redis.connection import AbstractConnection
 from recsys.embedded import EmbeddedRedis, free_port
 from recsys.features import EventFold, FeatureSpec, UserFeaturizer
 from recsys.store import RedisUserStateStore
-from recsys.types import EventType, FeedbackEvent, ImpressionEvent, SlateItem
+from recsys.types import (
+    EventType,
+    FeedbackEvent,
+    ImpressionEvent,
+    SlateItem,
+    StoreUnavailableError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +179,26 @@ def test_client_that_decodes_responses_is_refused(redis_server: EmbeddedRedis) -
             RedisUserStateStore(decoding)
     finally:
         decoding.close()
+
+
+def test_a_paused_server_is_a_prompt_store_error_and_reads_resume() -> None:
+    """With the request-path timeout, a paused Redis (SIGSTOP) costs one bounded wait and a
+    :class:`StoreUnavailableError`, never a hang; reads work again once it resumes."""
+    with EmbeddedRedis() as server:
+        store = RedisUserStateStore.from_url(
+            server.url, socket_timeout=0.05, socket_connect_timeout=0.05
+        )
+        try:
+            store.put_many({"u1": b"x" * 8})
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                with pytest.raises(StoreUnavailableError, match="did not answer"):
+                    store.get_many(["u1"])
+                assert time.monotonic() - start < 1.0
+                assert store.ping() is False
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert store.get_many(["u1", "u2"]) == [b"x" * 8, None]
+        finally:
+            store.close()

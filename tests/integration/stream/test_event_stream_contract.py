@@ -1,8 +1,9 @@
 """One contract suite for EventSink + EventSource, run against every backend.
 
 ``memory`` is the in-process :class:`InMemoryEventLog`; ``kafka`` is :class:`KafkaEventSink` /
-:class:`KafkaEventSource` against the real tansu broker from the session fixture. Every test
-gets its own topics, so tests never see each other's records.
+:class:`KafkaEventSource` against the real tansu broker from the session fixture. The
+``+buffered`` variants publish through :class:`BufferedEventSink` in front of that sink (what the
+server does). Every test gets its own topics, so tests never see each other's records.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from recsys.stream import (
     encode_event,
     ensure_topics,
 )
+from recsys.stream.buffered import BufferedEventSink
 from recsys.types import EventType
 from tests.unit.stream.fakes import drain, feedback, impression
 
@@ -91,19 +93,52 @@ class KafkaBackend:
             thing.close()
 
 
+class BufferedBackend:
+    """Any backend with its sinks behind a :class:`BufferedEventSink`."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.settings = getattr(inner, "settings", None)
+        self._sinks: list[BufferedEventSink] = []
+
+    def sink(self) -> EventSink:
+        sink = BufferedEventSink(self.inner.sink(), capacity=1000)
+        self._sinks.append(sink)
+        return sink
+
+    def source(self) -> EventSource:
+        return self.inner.source()
+
+    def produce_raw(self, topic: str, data: bytes) -> None:
+        self.inner.produce_raw(topic, data)
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+        self.inner.close()
+
+
 @pytest.fixture(
-    params=["memory", pytest.param("kafka", marks=pytest.mark.integration)],
+    params=[
+        "memory",
+        "memory+buffered",
+        pytest.param("kafka", marks=pytest.mark.integration),
+        pytest.param("kafka+buffered", marks=pytest.mark.integration),
+    ],
 )
 def backend(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Backend]:
     settings = StreamSettings(
         impressions_topic=f"{unique_name}-impressions", feedback_topic=f"{unique_name}-feedback"
     )
     impl: Backend
-    if request.param == "memory":
+    kind, _, buffered = str(request.param).partition("+")
+    if kind == "memory":
         impl = MemoryBackend(settings)
     else:
         broker: EmbeddedBroker = request.getfixturevalue("kafka_broker")
         impl = KafkaBackend(settings, broker.bootstrap)
+    if buffered:
+        impl = BufferedBackend(impl)
     try:
         yield impl
     finally:

@@ -8,6 +8,7 @@ and stream behind the same Protocols.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,19 @@ from recsys.features import FeatureSpec, request_key
 from recsys.policy.training.checkpoint import load_policy_checkpoint
 from recsys.serving.api import build_api
 from recsys.serving.policies import ServedPolicy, load_served_policy
-from recsys.serving.recommender import Recommender
+from recsys.serving.recommender import Recommendation, Recommender, RecommendQuery
 from recsys.serving.wiring import build_recommender, load_newest_retrieval
 from recsys.stream import shared_event_log
+from recsys.stream.buffered import EventBufferFullError
 from recsys.types import (
     ArtifactError,
+    CandidateBatch,
     Candidates,
     EventType,
     FeedbackEvent,
     ImpressionEvent,
     InvalidRequestError,
+    StoreUnavailableError,
 )
 from tests.artifact_copies import corrupt_copy, republish
 
@@ -331,3 +335,133 @@ def test_openapi_describes_metrics_as_text_and_readyz_503(rec: Recommender) -> N
     ready = spec["paths"]["/readyz"]["get"]["responses"]
     assert {"200", "503"} <= set(ready)
     assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_a_batch_answers_every_query_as_if_alone(rec: Recommender) -> None:
+    """Bad queries get their own error and leave no impression; the others are answered,
+    grouped by slate size, each under its own request id and impression."""
+    before = len(_impressions())
+    queries = [
+        RecommendQuery("b1", 3),
+        RecommendQuery("b2", 0),
+        RecommendQuery("b3", 5, exclude=(1, 2)),
+        RecommendQuery("b4", 3, exclude=(10_000,)),
+        RecommendQuery("b5", 3, session_id="s"),
+    ]
+    out = rec.recommend_many(queries)
+    errors = {i: o.field for i, o in enumerate(out) if isinstance(o, InvalidRequestError)}
+    assert errors == {1: "slate_size", 3: "exclude"}
+    answered = [o for o in out if isinstance(o, Recommendation)]
+    assert [len(o.slate) for o in answered] == [3, 5, 3]
+    assert not set(answered[1].slate.item_ids.tolist()) & {1, 2}
+    assert len({o.request_id for o in answered}) == 3
+    assert not any(o.degraded for o in answered)
+    logged = _impressions(before)
+    # one impression per answer, under its request id (published group by group)
+    assert {e.request_id: e.user_id for e in logged} == {
+        o.request_id: u for o, u in zip(answered, ["b1", "b3", "b5"], strict=True)
+    }
+
+
+def test_padding_is_never_served_and_batched_propensities_are_the_samplers(
+    rec: Recommender,
+) -> None:
+    served = rec.policies.current()
+    assert isinstance(served, ServedPolicy)
+    ads = served.features.is_ad
+    ids = np.concatenate([np.flatnonzero(~ads)[:12], np.flatnonzero(ads)[:3]])
+    mask = np.ones((2, 15), dtype=np.bool_)
+    mask[1, 6:12] = False  # row 1 has only 6 organic candidates
+    batch = CandidateBatch(
+        item_ids=np.where(mask, np.tile(ids, (2, 1)), -1),
+        scores=np.zeros((2, 15), np.float32),
+        mask=mask,
+        is_ad=np.tile(ads[ids], (2, 1)) & mask,
+    )
+    _, features = rec.user_state("p1", None, 0.0)
+    user = np.stack([features, features])
+    slates = served.select_batch(user, batch, 5, np.random.default_rng(7))
+    assert not set(slates[1].item_ids.tolist()) & set(ids[6:12].tolist())
+    obs = served.features.obs(user, np.where(mask, batch.item_ids, 0), mask)
+    policy: Any = served.policy
+    scores, _ = policy.sampler_scores(obs, 5, explore=True)
+    index = {int(i): k for k, i in enumerate(ids)}
+    picked = np.array([[index[int(i)] for i in s.item_ids] for s in slates])
+    log_p = policy.config.sampler.log_propensities(scores, obs, picked)
+    np.testing.assert_allclose(np.exp(log_p), np.stack([s.propensities for s in slates]), rtol=1e-5)
+
+
+class SwitchableStore:
+    """The recommender's real store behind a switch that makes reads fail, counting them."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = False
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get_many(self, user_ids: Any) -> Any:
+        self.reads += 1
+        if self.down:
+            raise StoreUnavailableError("redis did not answer: paused")
+        return self.inner.get_many(user_ids)
+
+
+def test_without_the_store_answers_are_degraded_cached_and_recover(root: Path) -> None:
+    settings = _settings(root)
+    settings = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"store_retry_s": 0.2})}
+    )
+    rec = build_recommender(settings)
+    try:
+        first = rec.recommend("d1", 3)
+        rec.feedback(first.request_id, "d1", int(first.slate.item_ids[0]), EventType.CLICK)
+        deadline = time.monotonic() + 10
+        while rec._store.get("d1") is None:  # the in-process updater folds the click
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        store = SwitchableStore(rec._store)
+        rec._store = store
+        now = 1e9
+        _, known_up = rec.user_states(["d1"], [None], now)  # read (and cached) while up
+        store.down = True
+        reads = store.reads
+        out = rec.recommend_many([RecommendQuery("d1", 3), RecommendQuery("d2", 3)])
+        again = rec.recommend_many([RecommendQuery("d1", 3)])
+        assert all(isinstance(o, Recommendation) and o.degraded for o in out + again)
+        assert store.reads == reads + 1  # the breaker spares the store a second timeout
+        _, known_down = rec.user_states(["d1"], [None], now)
+        np.testing.assert_allclose(known_down, known_up)  # the cached state, not a cold one
+        assert rec.metrics.store_errors._value.get() == 1
+        assert rec.metrics.degraded._value.get() >= 3
+        store.down = False
+        time.sleep(0.25)
+        back = rec.recommend("d1", 3)
+        assert not back.degraded
+    finally:
+        rec.close()
+
+
+def test_http_flags_degraded_answers_and_sheds_feedback_when_events_back_up(
+    rec: Recommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = TestClient(build_api(rec))
+    body = client.post("/recommend", json={"user_id": "h1", "slate_size": 3}).json()
+    assert body["degraded"] is False
+
+    def full(event: Any) -> None:
+        raise EventBufferFullError("100000 events are waiting for the broker; retry later")
+
+    monkeypatch.setattr(rec._sink, "publish", full)
+    fb = client.post(
+        "/feedback",
+        json={"request_id": body["request_id"], "user_id": "h1", "item_id": 1, "event": "click"},
+    )
+    assert fb.status_code == 503
+    assert fb.headers["retry-after"] == "1"
+    assert fb.json()["error"] == "unavailable"
+    schema = client.get("/openapi.json").json()
+    assert "503" in schema["paths"]["/feedback"]["post"]["responses"]
+    assert "degraded" in schema["components"]["schemas"]["RecommendResponse"]["properties"]

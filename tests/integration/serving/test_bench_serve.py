@@ -1,0 +1,56 @@
+"""``recsys bench serve`` end to end on a small catalog: both servers, both load shapes.
+
+It runs in its own process (as a user would run it): it starts and stops its own Redis,
+broker, Ray and uvicorn, whatever the test session is serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _leftovers(marker: str) -> str:
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_bench_serve_measures_ray_serve_against_plain_uvicorn(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "recsys.cli", "bench", "serve",
+            "--catalog", "400", "--duration", "5", "--clients", "4", "--fixed-rps", "20",
+            "--out-dir", str(tmp_path / "reports"), "--json", "--output", str(out),
+        ],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == result
+    assert result["catalog"] == 400
+    assert result["policy"] == "slateq"
+    for server in ("ray_serve", "plain_uvicorn"):
+        runs = result["runs"][server]
+        sat, fixed = runs["saturation"], runs["fixed"]
+        assert sat["clients"] == 4
+        assert sat["offered_rps"] is None
+        assert fixed["offered_rps"] == 20
+        for run in (sat, fixed):
+            assert run["requests"] > 0, run
+            assert run["errors"] == 0, run
+            assert 0 < run["p50_ms"] <= run["p99_ms"]
+            assert run["recommend"]["rps"] > 0
+            assert Path(run["report"]).is_file()
+        # closed-loop clients with no think time ask for more than the fixed open-loop rate
+        assert sat["rps"] > fixed["rps"]
+    ratio = (
+        result["runs"]["ray_serve"]["saturation"]["rps"]
+        / (result["runs"]["plain_uvicorn"]["saturation"]["rps"])
+    )
+    assert abs(result["ratio"] - ratio) < 1e-9
+    assert set(result["met"]) == {"saturation_rps", "fixed_p99_ms", "ratio"}
+    assert _leftovers("recsys.serving.plain") == ""
+    assert _leftovers("loadtest_profile.py") == ""
