@@ -138,6 +138,7 @@ def _slate_body(result: Recommendation) -> dict[str, Any]:
         "model_version": result.model_version,
         "policy": slate.policy,
         "degraded": result.degraded,
+        "cold_start": result.cold_start,
         "items": [
             {"item_id": i, "position": p, "score": s, "propensity": q}
             for i, p, s, q in zip(
@@ -190,10 +191,9 @@ def build_api(
     app.state.recommender = recommender
     rec = recommender  # routes close over it: no per-request dependency resolution
     errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
         404: {"model": ErrorResponse},
         413: {"model": ErrorResponse, "description": "The body is too large"},
-        422: {"model": ErrorResponse},
+        422: {"model": ErrorResponse, "description": "A field is invalid or the body unparseable"},
     }
 
     @app.exception_handler(RequestValidationError)
@@ -220,10 +220,15 @@ def build_api(
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI raises 400 when it cannot decode the body (invalid UTF-8, nesting deeper
-        # than the JSON parser allows); everything else here is about the route.
-        field = "body" if exc.status_code == 400 else "path"
+        # than the JSON parser allows): like any other unusable body, a 422 naming ``body``.
+        # Everything else here is about the route.
+        if exc.status_code == 400:
+            return JSONResponse(
+                error_body("validation_error", "body", f"cannot parse the body: {exc.detail}"),
+                422,
+            )
         return JSONResponse(
-            error_body("http_error", field, str(exc.detail)), exc.status_code, exc.headers
+            error_body("http_error", "path", str(exc.detail)), exc.status_code, exc.headers
         )
 
     @app.exception_handler(Exception)

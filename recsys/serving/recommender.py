@@ -88,6 +88,10 @@ class Recommendation:
     #: True when the store did not answer and the user's state came from this replica's
     #: cache of recent reads, or was taken as a cold start.
     degraded: bool = False
+    #: True when no state was found for the user (a new user, or one unknown to this
+    #: replica's cache in degraded mode): the slate rests on the popular-and-fresh fallback
+    #: candidates and the policy's exploration, not on the user's history.
+    cold_start: bool = False
 
 
 class RecommenderMetrics:
@@ -253,7 +257,7 @@ class Recommender:
         now = self._clock()
         stage = dict.fromkeys(("retrieval", "policy", "publish"), 0.0)
         t0 = time.perf_counter()
-        states, features, degraded = self._states_for(
+        states, features, degraded, cold = self._states_for(
             [queries[i].user_id for i in valid], [queries[i].session_id for i in valid], now
         )
         stage["state"] = time.perf_counter() - t0
@@ -295,9 +299,9 @@ class Recommender:
                 if isinstance(slate, InvalidRequestError):
                     out[i] = slate
                 elif log:
-                    out[i] = self._log_impression(queries[i], slate, now, degraded)
+                    out[i] = self._log_impression(queries[i], slate, now, degraded, cold[rows[j]])
                 else:
-                    out[i] = Recommendation("", slate.version, slate, degraded)
+                    out[i] = Recommendation("", slate.version, slate, degraded, cold[rows[j]])
             stage["publish"] += time.perf_counter() - t2
         if not log:
             return out
@@ -384,7 +388,7 @@ class Recommender:
             return [exc]
 
     def _log_impression(
-        self, q: RecommendQuery, slate: Slate, now: float, degraded: bool
+        self, q: RecommendQuery, slate: Slate, now: float, degraded: bool, cold_start: bool
     ) -> Recommendation:
         """Publish the impression of ``slate`` and return it under a fresh request id."""
         request_id = uuid.uuid4().hex
@@ -405,7 +409,7 @@ class Recommender:
                 session_id=q.session_id or "",
             )
         )  # fmt: skip
-        return Recommendation(request_id, slate.version, slate, degraded)
+        return Recommendation(request_id, slate.version, slate, degraded, cold_start)
 
     def _publish_impression(self, event: ImpressionEvent) -> None:
         """Log an impression; a full buffer (broker down for long) costs the log, not the
@@ -421,18 +425,19 @@ class Recommender:
         """Stored states of ``user_ids`` (one round trip; none is a cold start) and their
         features ``[B, F]`` for requests at server time ``now``: the event fold's session rule
         applied on a copy, then the featuriser the policy was trained with."""
-        states, features, _ = self._states_for(user_ids, session_ids, now)
+        states, features, _, _ = self._states_for(user_ids, session_ids, now)
         return states, features
 
     def _states_for(
         self, user_ids: Sequence[str], session_ids: Sequence[str | None], now: float
-    ) -> tuple[StateArray, FloatArray, bool]:
-        """:meth:`user_states` plus whether the store failed to answer (degraded)."""
+    ) -> tuple[StateArray, FloatArray, bool, list[bool]]:
+        """:meth:`user_states` plus whether the store failed to answer (degraded) and which
+        users had no state at all (cold starts)."""
         records, degraded = self._read_records(list(user_ids))
         states, _ = self._fold.codec.decode(records)
         keys = np.array([session_key(s) for s in session_ids], np.uint32)
         features = self._users.features_at(self._fold, states, np.full(len(user_ids), now), keys)
-        return states, features, degraded
+        return states, features, degraded, [r is None for r in records]
 
     def _read_records(self, user_ids: list[str]) -> tuple[list[bytes | None], bool]:
         """Stored records, or in degraded mode this replica's cached copies.

@@ -72,6 +72,9 @@ class RecommendResponse(BaseModel):
     #: True when the user-state store did not answer and the slate was chosen from this
     #: replica's cached copy of the user's state, or as for a new user.
     degraded: bool = False
+    #: True when nothing is known about the user yet: the slate comes from popular and fresh
+    #: candidates with the policy's exploration; state builds from the user's first events.
+    cold_start: bool = False
     items: list[SlateItemOut]
 
 

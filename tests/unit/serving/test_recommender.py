@@ -308,20 +308,21 @@ def test_http_api_names_the_policy_and_refuses_bad_session_ids(rec: Recommender)
 
 
 def test_unparseable_bodies_are_documented_4xx_naming_the_body(rec: Recommender) -> None:
-    """Invalid UTF-8 and absurdly deep nesting cannot be parsed: a 400 naming ``body`` (not a
-    route ``path``), listed in the OpenAPI of both POST routes."""
+    """Invalid UTF-8 and absurdly deep nesting cannot be parsed: a 422 naming ``body`` (not a
+    route ``path``), as the OpenAPI of both POST routes lists."""
     client = TestClient(build_api(rec))
     deep = ("[" * 30_000 + "]" * 30_000).encode()  # under the 64 KiB body limit
     invalid_utf8 = b'{"user_id": "\xff\xfe", "slate_size": 3}'
     for route in ("/recommend", "/feedback"):
         for body in (invalid_utf8, deep):
             resp = client.post(route, content=body, headers={"content-type": "application/json"})
-            assert resp.status_code in (400, 422), resp.text
+            assert resp.status_code == 422, resp.text
             assert resp.json()["detail"][0]["field"] == "body", resp.text
     spec = client.get("/openapi.json").json()
     for route in ("/recommend", "/feedback"):
         listed = set(spec["paths"][route]["post"]["responses"])
-        assert {"400", "413", "422"} <= listed
+        assert {"413", "422"} <= listed
+        assert "400" not in listed
     assert client.post("/recommend", json={"user_id": "u1", "slate_size": 2}).status_code == 200
 
 
@@ -417,11 +418,13 @@ def test_without_the_store_answers_are_degraded_cached_and_recover(root: Path) -
     rec = build_recommender(settings)
     try:
         first = rec.recommend("d1", 3)
+        assert first.cold_start
         rec.feedback(first.request_id, "d1", int(first.slate.item_ids[0]), EventType.CLICK)
         deadline = time.monotonic() + 10
         while rec._store.get("d1") is None:  # the in-process updater folds the click
             assert time.monotonic() < deadline
             time.sleep(0.02)
+        assert not rec.recommend("d1", 3).cold_start  # its state now exists
         store = SwitchableStore(rec._store)
         rec._store = store
         now = 1e9
@@ -431,6 +434,8 @@ def test_without_the_store_answers_are_degraded_cached_and_recover(root: Path) -
         out = rec.recommend_many([RecommendQuery("d1", 3), RecommendQuery("d2", 3)])
         again = rec.recommend_many([RecommendQuery("d1", 3)])
         assert all(isinstance(o, Recommendation) and o.degraded for o in out + again)
+        # the cached user keeps its history; the one never read is a cold start
+        assert [o.cold_start for o in out if isinstance(o, Recommendation)] == [False, True]
         assert store.reads == reads + 1  # the breaker spares the store a second timeout
         _, known_down = rec.user_states(["d1"], [None], now)
         np.testing.assert_allclose(known_down, known_up)  # the cached state, not a cold one
@@ -450,6 +455,7 @@ def test_http_flags_degraded_answers_and_sheds_feedback_when_events_back_up(
     client = TestClient(build_api(rec))
     body = client.post("/recommend", json={"user_id": "h1", "slate_size": 3}).json()
     assert body["degraded"] is False
+    assert body["cold_start"] is True  # nothing is known about h1 yet
 
     def full(event: Any) -> None:
         raise EventBufferFullError("100000 events are waiting for the broker; retry later")
