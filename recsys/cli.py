@@ -523,29 +523,30 @@ def serve(
     port: Annotated[int | None, typer.Option(help="HTTP port.", min=1, max=65535)] = None,
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
 ) -> None:
-    """Serve /recommend and /feedback with Ray Serve until Ctrl-C.
+    """Serve /recommend and /feedback with Ray Serve until Ctrl-C or SIGTERM.
 
     Uses the newest retrieval artifact under settings.artifacts.root; with the default
     ``memory://`` store and no Kafka bootstrap, the replica keeps everything in process.
+    SIGTERM (what Kubernetes sends) is the normal end: Serve drains in-flight requests, Ray
+    and every process it started are stopped, and the exit code is 0.
     """
     from recsys.artifacts import latest_version
     from recsys.candidates import RETRIEVAL_ARTIFACT
-    from recsys.serving.deployment import start_serving, stop_serving
+    from recsys.services import StopSignals, ray_serve
 
     settings = _settings(serving={"port": port, "host": host})
     try:  # fail before starting Ray, with a hint, rather than inside a replica
         latest_version(settings.artifacts.root, RETRIEVAL_ARTIFACT)
     except ArtifactError as exc:
         raise _fail(f"{exc}. Run `recsys train candidates` first.") from None
-    url = start_serving(settings)
-    console.print(f"serving at {url} (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_serving()
+    with StopSignals() as signals:
+        try:
+            with ray_serve(settings, signals) as url:
+                console.print(f"serving at {url} (Ctrl-C or SIGTERM to stop)")
+                while True:
+                    time.sleep(1.0)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by StopSignals
+            err_console.print("stopped: Serve drained and Ray shut down")
 
 
 @app.command()

@@ -69,11 +69,18 @@ class DemoRun:
 @contextmanager
 def running_demo(tmp_path: Path, *args: str) -> Iterator[DemoRun]:
     """Start the demo in its own session and record its descendants until it exits."""
+    with running_cli(tmp_path, ["demo", "--workdir", str(tmp_path), *args], SMALL_WORLD) as run:
+        yield run
+
+
+@contextmanager
+def running_cli(tmp_path: Path, argv: list[str], env: dict[str, str]) -> Iterator[DemoRun]:
+    """Start ``recsys ARGV`` in its own session and record its descendants until it exits."""
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "demo", "--workdir", str(tmp_path), *args],
-            env={**os.environ, **SMALL_WORLD},
+            [sys.executable, "-m", "recsys.cli", *argv],
+            env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
