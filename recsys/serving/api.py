@@ -178,8 +178,9 @@ def build_api(
 ) -> FastAPI:
     """Build the HTTP app around one recommender (no globals: each call is independent).
 
-    ``batched`` answers one query as part of a batch (:meth:`Recommender.recommend_many`): in
-    a Serve replica a ``@serve.batch`` method, elsewhere a :class:`MicroBatcher` (default).
+    ``batched`` answers one query as part of a batch (:meth:`Recommender.recommend_many`): a
+    :class:`MicroBatcher` (default, and what the Serve replica uses unless
+    ``serving.batcher`` picks its ``@serve.batch`` method).
     """
     if batched is None:
         batched = MicroBatcher(recommender.recommend_many)
@@ -238,8 +239,8 @@ def build_api(
 
     @app.post("/recommend", response_model=RecommendResponse, responses=errors)
     async def recommend(body: RecommendRequest) -> Response:
-        # Async on purpose: the request only waits for its batch here; the batch itself
-        # runs in a worker thread, so the event loop keeps gathering the next one.
+        # Async on purpose: the request only waits here for the batch it joins; no thread
+        # hop per request (docs/serving.md says why the batch runs on the event loop).
         outcome = "error"
         try:
             result = await batched(

@@ -153,10 +153,10 @@ class RecommenderMetrics:
 class Recommender:
     """Serves slates and accepts feedback; thread-safe for concurrent requests.
 
-    Randomness is per request (a generator seeded from ``seed`` and a request counter) so
-    concurrent threads never share a ``numpy`` generator and runs are reproducible. The
-    policy is read from ``policies`` once per request, so a new version swapped in by the
-    registry's watcher never fails a request in flight.
+    Randomness is per batch (a generator seeded from ``seed`` and a batch counter) so
+    concurrent threads never share a ``numpy`` generator and a sequence of batches is
+    reproducible. The policy is read from ``policies`` once per batch, so a new version
+    swapped in by the registry's watcher never fails a request in flight.
     """
 
     def __init__(
