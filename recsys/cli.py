@@ -44,6 +44,8 @@ evaluate_app = typer.Typer(help="Offline evaluation (JSON results).", no_args_is
 app.add_typer(evaluate_app, name="evaluate")
 data_app = typer.Typer(help="Datasets in the local cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+users_app = typer.Typer(help="Users in the user-state store.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -749,6 +751,39 @@ def bench_serve(
     except (RecsysError, EmbeddedServiceError, ValueError) as exc:
         raise _fail(escape(str(exc))) from None
     _emit(result, as_json, output)
+
+
+@users_app.command("import")
+def users_import(
+    file: Annotated[
+        Path, typer.Argument(help="Logged-feedback Parquet (docs/logged_feedback.md).")
+    ],
+    replace: Annotated[bool, typer.Option(help="Rebuild users that already have a state.")] = False,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Bulk-load known users: fold their logged history into states in the configured store
+    (the same event fold as the online updater), so they are not cold starts."""
+    from recsys.data.logged import LoggedFeedbackError, read_logged_feedback
+    from recsys.serving.wiring import build_fold
+    from recsys.store import build_user_state_store
+    from recsys.types import StoreUnavailableError
+    from recsys.users import import_users
+
+    settings = _settings()
+    if not file.is_file():
+        raise _fail(f"no such file: {file}")
+    try:
+        log = read_logged_feedback(file)
+        fold = build_fold(settings)
+        store = build_user_state_store(settings.store)
+        try:
+            stats = import_users(store, fold, log, replace=replace)
+        finally:
+            store.close()
+    except (LoggedFeedbackError, ArtifactError, StoreUnavailableError, ValueError, OSError) as exc:
+        raise _fail(escape(str(exc))) from None
+    _emit(stats.to_dict(), as_json, output)
 
 
 @app.command("config")
