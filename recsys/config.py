@@ -125,6 +125,12 @@ class ServingSettings(BaseModel):
     state_cache_size: int = Field(
         10_000, ge=0, description="recently read user states kept per replica for degraded mode"
     )
+    feedback_max_skew_s: float = Field(
+        300.0, ge=0.0, description="a feedback ts later than server time by more is clamped"
+    )
+    feedback_max_age_s: float = Field(
+        7 * 86_400.0, ge=0.0, description="a feedback ts older than this is clamped"
+    )
     throughput_optimized: bool = Field(
         True,
         description="a Ray started by recsys runs Serve's HAProxy ingress and throughput mode",

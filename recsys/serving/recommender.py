@@ -132,6 +132,10 @@ class RecommenderMetrics:
             "recsys_degraded_answers", "Slates served without the store (cached or cold state)",
             registry=self.registry,
         )  # fmt: skip
+        self.clamped_ts = Counter(
+            "recsys_feedback_ts_clamped", "Feedback whose client timestamp was moved into range",
+            registry=self.registry,
+        )  # fmt: skip
         self.unlogged = Counter(
             "recsys_impressions_unlogged", "Slates served whose impression could not be queued",
             registry=self.registry,
@@ -490,7 +494,12 @@ class Recommender:
         value: float | None = None,
         ts: float | None = None,
     ) -> FeedbackEvent:
-        """Validate one feedback signal, stamp it with server time and publish it."""
+        """Validate one feedback signal, stamp it with server time and publish it.
+
+        The client's ``ts`` is kept for the logs but clamped to
+        ``[now - feedback_max_age_s, now + feedback_max_skew_s]``: a client clock cannot put
+        an event in the far future or past of the joined data.
+        """
         if not 0 <= item_id < self.num_items:
             raise InvalidRequestError(
                 "item_id", f"unknown item id {item_id} (catalog has ids 0..{self.num_items - 1})"
@@ -502,11 +511,20 @@ class Recommender:
             item_id=item_id,
             event=event,
             value=_DEFAULT_VALUE[event] if value is None else float(value),
-            ts=now if ts is None else float(ts),
+            ts=now if ts is None else self._clamped(float(ts), now),
             server_ts=now,
         )
         self._sink.publish(fb)
         return fb
+
+    def _clamped(self, ts: float, now: float) -> float:
+        """``ts`` within the accepted window around server time ``now`` (counted if moved)."""
+        lo = now - self._settings.feedback_max_age_s
+        hi = now + self._settings.feedback_max_skew_s
+        if lo <= ts <= hi:
+            return ts
+        self.metrics.clamped_ts.inc()
+        return min(max(ts, lo), hi)
 
     def refresh_metrics(self) -> None:
         """Copy the policy registry's state into the gauges (called when metrics are read)."""

@@ -175,9 +175,10 @@ def test_impossible_requests_are_refused_without_side_effects(
 
 
 def test_feedback_is_stamped_with_server_time_and_validated(rec: Recommender) -> None:
-    event = rec.feedback("req-1", "u0", 7, EventType.DWELL, value=12.5, ts=5.0)
+    client_ts = time.time() - 10.0  # inside the accepted window: kept as sent
+    event = rec.feedback("req-1", "u0", 7, EventType.DWELL, value=12.5, ts=client_ts)
     assert isinstance(event, FeedbackEvent)
-    assert event.ts == 5.0
+    assert event.ts == client_ts
     assert event.server_ts is not None
     assert event.server_ts > 1e9
     with pytest.raises(InvalidRequestError) as err:
@@ -471,3 +472,18 @@ def test_http_flags_degraded_answers_and_sheds_feedback_when_events_back_up(
     schema = client.get("/openapi.json").json()
     assert "503" in schema["paths"]["/feedback"]["post"]["responses"]
     assert "degraded" in schema["components"]["schemas"]["RecommendResponse"]["properties"]
+
+
+def test_client_timestamps_are_clamped_around_server_time(rec: Recommender) -> None:
+    now = 1_800_000_000.0
+    rec._clock = lambda: now
+    skew = rec._settings.feedback_max_skew_s
+    age = rec._settings.feedback_max_age_s
+    future = rec.feedback("r", "t1", 1, EventType.CLICK, ts=1e11)
+    past = rec.feedback("r", "t1", 1, EventType.CLICK, ts=0.0)
+    fine = rec.feedback("r", "t1", 1, EventType.CLICK, ts=now - 60.0)
+    assert future.ts == now + skew
+    assert past.ts == now - age
+    assert fine.ts == now - 60.0
+    assert future.server_ts == past.server_ts == now
+    assert rec.metrics.clamped_ts._value.get() == 2
