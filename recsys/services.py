@@ -156,12 +156,9 @@ def embedded_settings(
     )
 
 
-def start_loop(
-    stack: ExitStack, signals: StopSignals, settings: Settings, console: Console | None = None
-) -> tuple[str, UserStateStore]:
-    """The online updater (broker → store) in a thread and Ray Serve, both stopped by
-    ``stack``; returns the service's URL and a store client (closed by ``stack``)."""
-    console = console or Console(stderr=True)
+def start_updater(stack: ExitStack, settings: Settings) -> UserStateStore:
+    """The topics, then the online updater (broker → store) in a thread, stopped by
+    ``stack``; returns its store client (closed by ``stack``)."""
     store = build_user_state_store(settings.store)
     stack.callback(store.close)
     ensure_topics(
@@ -169,6 +166,16 @@ def start_loop(
         [settings.stream.impressions_topic, settings.stream.feedback_topic],
     )
     stack.enter_context(updater_thread(store, settings))
+    return store
+
+
+def start_loop(
+    stack: ExitStack, signals: StopSignals, settings: Settings, console: Console | None = None
+) -> tuple[str, UserStateStore]:
+    """The online updater (broker → store) in a thread and Ray Serve, both stopped by
+    ``stack``; returns the service's URL and a store client (closed by ``stack``)."""
+    console = console or Console(stderr=True)
+    store = start_updater(stack, settings)
     with console.status("starting Ray Serve"):
         url = stack.enter_context(ray_serve(settings, signals))
     return url, store

@@ -169,6 +169,21 @@ class Slate:
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])
 
+    @staticmethod
+    def rows(
+        item_ids: IntArray,
+        scores: FloatArray,
+        propensities: FloatArray,
+        policy: str,
+        version: str,
+    ) -> list[Slate]:
+        """One slate per row of ``[B, S]`` item ids, scores and propensities."""
+        positions = np.arange(item_ids.shape[1], dtype=np.int64)
+        ids = np.asarray(item_ids, dtype=np.int64)
+        s = np.asarray(scores, dtype=np.float32)
+        p = np.asarray(propensities, dtype=np.float32)
+        return [Slate(ids[b], positions, s[b], p[b], policy, version) for b in range(ids.shape[0])]
+
 
 @dataclass(frozen=True, slots=True)
 class Signals:

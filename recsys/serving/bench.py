@@ -30,7 +30,7 @@ from typing import Any
 
 from rich.console import Console
 
-from recsys.config import ArtifactSettings, Settings
+from recsys.config import Settings
 from recsys.loadtest import LoadTestResult, run_loadtest
 
 #: Offered rate per client in the saturation runs: far above any answer rate, so each
@@ -98,10 +98,8 @@ def _drive(url: str, name: str, cfg: ServeBenchConfig, users: int) -> dict[str, 
 def run_serve_benchmark(cfg: ServeBenchConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the benchmark (see the module docstring) and return its JSON-ready result."""
     from recsys.pipeline import train_skeleton
-    from recsys.services import StopSignals, embedded_settings, ray_serve, updater_thread
+    from recsys.services import StopSignals, embedded_settings, ray_serve, start_updater
     from recsys.serving.plain import plain_server
-    from recsys.store import build_user_state_store
-    from recsys.stream.kafka import ensure_topics
 
     console = console or Console(stderr=True)
     start = time.perf_counter()
@@ -115,16 +113,9 @@ def run_serve_benchmark(cfg: ServeBenchConfig, console: Console | None = None) -
         tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp,
     ):
         settings = embedded_settings(stack, base, artifacts_root=Path(tmp), console=console)
-        settings = settings.model_copy(update={"artifacts": ArtifactSettings(root=Path(tmp))})
         with console.status(f"training the demo policy and retriever on {cfg.catalog} items"):
             train_skeleton(settings, progress=False)
-        store = build_user_state_store(settings.store)
-        stack.callback(store.close)
-        ensure_topics(
-            settings.stream.bootstrap,
-            [settings.stream.impressions_topic, settings.stream.feedback_topic],
-        )
-        stack.enter_context(updater_thread(store, settings))
+        start_updater(stack, settings)
         users = settings.catalog.num_users
         runs: dict[str, Any] = {}
         console.print("[bold]Ray Serve[/bold]")

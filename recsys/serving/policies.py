@@ -120,19 +120,7 @@ class ServedPolicy:
             if action.scores is None
             else action.scores.astype(np.float32)
         )
-        props = action.propensities.astype(np.float32)
-        positions = np.arange(action.slates.shape[1], dtype=np.int64)
-        return [
-            Slate(
-                item_ids=picked[b],
-                positions=positions,
-                scores=scores[b],
-                propensities=props[b],
-                policy=self.name,
-                version=self.version,
-            )
-            for b in range(picked.shape[0])
-        ]
+        return Slate.rows(picked, scores, action.propensities, self.name, self.version)
 
 
 def load_served_policy(

@@ -91,15 +91,4 @@ class MyopicPolicy:
         )
         ids = np.take_along_axis(np.asarray(candidates.item_ids, np.int64), idx, axis=1)
         chosen = np.take_along_axis(scores, idx, axis=1).astype(np.float32)
-        positions = np.arange(idx.shape[1], dtype=np.int64)
-        return [
-            Slate(
-                item_ids=ids[b],
-                positions=positions,
-                scores=chosen[b],
-                propensities=props[b],
-                policy=self.name,
-                version=self.version,
-            )
-            for b in range(ids.shape[0])
-        ]
+        return Slate.rows(ids, chosen, props, self.name, self.version)
