@@ -22,9 +22,8 @@ from ray import serve
 from recsys.config import ArtifactSettings, ServingSettings, Settings
 from recsys.embedded import free_port
 from recsys.serving.api import build_api
-from recsys.serving.batching import MicroBatcher
 from recsys.serving.recommender import Recommendation, RecommendQuery
-from recsys.serving.wiring import build_recommender
+from recsys.serving.wiring import build_server
 from recsys.types import InvalidRequestError
 
 APP_NAME = "recsys"
@@ -37,8 +36,7 @@ class RecsysIngress:
     """One replica: build the recommender once, then serve its FastAPI app.
 
     Concurrent ``/recommend`` requests are batched, so they share one store round trip, one
-    retrieval and one policy forward; the batch runs in a worker thread so the replica's
-    event loop keeps gathering the next one. By default the batcher is :class:`MicroBatcher`,
+    retrieval and one policy forward. By default the batcher is :class:`MicroBatcher`,
     which closes a batch when the previous one is done. ``@serve.batch``
     (:meth:`recommend_batch`, ``serving.batcher = "serve"``) closes a batch after its wait
     even while the previous one still computes, and the closed batch then waits for its turn:
@@ -48,12 +46,10 @@ class RecsysIngress:
 
     def __init__(self, settings_json: str) -> None:
         self._settings = Settings.model_validate_json(settings_json)
-        self._recommender = build_recommender(self._settings)
+        self._recommender, self._app = build_server(self._settings)
         serving = self._settings.serving
         self.recommend_batch.set_max_batch_size(serving.max_batch_size)
         self.recommend_batch.set_batch_wait_timeout_s(serving.batch_wait_ms / 1000.0)
-        self._recommender.warm_up(serving.max_batch_size)
-        gc.freeze()  # the models live as long as the replica: keep them out of GC sweeps
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0005)  # type: ignore[untyped-decorator]
     async def recommend_batch(
@@ -65,10 +61,7 @@ class RecsysIngress:
         serving = self._settings.serving
         if serving.batcher == "serve":
             return build_api(self._recommender, serving.max_body_bytes, self.recommend_batch)
-        batcher = MicroBatcher(
-            self._recommender.recommend_many, serving.max_batch_size, serving.batch_wait_ms / 1e3
-        )
-        return build_api(self._recommender, serving.max_body_bytes, batcher)
+        return self._app
 
     def check_health(self) -> None:
         """Liveness only: the replica answers (degraded) while the store is down, and a

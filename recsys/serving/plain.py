@@ -10,7 +10,6 @@ the same batch size and wait as the Serve deployment's ``@serve.batch``.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
 import subprocess
@@ -30,20 +29,12 @@ def main() -> None:
     """Build the recommender from settings and serve it with uvicorn (uvloop, httptools)."""
     import uvicorn
 
-    from recsys.serving.api import build_api
-    from recsys.serving.batching import MicroBatcher
-    from recsys.serving.wiring import build_recommender
+    from recsys.serving.wiring import build_server
 
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.model_validate_json(raw) if raw else load_settings()
     serving = settings.serving
-    rec = build_recommender(settings)
-    rec.warm_up(serving.max_batch_size)
-    # Everything built so far lives as long as the process: keep it out of the collector's
-    # sweeps, or a full collection pauses every request in flight.
-    gc.freeze()
-    batcher = MicroBatcher(rec.recommend_many, serving.max_batch_size, serving.batch_wait_ms / 1e3)
-    app = build_api(rec, serving.max_body_bytes, batcher)
+    rec, app = build_server(settings)
     try:
         uvicorn.run(
             app,

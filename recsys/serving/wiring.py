@@ -8,11 +8,13 @@ catalog the models were trained on.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
+from fastapi import FastAPI
 
 from recsys.artifacts import latest_version
 from recsys.candidates import RETRIEVAL_ARTIFACT, LoadedRetrieval, load_retrieval
@@ -20,6 +22,8 @@ from recsys.config import PolicySettings, Settings
 from recsys.features import EventFold, FeatureSpec
 from recsys.pipeline import make_fold
 from recsys.protocols import EventSink
+from recsys.serving.api import build_api
+from recsys.serving.batching import MicroBatcher
 from recsys.serving.policies import (
     PolicyRegistry,
     ServedPolicy,
@@ -113,3 +117,17 @@ def build_recommender(settings: Settings) -> Recommender:
         seed=settings.policy.seed,
         on_close=on_close,
     )
+
+
+def build_server(settings: Settings) -> tuple[Recommender, FastAPI]:
+    """What each server process runs: the recommender, warmed for every batch size before it
+    takes traffic, and its FastAPI app batched by :class:`MicroBatcher` with the serving
+    settings. Everything built here lives as long as the process, so it is frozen out of
+    the garbage collector's sweeps (a full collection would pause every request in flight).
+    """
+    serving = settings.serving
+    rec = build_recommender(settings)
+    rec.warm_up(serving.max_batch_size)
+    gc.freeze()
+    batcher = MicroBatcher(rec.recommend_many, serving.max_batch_size, serving.batch_wait_ms / 1e3)
+    return rec, build_api(rec, serving.max_body_bytes, batcher)
