@@ -7,11 +7,35 @@ Every field has an embedded default so ``recsys demo`` runs with no configuratio
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FieldSerializationInfo,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Policy names a service can serve (``retrieval`` needs no trained artifact).
+POLICY_NAMES = ("slateq", "reinforce", "myopic", "retrieval")
+_ARM = re.compile(r"^(slateq|reinforce|myopic|retrieval)(@[A-Za-z0-9_.-]{1,128})?$")
+
+
+def check_arm(spec: str) -> str:
+    """An arm is ``name`` (the newest version of policy ``name``) or ``name@version``."""
+    if not _ARM.match(spec):
+        raise ValueError(
+            f"{spec!r} is not a policy arm: use one of {', '.join(POLICY_NAMES)}, optionally "
+            "followed by @version"
+        )
+    return spec
 
 
 class CatalogSettings(BaseModel):
@@ -63,6 +87,40 @@ class PolicySettings(BaseModel):
     )
     torch_threads: int = Field(1, ge=1, le=64, description="intra-op threads per replica")
     seed: int = 0
+    traffic: dict[str, float] = Field(
+        default_factory=dict,
+        description="A/B split: arm (name or name@version) -> weight; empty: all to `name`",
+    )
+    shadow: str | None = Field(
+        None, description="arm computed on every request for logging only, never served"
+    )
+    traffic_salt: str = Field(
+        "recsys-ab", min_length=1, max_length=64, description="changes every user's arm"
+    )
+
+    @field_validator("traffic")
+    @classmethod
+    def _check_traffic(cls, value: dict[str, float]) -> dict[str, float]:
+        if len(value) > 16:
+            raise ValueError(f"at most 16 arms, got {len(value)}")
+        for arm, weight in value.items():
+            check_arm(arm)
+            if not (weight >= 0.0 and weight < float("inf")):
+                raise ValueError(f"weight of {arm!r} must be finite and >= 0, got {weight}")
+        if value and sum(value.values()) <= 0.0:
+            raise ValueError("traffic weights must not all be 0")
+        return value
+
+    @field_validator("shadow")
+    @classmethod
+    def _check_shadow(cls, value: str | None) -> str | None:
+        return None if value is None else check_arm(value)
+
+    def arms(self) -> dict[str, float]:
+        """The traffic split as fractions summing to 1 (``{name: 1.0}`` without a split)."""
+        weights = self.traffic or {self.name: 1.0}
+        total = sum(weights.values())
+        return {arm: w / total for arm, w in weights.items() if w > 0.0}
 
 
 class StoreSettings(BaseModel):
@@ -92,6 +150,37 @@ class StreamSettings(BaseModel):
     publish_buffer: int = Field(
         100_000, ge=1, description="events the server holds while the broker is unreachable"
     )
+
+
+class AuthSettings(BaseModel):
+    """API keys, sent in the ``X-API-Key`` header.
+
+    Admin endpoints always need an admin key (without one configured they are off);
+    ``/recommend`` and ``/feedback`` need a client or admin key when listed in ``protect``.
+    Keys come from these lists or from files with one key per line (a mounted Kubernetes
+    Secret); they are compared in constant time and masked wherever settings are printed.
+    """
+
+    admin_keys: list[SecretStr] = Field(default_factory=list, max_length=64)
+    client_keys: list[SecretStr] = Field(default_factory=list, max_length=1024)
+    admin_keys_file: Path | None = None
+    client_keys_file: Path | None = None
+    protect: list[Literal["recommend", "feedback"]] = Field(default_factory=list)
+
+    @field_validator("admin_keys", "client_keys")
+    @classmethod
+    def _check_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("an API key must have at least 16 characters")
+        return keys
+
+    @field_serializer("admin_keys", "client_keys", when_used="json")
+    def _mask(self, keys: list[SecretStr], info: FieldSerializationInfo) -> list[str]:
+        # Settings travel to Serve replicas as JSON (``settings_json``): only there are the
+        # keys written out; every other dump (``recsys config``, logs) shows them masked.
+        reveal = isinstance(info.context, dict) and info.context.get("secrets") is True
+        return [k.get_secret_value() if reveal else "**********" for k in keys]
 
 
 class ServingSettings(BaseModel):
@@ -134,6 +223,12 @@ class ServingSettings(BaseModel):
     throughput_optimized: bool = Field(
         True,
         description="a Ray started by recsys runs Serve's HAProxy ingress and throughput mode",
+    )
+    auth: AuthSettings = Field(default_factory=lambda: AuthSettings())
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="origins browsers may call the API from; empty: CORS off",
     )
 
 
@@ -265,6 +360,12 @@ class Settings(BaseSettings):
                 f"serving.max_slate_size ({self.serving.max_slate_size})"
             )
         return self
+
+
+def settings_json(settings: Settings) -> str:
+    """``settings`` as JSON with its secrets written out: how settings travel to the server
+    processes this one starts (never print it)."""
+    return settings.model_dump_json(context={"secrets": True})
 
 
 def load_settings() -> Settings:

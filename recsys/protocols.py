@@ -236,3 +236,31 @@ class ChoiceModel(Protocol):
     def sample(self, probs: FloatArray, rng: np.random.Generator) -> IntArray:
         """One choice per row of ``probs`` ``[B, S + 1]``: a slot in ``0..S-1``, or ``S``."""
         ...
+
+
+@runtime_checkable
+class VersionPins(Protocol):
+    """Which policy version each serving arm is pinned to, shared by every replica.
+
+    An operator pins an arm (``slateq``, ``myopic@v1``, ...) to one artifact version, or rolls
+    it back, through one replica's admin API; the pin is written here and every replica's
+    policy watcher applies it on its next round. An arm with no pin serves its newest
+    version.
+    """
+
+    def all(self) -> dict[str, str]:
+        """Every pin, arm → version; raises :class:`~recsys.types.StoreUnavailableError` when
+        the backend does not answer."""
+        ...
+
+    def pin(self, arm: str, version: str) -> None:
+        """Pin ``arm`` to ``version`` (replacing any pin it had)."""
+        ...
+
+    def unpin(self, arm: str) -> None:
+        """Remove ``arm``'s pin (no error when it had none)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

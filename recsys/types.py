@@ -208,6 +208,16 @@ class SlateItem:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowSlate:
+    """The slate a shadow policy picked for the same request: logged beside the impression
+    for comparison and off-policy evaluation, never shown (so never folded into state)."""
+
+    policy: str
+    model_version: str
+    items: tuple[SlateItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ImpressionEvent:
     """A served slate: published to the ``impressions`` topic for joining and OPE.
 
@@ -222,6 +232,7 @@ class ImpressionEvent:
     policy: str
     items: tuple[SlateItem, ...]
     session_id: str = ""
+    shadow: ShadowSlate | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,18 +15,25 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recsys.config import ServingSettings
+from recsys.serving.auth import HEADER, ApiKeyGuard, ApiKeys
 from recsys.serving.batching import MicroBatcher
 from recsys.serving.recommender import Recommendation, Recommender, RecommendQuery
+from recsys.serving.routing import AdminError
 from recsys.serving.schemas import (
+    ArmKey,
     ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     FiltersIn,
+    PinRequest,
+    PoliciesOut,
     RecommendRequest,
     RecommendResponse,
 )
@@ -173,15 +180,19 @@ def _finite(value: Any) -> Any:
 
 def build_api(
     recommender: Recommender,
-    max_body_bytes: int = 64 * 1024,
+    serving: ServingSettings | None = None,
     batched: BatchedRecommend | None = None,
 ) -> FastAPI:
     """Build the HTTP app around one recommender (no globals: each call is independent).
 
-    ``batched`` answers one query as part of a batch (:meth:`Recommender.recommend_many`): a
-    :class:`MicroBatcher` (default, and what the Serve replica uses unless
-    ``serving.batcher`` picks its ``@serve.batch`` method).
+    ``serving`` gives the body limit, API keys and CORS origins (defaults: 64 KiB, admin API
+    off, no keys on ``/recommend`` and ``/feedback``, CORS off). ``batched`` answers one query
+    as part of a batch (:meth:`Recommender.recommend_many`): a :class:`MicroBatcher`
+    (default, and what the Serve replica uses unless ``serving.batcher`` picks its
+    ``@serve.batch`` method).
     """
+    serving = serving or ServingSettings()
+    keys = ApiKeys.from_settings(serving.auth)
     if batched is None:
         batched = MicroBatcher(recommender.recommend_many)
     app = FastAPI(
@@ -196,6 +207,23 @@ def build_api(
         413: {"model": ErrorResponse, "description": "The body is too large"},
         422: {"model": ErrorResponse, "description": "A field is invalid or the body unparseable"},
     }
+    key_errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorResponse, "description": f"No API key in the {HEADER} header"},
+        403: {"model": ErrorResponse, "description": "The API key is not valid here"},
+    }
+    protected = set(serving.auth.protect)
+    errors_for = {
+        route: errors | (key_errors if route in protected else {})
+        for route in ("recommend", "feedback")
+    }
+    admin_errors = (
+        errors
+        | key_errors
+        | {
+            409: {"model": ErrorResponse, "description": "No such version to roll back to"},
+            503: {"model": ErrorResponse, "description": "The pin could not be recorded"},
+        }
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -237,7 +265,11 @@ def build_api(
         log.exception("unhandled error: %s", exc)
         return JSONResponse(error_body("internal_error", "server", "internal error"), 500)
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=errors)
+    @app.exception_handler(AdminError)
+    async def _admin(_: Request, exc: AdminError) -> JSONResponse:
+        return JSONResponse(error_body("admin_error", exc.field, exc.message), exc.status)
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=errors_for["recommend"])
     async def recommend(body: RecommendRequest) -> Response:
         # Async on purpose: the request only waits here for the batch it joins; no thread
         # hop per request (docs/serving.md says why the batch runs on the event loop).
@@ -265,7 +297,7 @@ def build_api(
         status_code=202,
         response_model=FeedbackResponse,
         responses={
-            **errors,
+            **errors_for["feedback"],
             503: {"model": ErrorResponse, "description": "Events are backing up; retry later"},
         },
     )
@@ -289,14 +321,33 @@ def build_api(
     @app.get(
         "/readyz",
         responses={
-            200: {"description": "Ready: the user-state store answers"},
-            503: {"description": "Not ready: the user-state store is unreachable"},
+            200: {"description": "Ready: every arm's policy is loaded and the store answers"},
+            503: {"description": "Not ready: a policy is not loaded yet or the store is down"},
         },
     )
     def readyz() -> JSONResponse:
-        if rec.ready():
+        reason = rec.not_ready()
+        if reason is None:
             return JSONResponse({"status": "ready", "model_version": rec.model_version})
-        return JSONResponse({"status": "not_ready", "reason": "user-state store unreachable"}, 503)
+        return JSONResponse({"status": "not_ready", "reason": reason}, 503)
+
+    # Admin: every route needs an admin key (ApiKeyGuard). Loading a version reads and
+    # checks artifacts, so these run in the threadpool, off the event loop.
+    @app.get("/admin/policies", response_model=PoliciesOut, responses=admin_errors)
+    def list_policies() -> dict[str, Any]:
+        return rec.policies.describe()
+
+    @app.post("/admin/policies/{arm}/pin", response_model=PoliciesOut, responses=admin_errors)
+    def pin_policy(arm: ArmKey, body: PinRequest) -> dict[str, Any]:
+        return rec.policies.pin(arm, body.version)
+
+    @app.delete("/admin/policies/{arm}/pin", response_model=PoliciesOut, responses=admin_errors)
+    def unpin_policy(arm: ArmKey) -> dict[str, Any]:
+        return rec.policies.unpin(arm)
+
+    @app.post("/admin/policies/{arm}/rollback", response_model=PoliciesOut, responses=admin_errors)
+    def rollback_policy(arm: ArmKey) -> dict[str, Any]:
+        return rec.policies.rollback(arm)
 
     @app.get(
         "/metrics",
@@ -307,5 +358,14 @@ def build_api(
         rec.refresh_metrics()
         return Response(generate_latest(rec.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=serving.max_body_bytes)
+    if serving.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=serving.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["content-type", HEADER.lower()],
+        )
+    # Outermost: a request without a valid key is answered before its body is read.
+    app.add_middleware(ApiKeyGuard, keys=keys, protect=serving.auth.protect)
     return app

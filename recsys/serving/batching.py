@@ -52,14 +52,15 @@ class MicroBatcher(Generic[Q, R]):
         self.offload = offload
         self._pending: list[tuple[Q, asyncio.Future[R]]] = []
         self._full: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
 
     async def __call__(self, query: Q) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((query, future))
-        if self._full is None:
-            self._full = asyncio.Event()
+        if self._loop is not loop:  # an asyncio.Event serves the loop that first waits on it
+            self._full, self._loop = asyncio.Event(), loop
         if len(self._pending) >= self.max_batch_size:
             self._full.set()
         if self._worker is None or self._worker.done():
@@ -67,7 +68,18 @@ class MicroBatcher(Generic[Q, R]):
         return await future
 
     async def _drain(self) -> None:
-        """Run batches until nothing is pending."""
+        """Run batches until nothing is pending; should anything escape (a cancelled loop),
+        the queries still waiting get the error instead of waiting forever."""
+        try:
+            await self._run_batches()
+        except BaseException as exc:
+            pending, self._pending = self._pending, []
+            for _, f in pending:
+                if not f.done():
+                    f.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            raise
+
+    async def _run_batches(self) -> None:
         assert self._full is not None
         while self._pending:
             if len(self._pending) < self.max_batch_size and self.max_wait_s > 0:

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-from recsys.config import Settings, load_settings
+from recsys.config import Settings, load_settings, settings_json
 from recsys.types import RecsysError
 
 SETTINGS_ENV = "RECSYS_SETTINGS_JSON"
@@ -54,7 +54,7 @@ def main() -> None:
 def plain_server(settings: Settings, startup_timeout_s: float = 120.0) -> Iterator[str]:
     """Run :func:`main` in a child process for the block; yields its URL once ``/readyz``
     answers 200. The child is stopped (SIGTERM, then SIGKILL) on every way out."""
-    env = {**os.environ, SETTINGS_ENV: settings.model_dump_json()}
+    env = {**os.environ, SETTINGS_ENV: settings_json(settings)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "recsys.serving.plain"], env=env, start_new_session=True
     )

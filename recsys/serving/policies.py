@@ -10,8 +10,9 @@ the exploring sampler it served with.
 
 :class:`PolicyRegistry` loads the newest ``policy-<name>`` artifact, checks it can be served
 here (checksums, an event-feature policy, the system's feature spec, the catalog's size, the
-retrieval artifact it was trained against) and serves it; a watcher thread looks for newer
-versions and swaps them in atomically, off the request path. A version that fails any check
+retrieval artifact it was trained against) and serves it; the router's watcher
+(:mod:`recsys.serving.routing`) looks for newer or pinned versions and swaps them in
+atomically, off the request path. A version that fails any check
 is refused, logged and counted, and the previous one keeps answering. Without any usable
 artifact the registry serves the configured fallback (Plackett-Luce over retrieval scores).
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.artifacts import latest_version
+from recsys.artifacts import MANIFEST
 from recsys.features import FeatureSpec
 from recsys.pipeline import served_policy
 from recsys.policy.algorithms.myopic import MyopicPolicy
@@ -189,12 +190,14 @@ class RegistryStats:
 
 
 class PolicyRegistry:
-    """Serves the newest usable ``policy-<name>`` under ``root``, hot-swapping new versions.
+    """Serves one version of ``policy-<name>`` under ``root``: the newest usable one, or the
+    one it is pinned to, hot-swapping when that changes.
 
     ``loader(path)`` turns an artifact directory into a :class:`ServedPolicy` (raising
     :class:`ArtifactError` when it cannot be served); ``fallback`` answers while no artifact
     is usable. :meth:`current` is what every request reads: one attribute read, so a swap
-    never fails a request.
+    never fails a request. :class:`recsys.serving.routing.PolicyRouter` owns the watcher that
+    calls :meth:`refresh`.
     """
 
     def __init__(
@@ -211,61 +214,71 @@ class PolicyRegistry:
         self._current_path: Path | None = None
         self.stats = RegistryStats()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+
+    @property
+    def _base(self) -> Path:
+        return self.root / f"policy-{self.name}"
 
     def current(self) -> SlatePolicy:
         """The policy serving right now."""
         return self._current
 
-    def refresh(self) -> bool:
-        """Load the newest version if it is new and usable; True when a new one now serves.
+    @property
+    def serving_version(self) -> str | None:
+        """The artifact version serving now (``None`` while the fallback answers)."""
+        return None if self._current_path is None else self._current_path.name
 
-        A refused version is remembered and not tried again (it will not fix itself); the
-        version serving before keeps serving.
+    def versions(self) -> list[str]:
+        """Complete versions of the artifact on disk, oldest first (names sort by time)."""
+        if not self._base.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self._base.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
+
+    def refresh(self, pin: str | None = None) -> bool:
+        """Serve ``pin`` if given, else the newest usable version, when it differs from what
+        serves now; True when a new version now serves.
+
+        A refused version is remembered and not tried again (it will not fix itself); without
+        a pin the next older version is tried instead (so a replica that starts next to a
+        corrupt newest version still serves a trained policy), and a version already serving
+        keeps serving.
         """
         with self._lock:
-            try:
-                path = latest_version(self.root, f"policy-{self.name}")
-            except ArtifactError:
-                return False
-            if path == self._current_path or path.name in self.stats.refused_versions:
-                return False
-            try:
-                policy = self._loader(path)
-            except ArtifactError as exc:
-                self.stats.refused += 1
-                self.stats.refused_versions.add(path.name)
-                self.stats.last_error = str(exc)
-                _log.error("refused policy %s: %s", path, exc)
-                return False
-            self._current = policy
-            self._current_path = path
-            self.stats.loaded += 1
-            _log.info("serving %s", policy.version)
-            return True
+            if pin is not None:
+                if not (self._base / pin / MANIFEST).is_file():
+                    self.stats.last_error = f"pinned version {pin} of {self.name} does not exist"
+                    return False
+                candidates = [pin]
+            else:
+                candidates = self.versions()[::-1]
+            for version in candidates:
+                path = self._base / version
+                if path == self._current_path:
+                    return False
+                if version in self.stats.refused_versions:
+                    continue
+                if self._load(path):
+                    return True
+            return False
 
-    def start(self, interval_s: float) -> None:
-        """Check for new versions every ``interval_s`` seconds in a daemon thread."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-
-        def watch() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    self.refresh()
-                except Exception:  # the watcher must outlive any surprise
-                    _log.exception("policy watcher failed; retrying")
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=watch, name=f"policy-watch-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching (the current policy keeps serving)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
+    def _load(self, path: Path) -> bool:
+        try:
+            policy = self._loader(path)
+        except ArtifactError as exc:
+            self.stats.refused += 1
+            self.stats.refused_versions.add(path.name)
+            self.stats.last_error = str(exc)
+            _log.error("refused policy %s: %s", path, exc)
+            return False
+        self._current = policy
+        self._current_path = path
+        self.stats.loaded += 1
+        _log.info("serving %s", policy.version)
+        return True
 
 
 def retrieval_fallback(temperature: float, version: str) -> MyopicPolicy:

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from recsys.config import ServingSettings
 from recsys.features import EventFold, StateArray, UserFeaturizer, session_key
 from recsys.protocols import EventSink, HistoryCandidateSource, SlatePolicy, UserStateStore
-from recsys.serving.policies import PolicyRegistry
+from recsys.serving.routing import PolicyRouter
 from recsys.stream.buffered import BufferedEventSink
 from recsys.stream.events import EventPublishError
 from recsys.types import (
@@ -37,6 +37,7 @@ from recsys.types import (
     FloatArray,
     ImpressionEvent,
     InvalidRequestError,
+    ShadowSlate,
     Slate,
     SlateItem,
     StoreUnavailableError,
@@ -149,8 +150,29 @@ class RecommenderMetrics:
             registry=self.registry,
         )  # fmt: skip
         self.serving = Gauge(
-            "recsys_policy_serving", "1 for the policy version this replica serves",
-            ["version"], registry=self.registry,
+            "recsys_policy_serving", "1 for each policy version this replica serves, by arm",
+            ["arm", "role", "version"], registry=self.registry,
+        )  # fmt: skip
+        self.arm_slates = Counter(
+            "recsys_policy_slates", "Slates served, by arm and policy version",
+            ["arm", "version"], registry=self.registry,
+        )  # fmt: skip
+        self.arm_seconds = Histogram(
+            "recsys_policy_seconds", "Policy time of one batch group, by arm",
+            ["arm"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.shadow_slates = Counter(
+            "recsys_shadow_slates", "Slates the shadow policy picked (logged, never served)",
+            ["arm", "version"], registry=self.registry,
+        )  # fmt: skip
+        self.shadow_errors = Counter(
+            "recsys_shadow_errors", "Batches the shadow policy failed on (answers unaffected)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.shadow_overlap = Histogram(
+            "recsys_shadow_overlap", "Share of a served slate's items the shadow also picked",
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=self.registry,
         )  # fmt: skip
 
 
@@ -159,8 +181,10 @@ class Recommender:
 
     Randomness is per batch (a generator seeded from ``seed`` and a batch counter) so
     concurrent threads never share a ``numpy`` generator and a sequence of batches is
-    reproducible. The policy is read from ``policies`` once per batch, so a new version
-    swapped in by the registry's watcher never fails a request in flight.
+    reproducible; the shadow policy draws from its own generator, so it cannot change what
+    is served. Each user's arm comes from ``policies`` (the A/B split), and each arm's policy
+    is read once per batch, so a new version swapped in by the watcher never fails a request
+    in flight.
     """
 
     def __init__(
@@ -168,7 +192,7 @@ class Recommender:
         *,
         store: UserStateStore,
         candidates: HistoryCandidateSource,
-        policies: PolicyRegistry,
+        policies: PolicyRouter,
         fold: EventFold,
         sink: EventSink,
         settings: ServingSettings,
@@ -206,10 +230,11 @@ class Recommender:
         """``policy@version`` serving right now."""
         return self.policies.current().version
 
-    def _rng(self) -> np.random.Generator:
+    def _rngs(self) -> tuple[np.random.Generator, np.random.Generator]:
+        """The batch's generators: one for served slates, one for the shadow's."""
         with self._counter_lock:
             n = next(self._counter)
-        return np.random.default_rng([self._seed, n])
+        return np.random.default_rng([self._seed, n]), np.random.default_rng([self._seed, n, 1])
 
     def recommend(
         self,
@@ -247,31 +272,35 @@ class Recommender:
         out: list[Recommendation | InvalidRequestError] = [
             InvalidRequestError("body", "not processed")
         ] * len(queries)
-        policy = self.policies.current()
-        num_ads = getattr(policy, "num_ads", self._default_ads)
+        router = self.policies
+        arms = router.assign([q.user_id for q in queries])
+        policies = [router.current(a) for a in range(len(router.arms))]
+        ads = [getattr(p, "num_ads", self._default_ads) for p in policies]
+        shadow = router.shadow_policy()
         valid: list[int] = []
         for i, q in enumerate(queries):
             try:
-                self._check(q, num_ads)
+                self._check(q, ads[arms[i]])
                 valid.append(i)
             except InvalidRequestError as exc:
                 out[i] = exc
         if not valid:
             return out
         now = self._clock()
-        stage = dict.fromkeys(("retrieval", "policy", "publish"), 0.0)
+        stage = dict.fromkeys(("retrieval", "policy", "shadow", "publish"), 0.0)
         t0 = time.perf_counter()
         states, features, degraded, cold = self._states_for(
             [queries[i].user_id for i in valid], [queries[i].session_id for i in valid], now
         )
         stage["state"] = time.perf_counter() - t0
-        groups: dict[tuple[int, int, CandidateFilters | None], list[int]] = {}
+        groups: dict[tuple[int, int, int, CandidateFilters | None], list[int]] = {}
         for row, i in enumerate(valid):
             q = queries[i]
             k = self._default_k if q.num_candidates is None else q.num_candidates
-            groups.setdefault((q.slate_size, k, q.filters), []).append(row)
-        rng = self._rng()
-        for (slate_size, k, filters), rows in groups.items():
+            groups.setdefault((int(arms[i]), q.slate_size, k, q.filters), []).append(row)
+        rng, shadow_rng = self._rngs()
+        for (arm, slate_size, k, filters), rows in groups.items():
+            policy, num_ads = policies[arm], ads[arm]
             t0 = time.perf_counter()
             batch = self._candidates.candidates_for_histories(
                 states["recent"][rows],
@@ -294,19 +323,31 @@ class Recommender:
             if not ok.size:
                 continue
             sub = _rows(batch, ok)
-            slates = self._select(policy, features[[rows[j] for j in ok]], sub, slate_size,
-                                  filters, rng)  # fmt: skip
+            sub_features = features[[rows[j] for j in ok]]
+            slates = self._select(policy, sub_features, sub, slate_size, filters, rng)
             t2 = time.perf_counter()
             stage["policy"] += t2 - t1
-            for j, slate in zip(ok, slates, strict=True):
+            shadows = (
+                self._shadow_slates(shadow, sub_features, sub, slate_size, shadow_rng, log)
+                if shadow is not None
+                else [None] * len(ok)
+            )
+            t3 = time.perf_counter()
+            stage["shadow"] += t3 - t2
+            if log:
+                self.metrics.arm_seconds.labels(router.arms[arm].key).observe(t2 - t1)
+            for j, slate, shadow_slate in zip(ok, slates, shadows, strict=True):
                 i = valid[rows[j]]
                 if isinstance(slate, InvalidRequestError):
                     out[i] = slate
                 elif log:
-                    out[i] = self._log_impression(queries[i], slate, now, degraded, cold[rows[j]])
+                    self.metrics.arm_slates.labels(router.arms[arm].key, slate.version).inc()
+                    out[i] = self._log_impression(
+                        queries[i], slate, now, degraded, cold[rows[j]], shadow_slate
+                    )
                 else:
                     out[i] = Recommendation("", slate.version, slate, degraded, cold[rows[j]])
-            stage["publish"] += time.perf_counter() - t2
+            stage["publish"] += time.perf_counter() - t3
         if not log:
             return out
         for name, seconds in stage.items():
@@ -391,8 +432,37 @@ class Recommender:
                 )
             return [exc]
 
+    def _shadow_slates(
+        self,
+        shadow: SlatePolicy,
+        features: FloatArray,
+        batch: CandidateBatch,
+        slate_size: int,
+        rng: np.random.Generator,
+        log: bool,
+    ) -> list[Slate | None]:
+        """The shadow policy's slates for a group, or ``None`` for rows it could not fill.
+
+        Any failure of the shadow is counted and costs only its log entry: the served slates
+        are already chosen, from a generator the shadow never touches.
+        """
+        try:
+            slates = shadow.select_batch(features, batch, slate_size, rng)
+        except Exception as exc:  # a shadow must never fail the request
+            if log:
+                self.metrics.shadow_errors.inc()
+            _log.debug("shadow policy failed: %s", exc)
+            return [None] * len(batch.item_ids)
+        return list(slates)
+
     def _log_impression(
-        self, q: RecommendQuery, slate: Slate, now: float, degraded: bool, cold_start: bool
+        self,
+        q: RecommendQuery,
+        slate: Slate,
+        now: float,
+        degraded: bool,
+        cold_start: bool,
+        shadow: Slate | None = None,
     ) -> Recommendation:
         """Publish the impression of ``slate`` and return it under a fresh request id."""
         request_id = uuid.uuid4().hex
@@ -411,9 +481,28 @@ class Recommender:
                     )
                 ),
                 session_id=q.session_id or "",
+                shadow=None if shadow is None else self._shadow_record(slate, shadow),
             )
         )  # fmt: skip
         return Recommendation(request_id, slate.version, slate, degraded, cold_start)
+
+    def _shadow_record(self, served: Slate, shadow: Slate) -> ShadowSlate:
+        """The shadow's slate as logged beside the impression, counted with its overlap."""
+        arm = self.policies.shadow
+        self.metrics.shadow_slates.labels(arm.key if arm else shadow.policy, shadow.version).inc()
+        overlap = np.isin(served.item_ids, shadow.item_ids).mean() if len(served) else 0.0
+        self.metrics.shadow_overlap.observe(float(overlap))
+        return ShadowSlate(
+            policy=shadow.policy,
+            model_version=shadow.version,
+            items=tuple(
+                SlateItem(int(i), int(p), float(s), float(r))
+                for i, p, s, r in zip(
+                    shadow.item_ids.tolist(), shadow.positions.tolist(),
+                    shadow.scores.tolist(), shadow.propensities.tolist(), strict=True,
+                )
+            ),
+        )  # fmt: skip
 
     def _publish_impression(self, event: ImpressionEvent) -> None:
         """Log an impression; a full buffer (broker down for long) costs the log, not the
@@ -535,11 +624,25 @@ class Recommender:
             self.metrics.events_buffered.set(self._sink.pending)
             self.metrics.events_refused.set(self._sink.stats.refused)
         self.metrics.serving.clear()
-        self.metrics.serving.labels(self.model_version).set(1)
+        shadow = self.policies.shadow
+        roles = [(a, "traffic") for a in self.policies.arms]
+        for arm, role in roles + ([] if shadow is None else [(shadow, "shadow")]):
+            self.metrics.serving.labels(arm.key, role, arm.registry.current().version).set(1)
+
+    def not_ready(self) -> str | None:
+        """Why this replica should not take traffic yet, or ``None`` when it should: every
+        arm's trained policy is loaded (the fallback answers until then) and the store
+        answers."""
+        missing = self.policies.not_ready()
+        if missing:
+            return f"no policy version loaded yet for {', '.join(missing)}"
+        if not self._store.ping():
+            return "user-state store unreachable"
+        return None
 
     def ready(self) -> bool:
-        """True when the store answers; the retriever and policy are in memory already."""
-        return self._store.ping()
+        """True when :meth:`not_ready` has no reason."""
+        return self.not_ready() is None
 
     def close(self) -> None:
         """Stop background work, flush the stream and release connections."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from recsys.types import EventType
@@ -23,6 +24,11 @@ SessionId = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$", examples=["s-17"])
 ]
 ItemId = Annotated[StrictInt, Field(ge=0, le=2**62)]
+ArmKey = Annotated[
+    str,
+    Path(max_length=160, pattern=r"^[a-z]+(@[A-Za-z0-9_.-]+)?$", examples=["slateq"]),
+]
+Version = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")]
 ContextValue = str | float | bool | None
 
 
@@ -110,3 +116,34 @@ class ErrorResponse(BaseModel):
 
     error: str
     detail: list[ErrorDetail]
+
+
+class PinRequest(_Strict):
+    """``POST /admin/policies/{arm}/pin`` body: the artifact version to serve on the arm."""
+
+    version: Version
+
+
+class ArmOut(BaseModel):
+    """One serving arm as the admin API reports it."""
+
+    arm: str
+    #: ``traffic`` (serves its share of users) or ``shadow`` (logged only).
+    role: Literal["traffic", "shadow"]
+    policy: str
+    #: Share of users (0 for the shadow).
+    weight: float
+    #: ``policy@version`` answering now (the retrieval fallback until a version loads).
+    serving: str
+    serving_version: str | None
+    pinned: str | None
+    #: Complete versions on disk, oldest first.
+    versions: list[str]
+    refused: list[str]
+    last_error: str
+
+
+class PoliciesOut(BaseModel):
+    """``/admin/policies`` answer: every arm this replica serves."""
+
+    arms: list[ArmOut]

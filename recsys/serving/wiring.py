@@ -31,7 +31,8 @@ from recsys.serving.policies import (
     retrieval_fallback,
 )
 from recsys.serving.recommender import Recommender
-from recsys.store import build_user_state_store
+from recsys.serving.routing import Arm, PolicyRouter
+from recsys.store import build_user_state_store, build_version_pins
 from recsys.stream import OnlineUpdater, build_event_sink, build_event_source
 from recsys.stream.buffered import BufferedEventSink
 from recsys.types import ArtifactError
@@ -71,6 +72,29 @@ def policy_loader(
     )
 
 
+def build_router(
+    settings: Settings, spec: FeatureSpec, num_items: int, retrieval_version: str
+) -> PolicyRouter:
+    """The serving arms (``policy.traffic``, or ``policy.name`` alone), the shadow arm and
+    the version pins beside the user states."""
+    policy = settings.policy
+
+    def arm(key: str, weight: float = 1.0) -> Arm:
+        name = key.partition("@")[0]
+        loader = policy_loader(
+            policy.model_copy(update={"name": name}), spec, num_items, retrieval_version
+        )
+        fallback = retrieval_fallback(policy.temperature, retrieval_version)
+        return Arm(key, PolicyRegistry(settings.artifacts.root, name, loader, fallback), weight)
+
+    return PolicyRouter(
+        [arm(key, weight) for key, weight in policy.arms().items()],
+        build_version_pins(settings.store, settings.serving.store_timeout_ms / 1000.0),
+        salt=policy.traffic_salt,
+        shadow=None if policy.shadow is None else arm(policy.shadow),
+    )
+
+
 def _server_sink(settings: Settings) -> EventSink:
     """The server's event sink: a Kafka producer behind a bounded buffer, so no request ever
     waits for the broker (the in-process log never blocks and needs none)."""
@@ -86,16 +110,10 @@ def build_recommender(settings: Settings) -> Recommender:
     retrieval = load_newest_retrieval(settings)
     assert retrieval.item_table is not None
     fold = make_fold(retrieval.item_table)
-    registry = PolicyRegistry(
-        settings.artifacts.root,
-        settings.policy.name,
-        policy_loader(settings.policy, fold.spec, fold.num_items, retrieval.artifact.version),
-        retrieval_fallback(settings.policy.temperature, retrieval.artifact.version),
-    )
-    on_close: list[Callable[[], None]] = [registry.stop]
-    if settings.policy.name != "retrieval":
-        registry.refresh()
-        registry.start(settings.policy.reload_interval_s)
+    router = build_router(settings, fold.spec, fold.num_items, retrieval.artifact.version)
+    on_close: list[Callable[[], None]] = [router.stop]
+    router.refresh()
+    router.start(settings.policy.reload_interval_s)
     store = build_user_state_store(settings.store, settings.serving.store_timeout_ms / 1000.0)
     if settings.store.url.startswith("memory://") and not settings.stream.bootstrap:
         # Store and stream both live in this process, so nobody else can close the loop:
@@ -108,7 +126,7 @@ def build_recommender(settings: Settings) -> Recommender:
     return Recommender(
         store=store,
         candidates=retrieval.retriever,
-        policies=registry,
+        policies=router,
         fold=fold,
         sink=_server_sink(settings),
         settings=settings.serving,
@@ -130,4 +148,4 @@ def build_server(settings: Settings) -> tuple[Recommender, FastAPI]:
     rec.warm_up(serving.max_batch_size)
     gc.freeze()
     batcher = MicroBatcher(rec.recommend_many, serving.max_batch_size, serving.batch_wait_ms / 1e3)
-    return rec, build_api(rec, serving.max_body_bytes, batcher)
+    return rec, build_api(rec, serving, batcher)

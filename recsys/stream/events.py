@@ -15,7 +15,14 @@ import math
 from typing import Any
 
 from recsys.config import StreamSettings
-from recsys.types import Event, EventType, FeedbackEvent, ImpressionEvent, SlateItem
+from recsys.types import (
+    Event,
+    EventType,
+    FeedbackEvent,
+    ImpressionEvent,
+    ShadowSlate,
+    SlateItem,
+)
 
 SCHEMA_VERSION = 1
 """Version written by :func:`encode_event`; the only one :func:`decode_event` accepts."""
@@ -63,16 +70,14 @@ def encode_event(event: Event) -> bytes:
             "model_version": event.model_version,
             "policy": event.policy,
             "session_id": event.session_id,
-            "items": [
-                {
-                    "item_id": int(it.item_id),
-                    "position": int(it.position),
-                    "score": float(it.score),
-                    "propensity": float(it.propensity),
-                }
-                for it in event.items
-            ],
+            "items": _encode_items(event.items),
         }
+        if event.shadow is not None:
+            payload["shadow"] = {
+                "policy": event.shadow.policy,
+                "model_version": event.shadow.model_version,
+                "items": _encode_items(event.shadow.items),
+            }
     elif isinstance(event, FeedbackEvent):
         payload = {
             "v": SCHEMA_VERSION,
@@ -93,6 +98,18 @@ def encode_event(event: Event) -> bytes:
     except ValueError as exc:
         raise ValueError(f"cannot encode {type(event).__name__}: {exc}") from exc
     return text.encode("utf-8")
+
+
+def _encode_items(items: tuple[SlateItem, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "item_id": int(it.item_id),
+            "position": int(it.position),
+            "score": float(it.score),
+            "propensity": float(it.propensity),
+        }
+        for it in items
+    ]
 
 
 def decode_event(data: bytes) -> Event:
@@ -125,15 +142,15 @@ def _reject_constant(name: str) -> float:
     raise EventDecodeError(f"non-finite number {name} in event")
 
 
-def _decode_impression(obj: dict[str, Any]) -> ImpressionEvent:
+def _decode_items(obj: dict[str, Any], prefix: str = "") -> tuple[SlateItem, ...]:
     raw_items = obj.get("items")
     if not isinstance(raw_items, list):
-        raise EventDecodeError("impression field 'items' must be a list")
+        raise EventDecodeError(f"impression field '{prefix}items' must be a list")
     items: list[SlateItem] = []
     for i, raw in enumerate(raw_items):
         if not isinstance(raw, dict):
-            raise EventDecodeError(f"impression items[{i}] must be an object")
-        where = f"items[{i}]."
+            raise EventDecodeError(f"impression {prefix}items[{i}] must be an object")
+        where = f"{prefix}items[{i}]."
         items.append(
             SlateItem(
                 item_id=_int(raw, "item_id", where),
@@ -142,15 +159,34 @@ def _decode_impression(obj: dict[str, Any]) -> ImpressionEvent:
                 propensity=_float(raw, "propensity", where),
             )
         )
+    return tuple(items)
+
+
+def _decode_shadow(obj: dict[str, Any]) -> ShadowSlate | None:
+    raw = obj.get("shadow")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise EventDecodeError("impression field 'shadow' must be an object")
+    return ShadowSlate(
+        policy=_str(raw, "policy", "shadow."),
+        model_version=_str(raw, "model_version", "shadow."),
+        items=_decode_items(raw, "shadow."),
+    )
+
+
+def _decode_impression(obj: dict[str, Any]) -> ImpressionEvent:
+    items = _decode_items(obj)
     return ImpressionEvent(
         request_id=_str(obj, "request_id"),
         user_id=_str(obj, "user_id"),
         ts=_float(obj, "ts"),
         model_version=_str(obj, "model_version"),
         policy=_str(obj, "policy"),
-        items=tuple(items),
-        # Optional within v1 (added later): writers that predate it send none.
+        items=items,
+        # Optional within v1 (added later): writers that predate them send none.
         session_id=_str(obj, "session_id") if "session_id" in obj else "",
+        shadow=_decode_shadow(obj),
     )
 
 

@@ -74,4 +74,7 @@ def test_new_versions_are_served_without_a_failed_request_and_corrupt_ones_refus
     assert len(traffic.versions) > served_after  # still answering after the refusal
     metrics = httpx.get(f"{serving_stack.url}/metrics", timeout=30.0).text
     assert 'recsys_policy_versions{outcome="refused"} 1.0' in metrics
-    assert 'recsys_policy_serving{version="slateq@zz-retrained"} 1.0' in metrics
+    assert (
+        'recsys_policy_serving{arm="slateq",role="traffic",version="slateq@zz-retrained"} 1.0'
+        in metrics
+    )

@@ -91,3 +91,17 @@ def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
 def test_settings_are_checked(size: int, wait: float) -> None:
     with pytest.raises(ValueError, match="max_"):
         MicroBatcher(Recorder(), max_batch_size=size, max_wait_s=wait)
+
+
+def test_one_batcher_serves_successive_event_loops() -> None:
+    """A batcher outlives the loop that first used it (a test client runs each request on a
+    fresh loop; a server may restart its loop): the next loop's calls are answered, not left
+    waiting on an event bound to the old loop."""
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=4, max_wait_s=0.001)
+
+    async def main(base: int) -> list[int]:
+        return await asyncio.wait_for(asyncio.gather(*(batcher(base + i) for i in range(3))), 5.0)
+
+    assert asyncio.run(main(0)) == [0, 10, 20]
+    assert asyncio.run(main(100)) == [1000, 1010, 1020]
