@@ -202,8 +202,12 @@ def train_policy_cmd(
     ] = 2,
     iterations: Annotated[int | None, typer.Option(min=1, help="Default: documented.")] = None,
     reward: Annotated[
-        str, typer.Option(help="learned | clicks | engagement | hidden (evaluation only)")
-    ] = "learned",
+        str | None,
+        typer.Option(
+            help="learned | clicks | engagement | hidden (evaluation only) | env (the env's "
+            "own reward). Default: learned, or env with --env."
+        ),
+    ] = None,
     reward_objective: Annotated[
         str,
         typer.Option(help="How the learned reward is fit: regression | bradley-terry."),
@@ -226,12 +230,31 @@ def train_policy_cmd(
     eval_users: Annotated[
         int, typer.Option(help="Validation users the published policy is evaluated on.", min=2)
     ] = 300,
-    seed: int = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Training seed: initial weights, exploration, env resets (default 0)."
+        ),
+    ] = None,
     address: Annotated[
         str | None,
         typer.Option(
             help="Ray cluster for the rollout actors: HOST:PORT of its head (GCS), "
             "ray://HOST:PORT (Ray Client) or auto. Default: RAY_ADDRESS, else a local Ray."
+        ),
+    ] = None,
+    env: Annotated[
+        str | None,
+        typer.Option(
+            help="Train on your own environment instead of the simulator: module:factory, "
+            "factory(worker_index) -> BatchSlateEnv (docs/policy.md). Writes checkpoint-<algo>."
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="With --env: JSON object of PolicyTrainConfig fields (the options above win).",
         ),
     ] = None,
 ) -> None:
@@ -243,6 +266,9 @@ def train_policy_cmd(
     baseline fit from the logs. Hyperparameters are those of the documented experiments
     (docs/policy.md). The result is ``policy-<algo>/<version>``: weights, the learned reward,
     the feature spec and item table, the retrieval version, the config and its evaluation.
+
+    With --env, SlateQ or REINFORCE trains on your environment (--config sets the rest of
+    the config) and writes ``checkpoint-<algo>/<version>`` for ``recsys evaluate env``.
     """
     from dataclasses import replace
 
@@ -250,6 +276,23 @@ def train_policy_cmd(
     from recsys.policy.training.config import documented_config
 
     settings = _settings(artifacts={"root": artifacts})
+    if env is not None:
+        _train_env_policy(
+            env,
+            algo=algo,
+            config_file=config_file,
+            overrides={"workers": workers, "iterations": iterations, "reward": reward},
+            seed=seed,
+            root=settings.artifacts.root,
+            resume=resume,
+            output_dir=output_dir,
+            address=address,
+        )
+        return
+    if config_file is not None:
+        raise _usage_error("--config applies to --env runs (the simulator's are documented)")
+    reward = reward or "learned"
+    seed = seed or 0
     try:
         base = catalog_config(
             documented_config("reinforce" if algo == "reinforce" else "slateq"), settings.catalog
@@ -291,6 +334,76 @@ def train_policy_cmd(
     )
 
 
+def _usage_error(message: str) -> typer.Exit:
+    """A bad option or input the user must fix: the message, exit code 2."""
+    err_console.print(f"[red]error:[/] {escape(message)}")
+    return typer.Exit(2)
+
+
+def _train_env_policy(
+    spec: str,
+    *,
+    algo: str,
+    config_file: Path | None,
+    overrides: dict[str, Any],
+    seed: int | None,
+    root: Path,
+    resume: Path | None,
+    output_dir: Path | None,
+    address: str | None,
+) -> None:
+    """``recsys train policy --env``: train on a user's env; print the checkpoint as JSON."""
+    from recsys.policy.training.config import PolicyTrainConfig
+    from recsys.policy.training.custom_env import CustomEnvError, ImportedEnvFactory
+    from recsys.policy.training.trainer import train_policy
+
+    if algo not in ("slateq", "reinforce"):
+        raise _usage_error(f"--env trains slateq or reinforce, not {algo!r}")
+    try:
+        values = json.loads(config_file.read_text()) if config_file is not None else {}
+        if not isinstance(values, dict):
+            raise ValueError(f"--config {config_file} must hold a JSON object of config fields")
+        values.setdefault("reward", "env")
+        values.update({k: v for k, v in overrides.items() if v is not None}, algo=algo)
+        if seed is not None:
+            values["seed"] = seed
+        config = PolicyTrainConfig.from_dict(values)
+        factory = ImportedEnvFactory.resolve(spec)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _usage_error(str(exc)) from None
+    try:
+        result = train_policy(
+            config,
+            env_factory=factory,
+            artifacts_root=root,
+            resume=resume,
+            progress=True,
+            output_dir=output_dir or root / f"checkpoint-{algo}-curves",
+            ray_address=address,
+        )
+    except CustomEnvError as exc:
+        raise _usage_error(str(exc)) from None
+    except (ValueError, RecsysError, RuntimeError) as exc:
+        raise _fail(escape(str(exc))) from None
+    except Exception as exc:  # a Ray actor that failed (its error names the cause)
+        if not type(exc).__module__.startswith("ray"):
+            raise
+        raise _fail(escape(f"a rollout worker failed: {exc}")) from None
+    last = result.curve[-1] if result.curve else {}
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "iterations": result.iterations,
+        "workers": config.workers,
+        "seed": config.seed,
+        "curve_csv": str(result.curve_csv),
+        # The last iteration's finished episodes (null when none ended in it).
+        "episode_return": last.get("episode_return"),
+        "episode_length": last.get("episode_length"),
+    }
+    summary = {k: None if v != v else v for k, v in summary.items()}  # NaN is not JSON
+    typer.echo(json.dumps(summary, default=float))
+
+
 @evaluate_app.command("sim")
 def evaluate_sim(
     policies: Annotated[
@@ -327,6 +440,76 @@ def evaluate_sim(
         )
     except (ValueError, RecsysError) as exc:
         raise _fail(str(exc)) from None
+    _emit(result, as_json, output)
+
+
+@evaluate_app.command("env")
+def evaluate_env_cmd(
+    env: Annotated[
+        str,
+        typer.Option(
+            help="Your environment: module:factory, factory(worker_index) -> BatchSlateEnv "
+            "(docs/policy.md)."
+        ),
+    ],
+    policies: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: random, checkpoint directories (recsys train policy --env "
+            "writes them), or LABEL=DIR. The first is the reference of the paired comparisons."
+        ),
+    ] = "random",
+    episodes: Annotated[int, typer.Option(help="Episodes per policy.", min=2)] = 100,
+    max_steps: Annotated[
+        int, typer.Option(help="Steps per episode at most (then it counts as truncated).", min=1)
+    ] = 1000,
+    greedy: Annotated[
+        bool,
+        typer.Option(
+            "--greedy/--explore",
+            help="Serve each policy's deterministic slate, or its exploring behaviour policy.",
+        ),
+    ] = True,
+    reward: Annotated[
+        str | None,
+        typer.Option(
+            help="What a return sums: env | hidden | clicks | engagement (default: the env's "
+            "own reward when it reports one, else hidden, else clicks)."
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Picks the episodes, always from seeds training never uses.", min=0)
+    ] = 0,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Mean episode return and length per policy with 95% CIs on any environment, every
+    policy on the same episode seeds, with paired differences and ratios to the first."""
+    from recsys.policy.evaluation.episodes import ENV_REWARDS, env_policies, evaluate_on_env
+    from recsys.policy.training.custom_env import ImportedEnvFactory
+
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if reward is not None and reward not in ENV_REWARDS:
+        raise _usage_error(f"--reward must be one of {', '.join(ENV_REWARDS)}, got {reward!r}")
+    try:
+        slate_env = ImportedEnvFactory.resolve(env)(0)
+        loaded = env_policies(names, slate_env)
+    except (ValueError, RecsysError) as exc:
+        raise _usage_error(str(exc)) from None
+    try:
+        result = evaluate_on_env(
+            loaded,
+            slate_env,
+            episodes=episodes,
+            max_steps=max_steps,
+            seed=seed,
+            explore=not greedy,
+            reward=reward,  # checked against ENV_REWARDS above
+        )
+    except (ValueError, RecsysError) as exc:
+        raise _fail(escape(str(exc))) from None
+    result.pop("_episodes")
+    result["config"]["env"] = env
     _emit(result, as_json, output)
 
 

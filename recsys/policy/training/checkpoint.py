@@ -79,7 +79,12 @@ def write_learning_curve(
     png_path: Path | None = None,
     title: str = "learning curve",
 ) -> str:
-    """Write the curve as CSV (and a PNG of the reward columns); returns the CSV text."""
+    """Write the curve as CSV (and a PNG of the reward columns); returns the CSV text.
+
+    The PNG plots the training reward per user-step, the return of the episodes that ended
+    (when any did) and, where the env reports one (the project's simulator), the hidden
+    reward per user-step: one panel per column the run has, none a flat line of zeros.
+    """
     buf = io.StringIO()
     if rows:
         names = list(rows[0])
@@ -99,12 +104,17 @@ def write_learning_curve(
         import matplotlib.pyplot as plt
 
         x = [r["user_steps"] for r in rows]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        axes[0].plot(x, [r["reward_per_user_step"] for r in rows], color="#1f77b4")
-        axes[0].set_title("training reward per user-step")
-        axes[1].plot(x, [r["hidden_reward_per_user_step"] for r in rows], color="#2ca02c")
-        axes[1].set_title("hidden LTV increment per user-step (min)")
-        for ax in axes:
+        panels = [("reward_per_user_step", "training reward per user-step", "#1f77b4")]
+        if any(np.isfinite(r.get("episode_return", np.nan)) for r in rows):
+            panels.append(("episode_return", "episode return (training reward)", "#ff7f0e"))
+        if any("hidden_reward_per_user_step" in r for r in rows):
+            hidden = "hidden LTV increment per user-step (min)"
+            panels.append(("hidden_reward_per_user_step", hidden, "#2ca02c"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        for ax, (column, label, color) in zip(axes[0], panels, strict=True):
+            ax.plot(x, [r.get(column, np.nan) for r in rows], color=color, marker=".")
+            ax.set_title(label)
+        for ax in axes[0]:
             ax.set_xlabel("user-steps")
             ax.grid(alpha=0.3)
         fig.suptitle(title)
@@ -116,7 +126,11 @@ def write_learning_curve(
 
 
 def _read_curve(text: str) -> list[dict[str, float]]:
-    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+    """Rows of a curve CSV; a cell a row lacks (a column added later in the run) is NaN."""
+    return [
+        {k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+        for row in csv.DictReader(io.StringIO(text))
+    ]
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from recsys.policy.base import Tensors, TrainableSlatePolicy
 from recsys.policy.batch import SlateAction, SlateObs, Transition
 from recsys.policy.reward.spec import RewardSpec
+from recsys.policy.seeds import rollout_generator
 from recsys.policy.training.envs import BatchSlateEnv
 
 EnvFactory = Callable[[int], BatchSlateEnv]
@@ -56,7 +58,13 @@ SINGLE_THREAD_ENV: dict[str, str] = {
 
 
 class RolloutStats(NamedTuple):
-    """Sums over one rollout (divide by ``user_steps`` for per-user-step rates)."""
+    """Sums over one rollout (divide by ``user_steps`` for per-user-step rates).
+
+    ``episode_return`` and ``episode_length`` sum the return (training reward, unscaled) and
+    the steps of the ``episodes_done`` episodes that ended in this rollout, counted from
+    their first step even when that was in an earlier rollout. ``hidden_reported``: the env
+    reported a hidden reward (the project's simulator does; a custom env usually does not).
+    """
 
     user_steps: int
     reward: float
@@ -65,6 +73,9 @@ class RolloutStats(NamedTuple):
     revenue: float
     episodes_done: int
     seconds: float
+    episode_return: float = 0.0
+    episode_length: float = 0.0
+    hidden_reported: bool = False
 
 
 class RolloutBatch(NamedTuple):
@@ -78,11 +89,14 @@ class RolloutWorker:
     """Holds one environment and one policy copy; ``sample`` plays ``steps`` steps.
 
     ``env`` reuses an environment the caller already built (the in-process path builds one to
-    learn the feature widths) instead of calling ``env_factory``.
+    learn the feature widths) instead of calling ``env_factory``; ``obs`` is its first
+    observation when the caller already reset it with this worker's
+    :func:`~recsys.policy.seeds.rollout_reset_seed` (so it is not reset twice).
 
     Episodes continue across calls (the worker keeps the last observation and the action it
     already chose for it, so ``next_action`` of every transition is the slate really served
-    next, as SARSA needs). ``seed`` drives the policy's exploration and the env's reset.
+    next, as SARSA needs). ``seed`` drives the policy's exploration and the env's reset (a seed
+    in :data:`~recsys.policy.seeds.TRAINING_SEEDS`, never one evaluation uses).
     """
 
     def __init__(
@@ -95,16 +109,22 @@ class RolloutWorker:
         seed: int = 0,
         single_thread: bool = False,
         env: BatchSlateEnv | None = None,
+        obs: SlateObs | None = None,
     ) -> None:
         if single_thread:
             torch.set_num_threads(1)
+        if obs is not None and env is None:
+            raise ValueError("obs is the first observation of a given env: pass env too")
         self.worker_index = worker_index
         self.env = env if env is not None else env_factory(worker_index)
         self.policy = policy_factory()
         self.reward_fn = reward.build()
-        self.rng = np.random.default_rng([seed, worker_index])
-        self.obs: SlateObs = self.env.reset(seed=int(self.rng.integers(2**31)))
+        reset_seed, self.rng = rollout_generator(seed, worker_index)
+        self.obs: SlateObs = obs if obs is not None else self.env.reset(seed=reset_seed)
         self._pending: SlateAction | None = None
+        # The running episode of every row, carried across rollouts.
+        self._episode_return = np.zeros(self.env.batch_size, dtype=np.float64)
+        self._episode_length = np.zeros(self.env.batch_size, dtype=np.int64)
 
     def set_weights(self, tensors: Mapping[str, np.ndarray[Any, Any]]) -> None:
         """Load the learner's current policy weights (a ``policy.weights()`` dict)."""
@@ -127,8 +147,9 @@ class RolloutWorker:
             else self.policy.act(self.obs, s, self.rng, explore=True)
         )
         out: list[Transition] = []
-        totals = np.zeros(5)
+        totals = np.zeros(7)
         done_count = 0
+        hidden_reported = False
         for _ in range(steps):  # a loop over time; every step is batched over users
             step = self.env.step(action.slates)
             reward = self.reward_fn(step)
@@ -139,12 +160,20 @@ class RolloutWorker:
             if step.valid is not None and not step.valid.all():
                 tr = tr.take(np.flatnonzero(step.valid))
             out.append(tr)
-            hidden = 0.0 if step.hidden_reward is None else float(np.sum(step.hidden_reward))
-            totals += (
-                float(reward.sum()),
+            totals[5:] += self._track_episodes(step.valid, step.done, reward)
+            hidden_reported = hidden_reported or step.hidden_reward is not None
+            hidden = 0.0
+            if step.hidden_reward is not None:
+                valid_hidden = (
+                    step.hidden_reward if step.valid is None else step.hidden_reward[step.valid]
+                )
+                hidden = float(np.sum(valid_hidden))
+            # Totals over valid rows only: a vector env's reset step is no user-step.
+            totals[:5] += (
+                float(tr.reward.sum()),
                 hidden,
-                float(np.sum(step.response.click)),
-                float(np.sum(step.response.revenue)),
+                float(np.sum(tr.response.click)),
+                float(np.sum(tr.response.revenue)),
                 float(tr.batch_size),
             )
             done_count += int(np.count_nonzero(tr.done))
@@ -158,8 +187,28 @@ class RolloutWorker:
             revenue=float(totals[3]),
             episodes_done=done_count,
             seconds=time.perf_counter() - start,
+            episode_return=float(totals[5]),
+            episode_length=float(totals[6]),
+            hidden_reported=hidden_reported,
         )
         return RolloutBatch(out, stats)
+
+    def _track_episodes(
+        self,
+        valid: npt.NDArray[np.bool_] | None,
+        done: npt.NDArray[np.bool_],
+        reward: npt.NDArray[np.float32],
+    ) -> tuple[float, float]:
+        """Add a step to every valid row's running episode; ``(return, length)`` summed over
+        the episodes that ended at it (their rows start counting afresh)."""
+        live = np.ones(done.shape[0], np.bool_) if valid is None else np.asarray(valid, np.bool_)
+        self._episode_return[live] += reward.sum(axis=1, dtype=np.float64)[live]
+        self._episode_length[live] += 1
+        ended = np.asarray(done, np.bool_) & live
+        out = (float(self._episode_return[ended].sum()), float(self._episode_length[ended].sum()))
+        self._episode_return[ended] = 0.0
+        self._episode_length[ended] = 0
+        return out
 
     def throughput_probe(self, steps: int) -> tuple[int, float]:
         """Play ``steps`` steps without building transitions: ``(user_steps, seconds)``.

@@ -24,6 +24,12 @@ to bottom):
 
 Rewards are rescaled by one constant fixed on the first rollout (``reward_scale``), so one
 learning rate and Huber threshold suit clicks, minutes and the learned reward alike.
+
+Seeds: ``config.seed`` fixes the initial weights, and worker ``k`` resets its env once with
+:func:`~recsys.policy.seeds.rollout_reset_seed` (a training seed, never an evaluation one).
+The learning curve has, per iteration, the reward per user-step and the episodes that ended
+(their mean return and length); the simulator's columns (hidden reward, churn, life value)
+only when the env reports a hidden reward, signal columns only when the env sends them.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from recsys.policy.base import Tensors, TrainableSlatePolicy
 from recsys.policy.batch import SlateObs, SlateResponse, Transition, concat_transitions
 from recsys.policy.observation import FeatureKind, PolicyFeatures
 from recsys.policy.reward.spec import RewardFunction, RewardSpec
+from recsys.policy.seeds import rollout_reset_seed
 from recsys.policy.training.checkpoint import (
     load_policy_checkpoint,
     save_policy_checkpoint,
@@ -54,6 +61,7 @@ from recsys.policy.training.envs import EnvStep
 from recsys.policy.training.rollout import (
     EnvFactory,
     RolloutBatch,
+    RolloutStats,
     RolloutWorker,
     ensure_ray,
     make_ray_workers,
@@ -61,7 +69,7 @@ from recsys.policy.training.rollout import (
 )
 from recsys.policy.training.sessions import SessionLog, session_transitions
 
-__all__ = ["LogReplay", "TrainResult", "train_policy"]
+__all__ = ["SIGNAL_COLUMNS", "SIMULATOR_COLUMNS", "LogReplay", "TrainResult", "train_policy"]
 
 
 # ---- the learner ---------------------------------------------------------------------------
@@ -245,6 +253,58 @@ def _learn_reinforce(
     return out
 
 
+#: Learning-curve columns that only some environments fill: the hidden reward and what is
+#: derived from it (the project simulator's lifetime value), and per-slot signals.
+SIMULATOR_COLUMNS = (
+    "hidden_reward_per_user_step",
+    "churn_per_user_step",
+    "life_value_estimate",
+)
+SIGNAL_COLUMNS = ("clicks_per_user_step", "revenue_per_user_step")
+
+
+def _optional_columns(
+    last_row: Mapping[str, float] | None, stats: Sequence[RolloutStats] = ()
+) -> frozenset[str]:
+    """Which optional columns a run's curve has, fixed once: a resumed run keeps its curve's;
+    otherwise an env that reports a hidden reward (the project's simulator) gets them all, any
+    other env the signal columns its first rollouts sent something in (never all zeros)."""
+    if last_row is not None:
+        return frozenset(k for k in (*SIMULATOR_COLUMNS, *SIGNAL_COLUMNS) if k in last_row)
+    if any(s.hidden_reported for s in stats):
+        return frozenset((*SIMULATOR_COLUMNS, *SIGNAL_COLUMNS))
+    sent = {
+        "clicks_per_user_step": any(s.clicks for s in stats),
+        "revenue_per_user_step": any(s.revenue for s in stats),
+    }
+    return frozenset(k for k, v in sent.items() if v)
+
+
+def _curve_row(stats: Sequence[RolloutStats], optional: frozenset[str]) -> dict[str, float]:
+    """One iteration's rates: reward per user-step, the episodes that ended (their mean return
+    in the training reward, unscaled, and length; NaN when none ended) and ``optional``."""
+    steps = max(sum(s.user_steps for s in stats), 1)
+    done = sum(s.episodes_done for s in stats)
+    hidden = sum(s.hidden_reward for s in stats) / steps
+    churn = done / steps
+    nan = float("nan")
+    row: dict[str, float] = {
+        "reward_per_user_step": sum(s.reward for s in stats) / steps,
+        "episodes": float(done),
+        "episode_return": sum(s.episode_return for s in stats) / done if done else nan,
+        "episode_length": sum(s.episode_length for s in stats) / done if done else nan,
+    }
+    extra = {
+        "hidden_reward_per_user_step": hidden,
+        "clicks_per_user_step": sum(s.clicks for s in stats) / steps,
+        "revenue_per_user_step": sum(s.revenue for s in stats) / steps,
+        "churn_per_user_step": churn,
+        "life_value_estimate": hidden / churn if churn > 0 else nan,
+    }
+    row.update({k: v for k, v in extra.items() if k in optional})
+    return row
+
+
 def train_policy(
     config: PolicyTrainConfig,
     *,
@@ -297,9 +357,11 @@ def train_policy(
         reward_tensors if config.reward == "learned" else None,
     )
 
-    # Build one env first: its observation fixes the policy's feature widths.
+    # Build one env first: its observation fixes the policy's feature widths. It is reset
+    # once, with worker 0's training seed, and (in process) becomes worker 0's env as it is.
+    seed = config.seed + start_iteration
     env0 = env_factory(0)
-    obs0 = env0.reset(seed=config.seed + start_iteration)
+    obs0 = env0.reset(seed=rollout_reset_seed(seed, 0))
     dims = (int(obs0.user_features.shape[1]), int(obs0.item_features.shape[2]), env0.slate_size)
     if ckpt is not None and (ckpt.user_dim, ckpt.item_dim, ckpt.slate_size) != dims:
         raise ValueError(
@@ -318,16 +380,12 @@ def train_policy(
         log_replay = None
     pool: _InProcessWorkers | _RayWorkers
     if config.workers < 2:
-        worker = RolloutWorker(
-            env_factory, factory, spec, seed=config.seed + start_iteration, env=env0
-        )
+        worker = RolloutWorker(env_factory, factory, spec, seed=seed, env=env0, obs=obs0)
         pool = _InProcessWorkers(worker)
     else:
-        del env0
+        del env0, obs0
         started = ensure_ray(address=ray_address)
-        actors = make_ray_workers(
-            config.workers, env_factory, factory, spec, seed=config.seed + start_iteration
-        )
+        actors = make_ray_workers(config.workers, env_factory, factory, spec, seed=seed)
         pool = _RayWorkers(actors, started)
 
     scale = ckpt.reward_scale if ckpt is not None else config.reward_scale
@@ -339,6 +397,7 @@ def train_policy(
     )
     np_rng = np.random.default_rng([config.seed, start_iteration])
     checkpoints: list[Path] = []
+    optional = _optional_columns(curve[-1]) if curve else None
     bar = _progress(progress, config, start_iteration)
     try:
         for iteration in range(start_iteration + 1, config.iterations + 1):
@@ -365,20 +424,14 @@ def train_policy(
             else:
                 metrics = _learn_reinforce(policy, rollouts, config, np_rng)
             user_steps_total += steps
-            done = sum(s.episodes_done for s in stats)
-            hidden = sum(s.hidden_reward for s in stats) / max(steps, 1)
-            churn = done / max(steps, 1)
+            if optional is None:
+                optional = _optional_columns(None, stats)
             row: dict[str, float] = {
                 "iteration": float(iteration),
                 "user_steps": user_steps_total,
                 "wall_s": wall_offset + time.perf_counter() - start_time,
                 "rollout_s": max(s.seconds for s in stats),
-                "reward_per_user_step": sum(s.reward for s in stats) / max(steps, 1),
-                "hidden_reward_per_user_step": hidden,
-                "clicks_per_user_step": sum(s.clicks for s in stats) / max(steps, 1),
-                "revenue_per_user_step": sum(s.revenue for s in stats) / max(steps, 1),
-                "churn_per_user_step": churn,
-                "life_value_estimate": hidden / churn if churn > 0 else float("nan"),
+                **_curve_row(stats, optional),
                 **_mean_metrics(metrics),
             }
             curve.append(row)
@@ -456,10 +509,11 @@ class _Progress:
         )
 
     def update(self, iteration: int, row: Mapping[str, float]) -> None:
-        info = (
-            f"reward/step {row['reward_per_user_step']:.3f}  "
-            f"LTV+/step {row['hidden_reward_per_user_step']:.3f}"
-        )
+        info = f"reward/step {row['reward_per_user_step']:.3f}  "
+        if "hidden_reward_per_user_step" in row:
+            info += f"LTV+/step {row['hidden_reward_per_user_step']:.3f}"
+        else:
+            info += f"episode return {row['episode_return']:.3f}"
         self.progress.update(self.task, completed=iteration, info=info)
 
     def close(self) -> None:

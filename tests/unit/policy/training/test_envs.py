@@ -4,12 +4,10 @@ custom), the tiny MDP."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import gymnasium
 import numpy as np
 import pytest
-from gymnasium import spaces
 
 from recsys.config import CatalogSettings, SimulatorSettings
 from recsys.data import SyntheticWorld, make_world
@@ -32,6 +30,7 @@ from recsys.policy.training.trainer import train_policy
 from recsys.simulator import SLATE_ENV_ID, SlateVectorEnv
 from recsys.simulator.results import StepResult
 from recsys.types import Event, EventType, FeedbackEvent, ImpressionEvent, SlateItem
+from tests.unit.policy.custom_envs import make_env
 
 SIM = SimulatorSettings(num_candidates=12, slate_size=3, max_episode_steps=30)
 TOPICS = 5
@@ -338,46 +337,9 @@ def test_gymnasium_vector_env_adapter_marks_autoreset_rows(world: SyntheticWorld
     assert result.curve[-1]["user_steps"] > 0
 
 
-class TwoTopicEnv(gymnasium.Env[dict[str, np.ndarray[Any, Any]], np.ndarray[Any, Any]]):
-    """A custom RecSim-style env: one of 6 items matches the user's hidden-in-plain-sight topic;
-    showing it in the slate of 2 earns reward 1 (clicked), anything else 0."""
-
-    def __init__(self) -> None:
-        self.observation_space = spaces.Dict(
-            {
-                "user": spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32),
-                "items": spaces.Box(0.0, 1.0, shape=(6, 2), dtype=np.float32),
-            }
-        )
-        self.action_space = spaces.MultiDiscrete([6, 6])
-        self._topic = 0
-        self._items = np.zeros((6, 2), np.float32)
-
-    def _obs(self) -> dict[str, np.ndarray[Any, Any]]:
-        self._topic = int(self.np_random.integers(2))
-        self._items = np.eye(2, dtype=np.float32)[self.np_random.permutation([0, 0, 0, 1, 1, 1])]
-        return {"user": np.eye(2, dtype=np.float32)[self._topic], "items": self._items}
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
-        super().reset(seed=seed)
-        return self._obs(), {}
-
-    def step(
-        self, action: np.ndarray[Any, Any]
-    ) -> tuple[dict[str, np.ndarray[Any, Any]], float, bool, bool, dict[str, Any]]:
-        hits = self._items[np.asarray(action), self._topic] > 0
-        position = int(np.argmax(hits)) if hits.any() else -1
-        info = {"signals": {"click_position": position}}
-        return self._obs(), float(hits.any()), False, False, info
-
-
 def test_custom_gymnasium_env_is_learned_through_the_adapter() -> None:
-    def factory(_: int) -> GymSlateEnv:
-        vec = gymnasium.vector.SyncVectorEnv([TwoTopicEnv for _ in range(16)])
-        return GymSlateEnv(vec, user_key="user", items_key="items", ids_key=None)
-
+    """docs/policy.md's custom env (``tests/unit/policy/custom_envs.py``)."""
+    factory = make_env
     config = replace(
         SMALL,
         reward="env",

@@ -1,0 +1,87 @@
+"""Custom environments for the bring-your-own-env tests, importable as ``module:factory``.
+
+:class:`TwoTopicEnv` and :func:`make_env` are docs/policy.md's example (typed); the other
+factories fail in the ways ``--env`` must report clearly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from recsys.policy.training.envs import GymSlateEnv
+
+Obs = dict[str, np.ndarray[Any, Any]]
+
+#: Users per env (sub-envs of the vector env).
+USERS = 16
+
+
+class TwoTopicEnv(gymnasium.Env[Obs, np.ndarray[Any, Any]]):
+    """6 candidates, slates of 2; reward 1 when the slate holds an item of the user's topic.
+    A user leaves after 5 to 14 slates."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Dict(
+            {
+                "user": spaces.Box(0.0, 1.0, (2,), np.float32),
+                "items": spaces.Box(0.0, 1.0, (6, 2), np.float32),
+            }
+        )
+        self.action_space = spaces.MultiDiscrete([6, 6])
+        self.topic, self.t, self.horizon = 0, 0, 0
+        self.items = np.zeros((6, 2), np.float32)
+
+    def _obs(self) -> Obs:
+        self.topic = int(self.np_random.integers(2))
+        self.items = np.eye(2, dtype=np.float32)[self.np_random.permutation([0, 0, 0, 1, 1, 1])]
+        return {"user": np.eye(2, dtype=np.float32)[self.topic], "items": self.items}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Obs, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.t, self.horizon = 0, int(self.np_random.integers(5, 15))
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray[Any, Any]) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
+        hits = self.items[np.asarray(action), self.topic] > 0
+        info = {"signals": {"click_position": int(np.argmax(hits)) if hits.any() else -1}}
+        self.t += 1
+        return self._obs(), float(hits.any()), self.t >= self.horizon, False, info
+
+
+def make_env(worker_index: int) -> GymSlateEnv:
+    """docs/policy.md's factory: 16 users in a vector env."""
+    vec = gymnasium.vector.SyncVectorEnv([TwoTopicEnv for _ in range(USERS)])
+    return GymSlateEnv(vec, user_key="user", items_key="items", ids_key=None)
+
+
+class EndlessEnv(TwoTopicEnv):
+    """:class:`TwoTopicEnv` whose users never leave (episodes end only at a step limit)."""
+
+    def step(self, action: np.ndarray[Any, Any]) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
+        obs, reward, _, _, info = super().step(action)
+        return obs, reward, False, False, info
+
+
+def make_endless_env(worker_index: int) -> GymSlateEnv:
+    """4 users that never leave."""
+    vec = gymnasium.vector.SyncVectorEnv([EndlessEnv for _ in range(4)])
+    return GymSlateEnv(vec, user_key="user", items_key="items", ids_key=None)
+
+
+def raising_factory(worker_index: int) -> GymSlateEnv:
+    """A factory whose env cannot be built."""
+    raise RuntimeError(f"no simulator licence for worker {worker_index}")
+
+
+def not_an_env(worker_index: int) -> TwoTopicEnv:
+    """Returns a Gymnasium env without the slate-env wrapper."""
+    return TwoTopicEnv()
+
+
+NOT_CALLABLE = 42
