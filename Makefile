@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+RELIABILITY_ARGS ?=
 
-.PHONY: install demo test lint format type unit integration bench clean
+.PHONY: install demo test lint format type unit integration bench reliability clean
 
 # torch==2.13.0 goes in first: the CPU wheel is on disk, and any looser spec would pull
 # gigabytes of CUDA wheels. The project's torch range is satisfied by it, so pip keeps it.
@@ -45,6 +46,12 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+# The fault scenarios through real Ray Serve (Redis paused, Redis killed, a replica killed),
+# about 3 minutes; writes benchmarks/results/reliability.json, exits 1 if one misses its
+# criteria (docs/reliability.md).
+reliability: $(STAMP)
+	$(BIN)/python benchmarks/reliability.py $(RELIABILITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .recsys .pytest_cache .mypy_cache .ruff_cache

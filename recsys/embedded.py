@@ -179,6 +179,14 @@ class _EmbeddedProcess:
             proc.kill()
             proc.wait(timeout=10)
 
+    def kill(self) -> None:
+        """SIGKILL the process, as a crash would (no shutdown, nothing flushed);
+        :meth:`start` runs it again on the same port and in the same directory."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
     def __enter__(self) -> Self:
         try:
             return self.start()

@@ -17,6 +17,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
@@ -129,6 +130,44 @@ def ray_serve(settings: Settings, signals: StopSignals) -> Iterator[str]:
             signals.take_back()
 
 
+@dataclass(frozen=True)
+class EmbeddedServices:
+    """The embedded ``redis-server`` and broker, and the settings pointed at them (the fault
+    scenarios of :mod:`recsys.reliability` pause, kill and restart the Redis process)."""
+
+    redis: EmbeddedRedis
+    broker: EmbeddedBroker
+    settings: Settings
+
+
+def start_embedded(
+    stack: ExitStack,
+    settings: Settings,
+    *,
+    artifacts_root: Path,
+    port: int | None = None,
+    console: Console | None = None,
+) -> EmbeddedServices:
+    """Start a real ``redis-server`` and Kafka-protocol broker on free loopback ports (stopped
+    by ``stack``); the settings returned with them point at them, at ``artifacts_root`` and
+    at a serving port (``port`` or a free one)."""
+    console = console or Console(stderr=True)
+    with console.status("starting redis-server and the Kafka-protocol broker"):
+        redis = stack.enter_context(EmbeddedRedis())
+        broker = stack.enter_context(EmbeddedBroker())
+    console.print(f"redis-server pid {redis.pid} at {redis.url}")
+    console.print(f"tansu broker pid {broker.pid} at {broker.bootstrap}")
+    pointed = settings.model_copy(
+        update={
+            "store": settings.store.model_copy(update={"url": redis.url}),
+            "stream": settings.stream.model_copy(update={"bootstrap": broker.bootstrap}),
+            "artifacts": settings.artifacts.model_copy(update={"root": artifacts_root}),
+            "serving": settings.serving.model_copy(update={"port": port or free_port()}),
+        }
+    )
+    return EmbeddedServices(redis, broker, pointed)
+
+
 def embedded_settings(
     stack: ExitStack,
     settings: Settings,
@@ -137,23 +176,10 @@ def embedded_settings(
     port: int | None = None,
     console: Console | None = None,
 ) -> Settings:
-    """Start a real ``redis-server`` and Kafka-protocol broker on free loopback ports (stopped
-    by ``stack``) and return ``settings`` pointed at them, at ``artifacts_root`` and at a
-    serving port (``port`` or a free one)."""
-    console = console or Console(stderr=True)
-    with console.status("starting redis-server and the Kafka-protocol broker"):
-        redis = stack.enter_context(EmbeddedRedis())
-        broker = stack.enter_context(EmbeddedBroker())
-    console.print(f"redis-server pid {redis.pid} at {redis.url}")
-    console.print(f"tansu broker pid {broker.pid} at {broker.bootstrap}")
-    return settings.model_copy(
-        update={
-            "store": settings.store.model_copy(update={"url": redis.url}),
-            "stream": settings.stream.model_copy(update={"bootstrap": broker.bootstrap}),
-            "artifacts": settings.artifacts.model_copy(update={"root": artifacts_root}),
-            "serving": settings.serving.model_copy(update={"port": port or free_port()}),
-        }
-    )
+    """:func:`start_embedded`, for callers that need only the settings."""
+    return start_embedded(
+        stack, settings, artifacts_root=artifacts_root, port=port, console=console
+    ).settings
 
 
 def start_updater(stack: ExitStack, settings: Settings) -> UserStateStore:

@@ -19,7 +19,7 @@ import ray
 from fastapi import FastAPI
 from ray import serve
 
-from recsys.config import ArtifactSettings, ServingSettings, Settings
+from recsys.config import ArtifactSettings, ServingSettings, Settings, settings_json
 from recsys.embedded import free_port
 from recsys.serving.api import build_api
 from recsys.serving.recommender import Recommendation, RecommendQuery
@@ -60,7 +60,7 @@ class RecsysIngress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         serving = self._settings.serving
         if serving.batcher == "serve":
-            return build_api(self._recommender, serving.max_body_bytes, self.recommend_batch)
+            return build_api(self._recommender, serving, self.recommend_batch)
         return self._app
 
     def check_health(self) -> None:
@@ -90,7 +90,7 @@ def bind_application(settings: Settings) -> serve.Application:
         # Per-request access lines cost the replica CPU on every request; the service's
         # own Prometheus metrics count requests and latencies instead.
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
-    ).bind(settings.model_dump_json())
+    ).bind(settings_json(settings))
     return app
 
 
@@ -104,7 +104,10 @@ def ray_serve_env(serving: ServingSettings) -> dict[str, str]:
       server, user code on the replica's event loop, buffered request logs) and the HAProxy
       ingress (``RAY_SERVE_ENABLE_HA_PROXY``, a C proxy in front of the replicas' own HTTP
       servers instead of the Python proxy actor); a short drain period so a local stop is
-      quick (a cluster behind a load balancer keeps Serve's 30 s).
+      quick (a cluster behind a load balancer keeps Serve's 30 s); and HAProxy retrying a
+      request on another replica when its replica closed the connection without answering
+      (``empty-response``), not only when it refused it: a replica that dies mid-request
+      otherwise fails every request it held (docs/reliability.md).
     """
     env = {"RAY_worker_niceness": "0"}
     if serving.throughput_optimized:
@@ -116,8 +119,18 @@ def ray_serve_env(serving: ServingSettings) -> dict[str, str]:
             # on every interface; two local services would collide there.
             RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
             RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+            # Serve retries on connect failures only, as a replayed non-idempotent request
+            # could run twice. Here a replayed /recommend is a fresh slate, and a replayed
+            # /feedback is what any client does after a 5xx.
+            RAY_SERVE_HAPROXY_RETRY_ON="conn-failure empty-response",
         )
     return env
+
+
+def effective_ray_env(serving: ServingSettings) -> dict[str, str]:
+    """:func:`ray_serve_env` as a Ray that recsys starts gets it: names already in the
+    environment keep their value."""
+    return {k: os.environ.get(k, v) for k, v in ray_serve_env(serving).items()}
 
 
 @contextmanager
@@ -145,6 +158,10 @@ def start_serving(settings: Settings, *, num_cpus: int | None = None) -> str:
     if not ray.is_initialized():
         with _environment(ray_serve_env(settings.serving)):
             ray.init(
+                # Without an address, ray.init joins a cluster that `ray start` left on the
+                # machine (/tmp/ray/ray_current_cluster) and then refuses num_cpus: a Ray
+                # that recsys starts is always its own.
+                address="local",
                 num_cpus=num_cpus or os.cpu_count() or 2,
                 include_dashboard=False,
                 log_to_driver=False,
@@ -152,8 +169,15 @@ def start_serving(settings: Settings, *, num_cpus: int | None = None) -> str:
             )
     host, port = settings.serving.host, settings.serving.port
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
-    serve.run(bind_application(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    deploy_app(settings)
     return f"http://{host}:{port}"
+
+
+def deploy_app(settings: Settings, name: str = APP_NAME, route_prefix: str = "/") -> None:
+    """Deploy (or redeploy) the recsys application ``name`` at ``route_prefix`` on the
+    running Serve: several configurations (say, an A/B app beside the main one) can share
+    one Serve instance. Blocks until its replicas are ready."""
+    serve.run(bind_application(settings), name=name, route_prefix=route_prefix, blocking=False)
 
 
 def stop_serving(shutdown_ray: bool = True) -> None:
@@ -172,3 +196,36 @@ def stop_serving(shutdown_ray: bool = True) -> None:
         gc.collect()
     if shutdown_ray:
         ray.shutdown(wait_for_processes=True)
+
+
+def _ingress_name() -> str:
+    deployment: Any = RecsysIngress  # a serve.Deployment at runtime
+    return str(deployment.name)
+
+
+def running_replicas(app: str = APP_NAME) -> int:
+    """Replicas of ``app``'s ingress that Serve reports RUNNING (0 when it has none)."""
+    status = serve.status().applications.get(app)
+    if status is None:
+        return 0
+    deployment = status.deployments.get(_ingress_name())
+    if deployment is None:
+        return 0
+    return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
+
+
+def kill_replica(app: str = APP_NAME) -> str:
+    """Kill one live replica actor of ``app``'s ingress, as a crash would (the worker
+    process exits at once; Serve does not restart the actor but starts a replacement).
+    Returns the killed actor's name."""
+    # Replica actors are named ``SERVE_REPLICA::<app>#<deployment>#<id>`` in Serve's namespace.
+    prefix = f"SERVE_REPLICA::{app}#{_ingress_name()}#"
+    names: list[str] = sorted(
+        str(a["name"])
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and a["name"].startswith(prefix)
+    )
+    if not names:
+        raise RuntimeError(f"no live replica of {app!r} to kill")
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    return names[0]

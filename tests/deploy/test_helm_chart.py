@@ -397,7 +397,11 @@ def test_configmap_settings_are_settings_recsys_accepts(
     fast = values["settings"]["serving"].get("throughputOptimized", True)
     expected = {"RAY_worker_niceness": "0"}
     if fast:
-        expected |= {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+        expected |= {
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+        }
     assert ray_env == expected
 
     for key in [k for k in os.environ if k.startswith("RECSYS_")]:
