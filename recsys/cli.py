@@ -46,6 +46,11 @@ data_app = typer.Typer(help="Datasets in the local cache.", no_args_is_help=True
 app.add_typer(data_app, name="data")
 users_app = typer.Typer(help="Users in the user-state store.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+policies_app = typer.Typer(
+    help="Serving arms of a running service: list, pin, unpin, roll back (admin API).",
+    no_args_is_help=True,
+)
+app.add_typer(policies_app, name="policies")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -967,6 +972,93 @@ def users_import(
     except (LoggedFeedbackError, ArtifactError, StoreUnavailableError, ValueError, OSError) as exc:
         raise _fail(escape(str(exc))) from None
     _emit(stats.to_dict(), as_json, output)
+
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(help="Service URL (default: serving.host and serving.port of the settings)."),
+]
+KeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--api-key",
+        envvar="RECSYS_API_KEY",
+        help="An admin key (or set RECSYS_API_KEY); sent as X-API-Key, never printed.",
+        show_default=False,
+    ),
+]
+
+
+def _admin(url: str | None, key: str, call: str, *args: str) -> dict[str, Any]:
+    """One admin API call; a refusal or no answer is exit 1 with the service's reason."""
+    from recsys.serving.admin import AdminClient, AdminClientError
+
+    if url is None:
+        serving = _settings().serving
+        url = f"http://{serving.host}:{serving.port}"
+    client = AdminClient.connect(url, key)
+    try:
+        result: dict[str, Any] = getattr(client, call)(*args)
+        return result
+    except AdminClientError as exc:
+        raise _fail(escape(str(exc))) from None
+    finally:
+        client.close()
+
+
+def _show_arms(listing: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("arm", "role", "share", "serving", "pinned", "versions", "refused")
+    for arm in listing.get("arms", []):
+        table.add_row(
+            escape(arm["arm"]), arm["role"], f"{arm['weight']:.0%}", escape(arm["serving"]),
+            escape(arm["pinned"] or "-"), str(len(arm["versions"])), str(len(arm["refused"])),
+        )  # fmt: skip
+    console.print(table)
+
+
+@policies_app.command("list")
+def policies_list(api_key: KeyOpt, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Every arm: its share of users, the version serving, its pin and the versions on disk."""
+    _show_arms(_admin(url, api_key, "list"), as_json)
+
+
+@policies_app.command("pin")
+def policies_pin(
+    arm: Annotated[str, typer.Argument(help="Arm, e.g. slateq or myopic@v1.")],
+    version: Annotated[str, typer.Argument(help="Artifact version to serve on it.")],
+    api_key: KeyOpt,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Serve one version on an arm, on every replica, until unpinned."""
+    _show_arms(_admin(url, api_key, "pin", arm, version), as_json)
+
+
+@policies_app.command("unpin")
+def policies_unpin(
+    arm: Annotated[str, typer.Argument(help="Arm to release.")],
+    api_key: KeyOpt,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Let an arm follow its newest version again."""
+    _show_arms(_admin(url, api_key, "unpin", arm), as_json)
+
+
+@policies_app.command("rollback")
+def policies_rollback(
+    arm: Annotated[str, typer.Argument(help="Arm to roll back.")],
+    api_key: KeyOpt,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pin an arm to the newest usable version older than the one serving."""
+    _show_arms(_admin(url, api_key, "rollback", arm), as_json)
 
 
 @app.command("config")

@@ -51,7 +51,7 @@ class MicroBatcher(Generic[Q, R]):
         self.max_wait_s = max_wait_s
         self.offload = offload
         self._pending: list[tuple[Q, asyncio.Future[R]]] = []
-        self._full: asyncio.Event | None = None
+        self._full = asyncio.Event()  # binds to the first loop that waits on it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -80,7 +80,6 @@ class MicroBatcher(Generic[Q, R]):
             raise
 
     async def _run_batches(self) -> None:
-        assert self._full is not None
         while self._pending:
             if len(self._pending) < self.max_batch_size and self.max_wait_s > 0:
                 self._full.clear()
