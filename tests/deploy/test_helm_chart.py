@@ -14,6 +14,7 @@ import copy
 import functools
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -353,6 +354,45 @@ def test_no_secret_values_in_configmaps(docs: list[Doc]) -> None:
             if key.startswith("RECSYS_"):
                 assert not _SECRET_WORDS.search(key), key
     assert not _of_kind(docs, "Secret"), "the chart never creates Secrets: values hold names"
+
+
+def test_api_keys_are_mounted_into_serving_pods_only(
+    docs: list[Doc], values: dict[str, Any]
+) -> None:
+    """The keys Secret is a read-only volume of the pods that answer HTTP; the settings name
+    files inside it, and nothing else (env, ConfigMap) carries a key."""
+    auth = values["auth"]
+    (config,) = [d for d in _of_kind(docs, "ConfigMap") if d["metadata"]["name"] == FULLNAME]
+    data = config["data"]
+    serving = {"serve", "ray-head", "ray-worker"}
+    for where, pod, c in _containers(docs):
+        mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        answers_http = where.startswith(("RayService/", f"Deployment/{FULLNAME}-serve"))
+        if auth["existingSecret"] and answers_http and c["name"] in serving:
+            assert mounts["api-keys"]["readOnly"] is True, where
+            assert mounts["api-keys"]["mountPath"] == "/etc/recsys/api-keys", where
+            assert volumes["api-keys"]["secret"]["secretName"] == auth["existingSecret"], where
+        else:
+            assert "api-keys" not in mounts, where
+    if auth["existingSecret"]:
+        assert data["RECSYS_SERVING__AUTH__ADMIN_KEYS_FILE"] == (
+            f"/etc/recsys/api-keys/{auth['adminKeysKey']}"
+        )
+        assert ("RECSYS_SERVING__AUTH__CLIENT_KEYS_FILE" in data) == bool(auth["clientKeysKey"])
+    else:
+        assert not any(k.endswith("_KEYS_FILE") for k in data)
+    assert json.loads(data["RECSYS_SERVING__AUTH__PROTECT"]) == auth["protect"]
+    assert json.loads(data["RECSYS_POLICY__TRAFFIC"]) == values["settings"]["policy"]["traffic"]
+    assert (
+        json.loads(data["RECSYS_SERVING__CORS_ORIGINS"])
+        == (values["settings"]["serving"]["corsOrigins"])
+    )
+
+
+def test_protected_routes_without_a_keys_secret_are_refused() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"auth\.protect needs API keys"):
+        _render({"auth": {"protect": ["recommend"]}})
 
 
 def test_a_store_url_with_a_password_is_refused() -> None:

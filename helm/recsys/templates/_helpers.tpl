@@ -104,6 +104,9 @@ the ConfigMap, which every mode renders, so a failure stops the whole release.
 {{- if and (not .Values.store.existingSecret) (hasPrefix "memory://" .Values.store.url) }}
 {{- fail "store.url memory:// keeps user state inside one process; pods need a shared Redis (redis://, rediss:// or unix://)" }}
 {{- end }}
+{{- if and .Values.auth.protect (not .Values.auth.existingSecret) }}
+{{- fail "auth.protect needs API keys: create a Secret with them and set auth.existingSecret (and auth.clientKeysKey)" }}
+{{- end }}
 {{- if and (eq .Values.storage.type "objectStore") (not .Values.storage.objectStore.url) }}
 {{- fail "storage.type objectStore needs storage.objectStore.url (e.g. s3://bucket/prefix)" }}
 {{- end }}
@@ -153,7 +156,13 @@ the ConfigMap, which every mode renders, so a failure stops the whole release.
 {{ toYaml .Values.securityContext }}
 {{- end }}
 
-{{/* Volumes of a recsys pod: (dict "ctx" $ "shm" true). */}}
+{{/* Where a serving pod finds the API keys Secret (auth.existingSecret). */}}
+{{- define "recsys.apiKeysDir" -}}
+/etc/recsys/api-keys
+{{- end }}
+
+{{/* Volumes of a recsys pod: (dict "ctx" $ "shm" true "keys" true); keys: the API keys
+Secret, for serving pods only. */}}
 {{- define "recsys.volumes" -}}
 {{- $v := .ctx.Values -}}
 - name: tmp
@@ -164,6 +173,12 @@ the ConfigMap, which every mode renders, so a failure stops the whole release.
   emptyDir:
     medium: Memory
     sizeLimit: {{ $v.shmSizeLimit }}
+{{- end }}
+{{- if and .keys $v.auth.existingSecret }}
+- name: api-keys
+  secret:
+    secretName: {{ $v.auth.existingSecret }}
+    defaultMode: 0400
 {{- end }}
 - name: data
 {{- if eq $v.storage.type "pvc" }}
@@ -185,6 +200,11 @@ the ConfigMap, which every mode renders, so a failure stops the whole release.
 {{- if .shm }}
 - name: dshm
   mountPath: /dev/shm
+{{- end }}
+{{- if and .keys .ctx.Values.auth.existingSecret }}
+- name: api-keys
+  mountPath: {{ include "recsys.apiKeysDir" .ctx }}
+  readOnly: true
 {{- end }}
 - name: data
   mountPath: {{ .ctx.Values.storage.mountPath }}
