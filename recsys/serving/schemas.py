@@ -11,9 +11,23 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt
 
 from recsys.types import EventType
+
+
+def _integral(value: object) -> object:
+    """A float with no fractional part as the int it is: JSON has one number type, and JSON
+    Schema's ``integer`` (what the OpenAPI document says) includes ``5.0``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: With ``StrictInt``, an integer as JSON Schema means it: ``5`` or ``5.0``, never ``5.5``,
+#: ``true`` or ``"5"`` (a bool or a numeric string is a client bug, not a number). Last in the
+#: ``Annotated``: after the bounds, which then stay in the JSON Schema as minimum/maximum.
+Integral = BeforeValidator(_integral)
 
 UserId = Annotated[
     str,
@@ -23,7 +37,7 @@ RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-
 SessionId = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$", examples=["s-17"])
 ]
-ItemId = Annotated[StrictInt, Field(ge=0, le=2**62)]
+ItemId = Annotated[StrictInt, Field(ge=0, le=2**62), Integral]
 ArmKey = Annotated[
     str,
     Path(max_length=160, pattern=r"^[a-z]+(@[A-Za-z0-9_.-]+)?$", examples=["slateq"]),
@@ -41,7 +55,9 @@ class _Strict(BaseModel):
 class FiltersIn(_Strict):
     """Business filters applied during retrieval (the slate still gets ``slate_size`` items)."""
 
-    categories: Annotated[list[StrictInt], Field(min_length=1, max_length=1000)] | None = None
+    categories: (
+        Annotated[list[Annotated[StrictInt, Integral]], Field(min_length=1, max_length=1000)] | None
+    ) = None
     ads: Literal["any", "only", "exclude"] = "any"
 
 
@@ -49,8 +65,8 @@ class RecommendRequest(_Strict):
     """``POST /recommend`` body."""
 
     user_id: UserId
-    slate_size: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
-    num_candidates: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = None
+    slate_size: Annotated[StrictInt, Field(ge=1, le=1000), Integral] = 10
+    num_candidates: Annotated[StrictInt, Field(ge=1, le=100_000), Integral] | None = None
     exclude: Annotated[list[ItemId], Field(max_length=100_000)] = []
     context: Annotated[dict[str, ContextValue], Field(max_length=64)] | None = None
     filters: FiltersIn | None = None

@@ -222,3 +222,44 @@ def test_the_guard_sees_paths_below_a_mount_prefix(build: Any, root: Path) -> No
     client = TestClient(outer)
     assert client.get("/ab/healthz").status_code == 200
     assert client.get("/ab/admin/policies").status_code == 403  # off: no admin key
+
+
+def test_the_openapi_document_says_what_this_deployment_accepts(build: Any, root: Path) -> None:
+    """Found by schemathesis (tests/integration/serving/test_schemathesis.py): the document
+    declared no API key and looser bounds than the service takes."""
+    auth = AuthSettings(admin_keys=[ADMIN], protect=["feedback"])  # type: ignore[list-item]
+    rec = build(auth=auth)
+    serving = _settings(root, auth=auth).serving
+    spec = TestClient(build_api(rec, serving)).get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["ApiKey"]
+    assert scheme == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    paths = spec["paths"]
+    assert paths["/admin/policies/{arm}/pin"]["delete"]["security"] == [{"ApiKey": []}]
+    assert paths["/feedback"]["post"]["security"] == [{"ApiKey": []}]
+    assert "security" not in paths["/recommend"]["post"]
+    models = spec["components"]["schemas"]
+    props = models["RecommendRequest"]["properties"]
+    assert props["slate_size"]["maximum"] == serving.max_slate_size
+    assert props["num_candidates"]["anyOf"][0]["maximum"] == rec.num_items
+    assert props["exclude"]["maxItems"] == serving.max_exclude
+    assert props["exclude"]["items"]["maximum"] == rec.num_items - 1
+    assert models["FeedbackRequest"]["properties"]["item_id"]["maximum"] == rec.num_items - 1
+
+
+def test_a_405_allows_every_method_of_the_path_and_integers_may_be_written_5_0(
+    build: Any, root: Path
+) -> None:
+    auth = AuthSettings(admin_keys=[ADMIN])  # type: ignore[list-item]
+    client = TestClient(build_api(build(auth=auth), _settings(root, auth=auth).serving))
+    put = client.put("/admin/policies/slateq/pin", headers={"X-API-Key": ADMIN})
+    assert put.status_code == 405
+    assert put.headers["allow"] == "DELETE, POST"  # two routes, one path
+    assert put.json()["detail"][0]["field"] == "path"
+    # JSON Schema's integer includes 5.0; 5.5, true and "5" stay errors naming the field.
+    ok = client.post("/recommend", json={"user_id": "u", "slate_size": 3.0, "exclude": [1.0]})
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["items"]) == 3
+    for bad in (3.5, True, "3"):
+        resp = client.post("/recommend", json={"user_id": "u", "slate_size": bad})
+        assert resp.status_code == 422
+        assert resp.json()["detail"][0]["field"] == "slate_size"
