@@ -188,6 +188,9 @@ class Transition(NamedTuple):
     :meth:`recsys.policy.reward.model.LearnedRewardModel.slate_rewards`).
     ``done`` ``[B]`` bool marks terminal steps (no bootstrapping past them). ``next_action`` is
     the slate actually served at ``next_obs`` when known; SARSA targets need it.
+    ``valid`` ``[B]`` bool marks the rows that are real transitions (``None``: all of them);
+    a vector env's next-step autoreset spends a step per finished row on resetting, and a
+    rollout keeps that row, masked, so every step keeps the same ``B`` (a shared time axis).
     """
 
     obs: SlateObs
@@ -197,11 +200,18 @@ class Transition(NamedTuple):
     next_obs: SlateObs
     done: BoolArray
     next_action: SlateAction | None = None
+    valid: BoolArray | None = None
 
     @property
     def batch_size(self) -> int:
         """``B``: rows in the batch."""
         return int(self.reward.shape[0])
+
+    def valid_rows(self) -> Transition:
+        """The sub-batch of the real transitions, unmasked (itself when every row is valid)."""
+        if self.valid is None:
+            return self
+        return self.take(np.flatnonzero(self.valid))._replace(valid=None)
 
     def take(self, rows: IntArray) -> Transition:
         """The sub-batch of the given rows (e.g. a minibatch drawn from a replay buffer)."""
@@ -213,6 +223,7 @@ class Transition(NamedTuple):
             next_obs=self.next_obs.take(rows),
             done=self.done[rows],
             next_action=None if self.next_action is None else self.next_action.take(rows),
+            valid=None if self.valid is None else self.valid[rows],
         )
 
 
@@ -267,6 +278,13 @@ def concat_transitions(parts: Sequence[Transition]) -> Transition:
             None
             if any(a is None for a in next_actions)
             else concat_actions([a for a in next_actions if a is not None])
+        ),
+        valid=(
+            None
+            if all(p.valid is None for p in parts)
+            else np.concatenate(
+                [np.ones(p.batch_size, np.bool_) if p.valid is None else p.valid for p in parts]
+            )
         ),
     )
 

@@ -53,12 +53,24 @@ def top_k_multiplier(pi: torch.Tensor, k: int) -> torch.Tensor:
     return k * (1.0 - pi.detach()).clamp_min(0.0) ** (k - 1)
 
 
-def discounted_returns(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``G_t = r_t + gamma (1 - done_t) G_{t+1}`` over ``[T, B]``; zero beyond the rollout."""
+def discounted_returns(
+    rewards: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``G_t = r_t + gamma (1 - done_t) G_{t+1}`` over ``[T, B]``; zero beyond the rollout.
+
+    ``valid`` ``[T, B]`` (default: all true) marks real transitions: an invalid row (a vector
+    env's reset step) has ``G = 0`` and cuts the sum, so no return crosses an episode boundary
+    through it, even when the episode before it was truncated without ``done``.
+    """
     out = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[0])
     for t in range(rewards.shape[0] - 1, -1, -1):
         running = rewards[t] + gamma * (1.0 - dones[t].float()) * running
+        if valid is not None:
+            running = torch.where(valid[t], running, torch.zeros_like(running))
         out[t] = running
     return out
 
@@ -167,7 +179,9 @@ class ReinforceTopKPolicy(nn.Module):
 
         ``off_policy`` (default: ``config.off_policy``) weights each logged item by the capped
         ``pi / beta``; on-policy data needs no weight. The behaviour head is always fitted to
-        the logged items. Returns losses and diagnostics (``weight_max <= weight_cap``).
+        the logged items. Rows with ``Transition.valid`` false (a vector env's reset step)
+        hold their place on the ``[T, B]`` time axis but add nothing to the returns or the
+        losses. Returns losses and diagnostics (``weight_max <= weight_cap``).
         """
         if not rollout:
             raise ValueError("empty rollout")
@@ -176,13 +190,23 @@ class ReinforceTopKPolicy(nn.Module):
         t_len, b = len(rollout), rollout[0].batch_size
         if any(tr.batch_size != b for tr in rollout):
             raise ValueError("every step of a rollout must have the same batch size")
+        valid = np.stack(
+            [np.ones(b, np.bool_) if tr.valid is None else tr.valid for tr in rollout]
+        )  # [T, B]
+        if not valid.any():
+            raise ValueError("no valid row in the rollout (every row is a reset step)")
+        rows = np.flatnonzero(valid.reshape(-1))  # the real transitions, in [T * B] order
         obs = rollout[0].obs if t_len == 1 else concat_obs([tr.obs for tr in rollout])
-        slates = to_tensor(np.concatenate([tr.action.slates for tr in rollout]), torch.int64)
-        k = cfg.top_k or slates.shape[1]
+        obs = obs.take(rows)
+        slates = np.concatenate([tr.action.slates for tr in rollout])[rows]
+        slates_t = to_tensor(slates, torch.int64)
+        k = cfg.top_k or slates_t.shape[1]
 
+        mask = to_tensor(valid, torch.bool)
         slot_rewards = torch.stack([to_tensor(tr.reward) for tr in rollout])  # [T, B, S]
+        slot_rewards = torch.where(mask[..., None], slot_rewards, torch.zeros_like(slot_rewards))
         dones = torch.stack([to_tensor(tr.done, torch.bool) for tr in rollout])  # [T, B]
-        step_returns = discounted_returns(slot_rewards.sum(-1), dones, cfg.gamma)
+        step_returns = discounted_returns(slot_rewards.sum(-1), dones, cfg.gamma, mask)
         if cfg.per_slot_credit:
             future = torch.zeros_like(step_returns)
             future[:-1] = step_returns[1:]
@@ -190,14 +214,14 @@ class ReinforceTopKPolicy(nn.Module):
             returns = slot_rewards + (cfg.gamma * alive * future)[..., None]
         else:
             returns = step_returns[..., None].expand_as(slot_rewards)
-        returns = returns.reshape(t_len * b, -1)
+        returns = returns.reshape(t_len * b, -1)[to_tensor(rows, torch.int64)]
         advantage = returns - returns.mean() if cfg.baseline else returns
 
         pi_logits, beta_logits = self.logits(obs)
         log_pi = torch.log_softmax(pi_logits, dim=1)
         log_beta = torch.log_softmax(beta_logits, dim=1)
-        log_pi_a = torch.gather(log_pi, 1, slates)
-        log_beta_a = torch.gather(log_beta, 1, slates)
+        log_pi_a = torch.gather(log_pi, 1, slates_t)
+        log_beta_a = torch.gather(log_beta, 1, slates_t)
         pi_a = log_pi_a.exp()
         weights = (
             capped_importance_weights(pi_a, log_beta_a.exp(), cfg.weight_cap)

@@ -79,7 +79,11 @@ class RolloutStats(NamedTuple):
 
 
 class RolloutBatch(NamedTuple):
-    """What a worker returns: time-ordered transitions of its ``B`` users, and their totals."""
+    """What a worker returns: time-ordered transitions of its ``B`` users, and their totals.
+
+    Every step holds all ``B`` rows; a vector env's reset-step rows are kept with
+    ``Transition.valid`` false (see :meth:`Transition.valid_rows`) and left out of the totals.
+    """
 
     transitions: list[Transition]
     stats: RolloutStats
@@ -154,12 +158,20 @@ class RolloutWorker:
             step = self.env.step(action.slates)
             reward = self.reward_fn(step)
             next_action = self.policy.act(step.next_obs, s, self.rng, explore=True)
+            masked = step.valid is not None and not step.valid.all()
             tr = Transition(
-                self.obs, action, step.response, reward, step.next_obs, step.done, next_action
+                self.obs,
+                action,
+                step.response,
+                reward,
+                step.next_obs,
+                step.done,
+                next_action,
+                valid=np.asarray(step.valid, np.bool_) if masked else None,
             )
-            if step.valid is not None and not step.valid.all():
-                tr = tr.take(np.flatnonzero(step.valid))
+            # Every row stays, masked when it is a reset step: REINFORCE needs the time axis.
             out.append(tr)
+            real = tr.valid_rows()
             totals[5:] += self._track_episodes(step.valid, step.done, reward)
             hidden_reported = hidden_reported or step.hidden_reward is not None
             hidden = 0.0
@@ -170,13 +182,13 @@ class RolloutWorker:
                 hidden = float(np.sum(valid_hidden))
             # Totals over valid rows only: a vector env's reset step is no user-step.
             totals[:5] += (
-                float(tr.reward.sum()),
+                float(real.reward.sum()),
                 hidden,
-                float(np.sum(tr.response.click)),
-                float(np.sum(tr.response.revenue)),
-                float(tr.batch_size),
+                float(np.sum(real.response.click)),
+                float(np.sum(real.response.revenue)),
+                float(real.batch_size),
             )
-            done_count += int(np.count_nonzero(tr.done))
+            done_count += int(np.count_nonzero(real.done))
             self.obs, action = step.next_obs, next_action
         self._pending = action
         stats = RolloutStats(

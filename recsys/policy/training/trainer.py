@@ -140,7 +140,7 @@ def _auto_scale(batches: Sequence[RolloutBatch], gamma: float) -> float:
     unit, so SlateQ's Huber loss stays in its quadratic range and one ``lr`` fits all."""
     total, count = 0.0, 0
     for batch in batches:
-        for tr in batch.transitions:
+        for tr in map(Transition.valid_rows, batch.transitions):
             total += float(np.abs(tr.reward.sum(axis=1)).sum())
             count += tr.batch_size
     mean_abs = total / max(count, 1)
@@ -239,17 +239,18 @@ def _learn_reinforce(
     config: PolicyTrainConfig,
     rng: np.random.Generator,
 ) -> list[Mapping[str, float]]:
+    """Policy-gradient updates on minibatches of users, each over the whole ``[T, B]`` rollout
+    (reset-step rows stay in it, masked by ``Transition.valid``, so returns keep their time
+    axis); a minibatch without one real transition is skipped."""
     out: list[Mapping[str, float]] = []
     for rollout in rollouts:
-        sizes = {tr.batch_size for tr in rollout}
-        if len(sizes) != 1:  # rows were dropped (vector-env resets): no shared time axis
-            out.extend(policy.update([tr]) for tr in rollout)
-            continue
-        b = sizes.pop()
+        b = rollout[0].batch_size
         perm = rng.permutation(b)
         for start in range(0, b, config.batch_size):
             rows = perm[start : start + config.batch_size]
-            out.append(policy.update([tr.take(rows) for tr in rollout]))
+            minibatch = [tr.take(rows) for tr in rollout]
+            if any(tr.valid is None or tr.valid.any() for tr in minibatch):
+                out.append(policy.update(minibatch))
     return out
 
 
@@ -409,7 +410,7 @@ def train_policy(
             rollouts = [[_scaled(tr, scale) for tr in b.transitions] for b in batches]
             if config.algo == "slateq":
                 for rollout in rollouts:
-                    replay.extend(rollout)
+                    replay.extend(tr.valid_rows() for tr in rollout)
                 if iteration == 1 and log_replay is not None and config.pretrain_updates:
                     _learn_slateq(
                         policy,
