@@ -120,7 +120,7 @@ def run_episodes(
                 totals[0, live] += reward(step).sum(axis=1, dtype=np.float64)[live]
                 totals[1, live] += 1.0
                 totals[2, live] += np.asarray(step.response.click, np.float64).sum(axis=1)[live]
-                running &= ~(np.asarray(step.done, np.bool_) & live)
+                running &= ~(np.asarray(step.episode_end(), np.bool_) & live)
                 obs = step.next_obs
                 if not running.any():
                     break

@@ -72,7 +72,7 @@ class EnvStep(NamedTuple):
 
     - ``response``: per-slot observable signals ``[B, S]``.
     - ``next_obs``: what the policy sees next (a done row already shows a fresh episode).
-    - ``done`` ``[B]``: the episode ended at this step (no bootstrapping past it).
+    - ``done`` ``[B]``: the episode terminated at this step (no bootstrapping past it).
     - ``hidden_reward`` ``[B]`` or ``None``: the true per-step reward when the environment
       knows it (the simulator's lifetime-value increment, in minutes); evaluation and the
       ``hidden`` upper-bound reward only, never a policy input.
@@ -81,6 +81,9 @@ class EnvStep(NamedTuple):
     - ``valid`` ``[B]`` or ``None``: rows whose transition is real; a vector env with
       next-step autoreset spends one step per finished sub-env on resetting, and that row's
       transition must not be learned from. ``None`` means all rows are valid.
+    - ``truncated`` ``[B]`` or ``None``: the episode was cut at this step by a time limit, not
+      terminated: it ends here (episode accounting), but ``next_obs`` is its real last
+      observation and its value is bootstrapped (``done`` is false). ``None``: no truncation.
     """
 
     response: SlateResponse
@@ -89,6 +92,13 @@ class EnvStep(NamedTuple):
     hidden_reward: FloatArray | None = None
     env_reward: FloatArray | None = None
     valid: BoolArray | None = None
+    truncated: BoolArray | None = None
+
+    def episode_end(self) -> BoolArray:
+        """``[B]``: the episode ended at this step, terminated or truncated."""
+        if self.truncated is None:
+            return self.done
+        return self.done | self.truncated
 
 
 @runtime_checkable
@@ -457,6 +467,12 @@ class GymSlateEnv:
     ``hidden_reward_fn`` (optional) the true per-step reward. A single env is reset when its
     episode ends (so ``next_obs`` is the new episode's first observation); a vector env's own
     autoreset is used, and with next-step autoreset the reset step's row is marked invalid.
+
+    Time limits: with a vector env's next-step autoreset (Gymnasium's default) a truncated
+    episode is reported as ``truncated``, not ``done``: the observation of that step is the
+    episode's real last one, so its value is bootstrapped. A single env, and a vector env with
+    another autoreset mode, return the next episode's first observation on that step instead,
+    so there a truncation still ends the episode as ``done`` (no bootstrapping).
     """
 
     def __init__(
@@ -521,7 +537,9 @@ class GymSlateEnv:
             action if self.vector else action[0]
         )
         b, s = self.batch_size, self.slate_size
-        done = np.asarray(np.logical_or(terminated, truncated), dtype=np.bool_).reshape(b)
+        terminal = np.asarray(terminated, dtype=np.bool_).reshape(b)
+        cut = np.asarray(truncated, dtype=np.bool_).reshape(b) & ~terminal
+        done = terminal | cut
         signals = self.signals_fn(info, b, s)
         response = SlateResponse.from_signals(signals)
         env_reward = np.zeros((b, s), dtype=np.float32)
@@ -534,10 +552,13 @@ class GymSlateEnv:
             else np.asarray(self.hidden_reward_fn(info), dtype=np.float32).reshape(b)
         )
         valid = None
+        end: BoolArray | None = None
         if self._next_step_autoreset:
             valid = ~self._pending_reset
             self._pending_reset = done.copy()
-            done = done & valid
+            # The step's observation is the truncated episode's last one: bootstrap from it.
+            done = terminal & valid
+            end = cut & valid
         elif not self.vector and done[0]:
             raw, _ = self.env.reset()
-        return EnvStep(response, self._obs(raw), done, hidden, env_reward, valid)
+        return EnvStep(response, self._obs(raw), done, hidden, env_reward, valid, end)

@@ -172,7 +172,8 @@ class RolloutWorker:
             # Every row stays, masked when it is a reset step: REINFORCE needs the time axis.
             out.append(tr)
             real = tr.valid_rows()
-            totals[5:] += self._track_episodes(step.valid, step.done, reward)
+            ended = step.episode_end()
+            totals[5:] += self._track_episodes(step.valid, ended, reward)
             hidden_reported = hidden_reported or step.hidden_reward is not None
             hidden = 0.0
             if step.hidden_reward is not None:
@@ -188,7 +189,8 @@ class RolloutWorker:
                 float(np.sum(real.response.revenue)),
                 float(real.batch_size),
             )
-            done_count += int(np.count_nonzero(real.done))
+            live = np.ones_like(ended) if step.valid is None else np.asarray(step.valid, np.bool_)
+            done_count += int(np.count_nonzero(ended & live))
             self.obs, action = step.next_obs, next_action
         self._pending = action
         stats = RolloutStats(
