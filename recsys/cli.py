@@ -311,6 +311,7 @@ def train_policy_cmd(
             iterations=iterations or base.iterations,
             seed=seed,
         )
+        config.check_population()  # before minutes of set-up, not after
         published = train_and_publish(
             algo,
             config,

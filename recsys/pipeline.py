@@ -593,6 +593,7 @@ def simulator_env_factory(
     setup: SimulatorSetup, config: PolicyTrainConfig, seed: int
 ) -> SimulatorEnvFactory:
     """Training envs: the ``workers * users`` users right after the logging users."""
+    config.check_population()
     return SimulatorEnvFactory(
         catalog=config.catalog().model_dump(),
         settings=config.simulator_settings().model_dump(),

@@ -189,6 +189,11 @@ class PolicyTrainConfig:
                 f"{self.num_candidates - self.num_ads} organic candidates cannot fill the "
                 f"{self.slate_size - self.min_ads} organic slots of a slate"
             )
+
+    def check_population(self) -> None:
+        """The project simulator only: its logging and training users must stay in the lower
+        half of its ``POPULATION`` user ids (the upper half holds the evaluation users).
+        A custom env has its own users, so nothing here limits ``users`` for it."""
         if self.log_users + max(self.workers, 1) * self.users > POPULATION // 2:
             raise ValueError(
                 f"log_users + workers * users must be <= {POPULATION // 2} (the rest of the "

@@ -91,7 +91,7 @@ def test_training_validation_and_test_users_never_meet() -> None:
     assert validation.max() == POPULATION - 1
     assert not set(test.tolist()) & set(validation.tolist())
     with pytest.raises(ValueError, match=r"log_users \+ workers \* users must be"):
-        PolicyTrainConfig(log_users=POPULATION // 2, users=1)
+        PolicyTrainConfig(log_users=POPULATION // 2, users=1).check_population()
     with pytest.raises(ValueError, match="must lie"):
         evaluation_users(POPULATION // 4 + 1)
     with pytest.raises(ValueError, match="must lie"):
@@ -499,3 +499,13 @@ def test_after_conversion_share_on_simulated_users(
     assert 0 < ev.after_conversion_ads.size <= ev.after_conversion.size  # ads in most slates
     assert ((ev.after_conversion_ads >= 0) & (ev.after_conversion_ads <= 1)).all()
     assert ev.after_conversion_steps == 10
+
+
+def test_the_population_limit_binds_only_the_project_simulator() -> None:
+    """A custom env has its own users: a config with more of them than the simulator's
+    training half is valid, and only the simulator's env factory refuses it."""
+    big = PolicyTrainConfig(users=POPULATION, workers=1)
+    assert big.users == POPULATION
+    with pytest.raises(ValueError, match=r"log_users \+ workers \* users must be"):
+        big.check_population()
+    PolicyTrainConfig(users=1024, workers=2).check_population()
