@@ -7,6 +7,7 @@ never mock Redis or Kafka. Each fixture stops exactly the process it started.
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,6 +84,37 @@ def small_skeleton_config(settings: Settings) -> PolicyTrainConfig:
         pretrain_updates=5,
         batch_size=128,
         hidden=(16,),
+    )
+
+
+def copy_trained(stack: ServingStack, root: Path, skip: tuple[str, ...] = ()) -> Path:
+    """The session's trained retriever and policies (but those named in ``skip``) as the only
+    versions under ``root``: other tests publish newer and corrupt versions into the session's
+    own directory, so a copy of it would depend on test order."""
+    models = stack.models
+    arts = [models.retrieval, *(a for n, a in models.policies.items() if n not in skip)]
+    for art in arts:
+        src = Path(art.path)
+        shutil.copytree(src, root / src.parent.name / src.name)
+    return root
+
+
+def side_app_settings(stack: ServingStack, name: str, root: Path, **updates: Any) -> Settings:
+    """Settings for another app on the session's Serve: the stack's, with its own artifact
+    root, Redis key prefix and topics (``<name>-impressions``, ``<name>-feedback``, created
+    here), plus ``updates``."""
+    base = stack.settings
+    stream = base.stream.model_copy(
+        update={"impressions_topic": f"{name}-impressions", "feedback_topic": f"{name}-feedback"}
+    )
+    ensure_topics(stream.bootstrap, [stream.impressions_topic, stream.feedback_topic])
+    return base.model_copy(
+        update={
+            "artifacts": base.artifacts.model_copy(update={"root": root}),
+            "store": StoreSettings(url=base.store.url, key_prefix=name),
+            "stream": stream,
+            **updates,
+        }
     )
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys.config import AuthSettings, PolicySettings, StoreSettings, StreamSettings
-from recsys.stream import KafkaEventSource, ensure_topics
+from recsys.config import AuthSettings, PolicySettings, StreamSettings
+from recsys.stream import KafkaEventSource
 from recsys.types import ImpressionEvent
 from tests.artifact_copies import republish
-from tests.conftest import ServingStack
+from tests.conftest import ServingStack, copy_trained, side_app_settings
 
 pytestmark = pytest.mark.integration
 
@@ -55,31 +55,24 @@ def ab(serving_stack: ServingStack, tmp_path_factory: pytest.TempPathFactory) ->
     from recsys.serving.deployment import deploy_app
 
     src = Path(serving_stack.settings.artifacts.root)
-    root = tmp_path_factory.mktemp("ab") / "artifacts"
-    shutil.copytree(src, root, ignore=shutil.ignore_patterns("policy-myopic"))
-    base = serving_stack.settings
-    stream = base.stream.model_copy(
-        update={"impressions_topic": "ab-impressions", "feedback_topic": "ab-feedback"}
-    )
-    ensure_topics(stream.bootstrap, [stream.impressions_topic, stream.feedback_topic])
-    settings = base.model_copy(
-        update={
-            "artifacts": base.artifacts.model_copy(update={"root": root}),
-            "store": StoreSettings(url=base.store.url, key_prefix="ab"),
-            "stream": stream,
-            "policy": PolicySettings(
-                reload_interval_s=0.5,
-                traffic={"slateq": 0.6, "myopic": 0.4},
-                shadow="retrieval",
-            ),
-            "serving": base.serving.model_copy(
-                update={"auth": AuthSettings(admin_keys=[ADMIN])}  # type: ignore[list-item]
-            ),
-        }
+    # Without the myopic policy: the app must say it is not ready until it loads.
+    root = copy_trained(serving_stack, tmp_path_factory.mktemp("ab") / "artifacts", ("myopic",))
+    settings = side_app_settings(
+        serving_stack,
+        "ab",
+        root,
+        policy=PolicySettings(
+            reload_interval_s=0.5,
+            traffic={"slateq": 0.6, "myopic": 0.4},
+            shadow="retrieval",
+        ),
+        serving=serving_stack.settings.serving.model_copy(
+            update={"auth": AuthSettings(admin_keys=[ADMIN])}  # type: ignore[list-item]
+        ),
     )
     deploy_app(settings, APP, "/ab")
     try:
-        yield AbApp(f"{serving_stack.url}/ab", root, src, stream)
+        yield AbApp(f"{serving_stack.url}/ab", root, src, settings.stream)
     finally:
         serve.delete(APP)
 

@@ -12,26 +12,17 @@ benchmark's own latency verdicts are not asserted.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServingStack
+from tests.conftest import ServingStack, copy_trained
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _artifacts(stack: ServingStack, root: Path) -> Path:
-    """The session's trained retriever and SlateQ policy, as the only versions under root
-    (other tests publish newer and corrupt versions into the session's own directory)."""
-    for art in (stack.models.retrieval, stack.models.policies["slateq"]):
-        shutil.copytree(art.path, root / art.path.parent.name / art.path.name)
-    return root
 
 
 def test_redis_kill_and_replica_kill_through_ray_serve(
@@ -43,7 +34,7 @@ def test_redis_kill_and_replica_kill_through_ray_serve(
             sys.executable, str(ROOT / "benchmarks" / "reliability.py"),
             "--scenarios", "redis_kill,replica_kill",
             "--baseline", "2", "--fault", "4", "--after", "6", "--users", "40",
-            "--artifacts", str(_artifacts(serving_stack, tmp_path / "artifacts")),
+            "--artifacts", str(copy_trained(serving_stack, tmp_path / "artifacts", ("myopic",))),
             "--output", str(out),
         ],
         capture_output=True, text=True, timeout=240, cwd=tmp_path,

@@ -13,7 +13,6 @@ answers the issue names: an unparseable body, a write without a valid key, an ov
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,10 +27,9 @@ from schemathesis.checks import CHECKS
 from schemathesis.engine import events, from_schema
 from schemathesis.openapi.checks import RejectedPositiveData
 
-from recsys.config import AuthSettings, Settings, StoreSettings
-from recsys.stream import ensure_topics
+from recsys.config import AuthSettings, Settings
 from tests.artifact_copies import corrupt_copy, republish
-from tests.conftest import ServingStack
+from tests.conftest import ServingStack, copy_trained, side_app_settings
 
 pytestmark = pytest.mark.integration
 
@@ -68,34 +66,24 @@ def st_app(
 
     # The session's published versions only (other tests add theirs to the session root),
     # then a newer one (so rollback has a target) and a corrupt one (which pin must refuse).
-    root = tmp_path_factory.mktemp("st") / "artifacts"
+    root = copy_trained(serving_stack, tmp_path_factory.mktemp("st") / "artifacts")
     models = serving_stack.models
-    for art in (models.retrieval, *models.policies.values()):
-        src = Path(art.path)
-        shutil.copytree(src, root / src.parent.name / src.name)
     newer = republish(
         root / "policy-slateq" / Path(models.policies["slateq"].path).name, "zz-newer"
     )
     corrupt_copy(newer, "zzz-corrupt")
-    base = serving_stack.settings
-    stream = base.stream.model_copy(
-        update={"impressions_topic": "st-impressions", "feedback_topic": "st-feedback"}
-    )
-    ensure_topics(stream.bootstrap, [stream.impressions_topic, stream.feedback_topic])
-    settings = base.model_copy(
-        update={
-            "artifacts": base.artifacts.model_copy(update={"root": root}),
-            "store": StoreSettings(url=base.store.url, key_prefix="st"),
-            "stream": stream,
-            "serving": base.serving.model_copy(
-                update={
-                    "auth": AuthSettings(
-                        admin_keys=[ADMIN],  # type: ignore[list-item]
-                        protect=["feedback"],
-                    )
-                }
-            ),
-        }
+    settings = side_app_settings(
+        serving_stack,
+        "st",
+        root,
+        serving=serving_stack.settings.serving.model_copy(
+            update={
+                "auth": AuthSettings(
+                    admin_keys=[ADMIN],  # type: ignore[list-item]
+                    protect=["feedback"],
+                )
+            }
+        ),
     )
     deploy_app(settings, APP, PREFIX)
     url = f"{serving_stack.url}{PREFIX}"
