@@ -8,6 +8,8 @@ backend serves a single process (``memory://`` runs everything in one).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 import redis
@@ -57,26 +59,30 @@ class RedisVersionPins:
         return cls(redis.Redis.from_url(url, **client_kwargs), key_prefix=key_prefix)
 
     def all(self) -> dict[str, str]:
-        try:
+        with _answering():
             raw = self._client.hgetall(self._key)
-        except (redis.RedisError, OSError) as exc:
-            raise StoreUnavailableError(f"redis did not answer: {exc}") from exc
         return {_text(k): _text(v) for k, v in raw.items()}
 
     def pin(self, arm: str, version: str) -> None:
-        try:
-            self._client.hset(self._key, check_id("arm", arm), check_id("version", version))
-        except (redis.RedisError, OSError) as exc:
-            raise StoreUnavailableError(f"redis did not answer: {exc}") from exc
+        field, value = check_id("arm", arm), check_id("version", version)
+        with _answering():
+            self._client.hset(self._key, field, value)
 
     def unpin(self, arm: str) -> None:
-        try:
+        with _answering():
             self._client.hdel(self._key, arm)
-        except (redis.RedisError, OSError) as exc:
-            raise StoreUnavailableError(f"redis did not answer: {exc}") from exc
 
     def close(self) -> None:
         self._client.close()
+
+
+@contextmanager
+def _answering() -> Iterator[None]:
+    """A Redis call that fails or times out is the Protocol's StoreUnavailableError."""
+    try:
+        yield
+    except (redis.RedisError, OSError) as exc:
+        raise StoreUnavailableError(f"redis did not answer: {exc}") from exc
 
 
 def _text(value: bytes | str) -> str:
