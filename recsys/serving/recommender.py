@@ -66,6 +66,17 @@ def _rows(
     )
 
 
+def _slate_items(slate: Slate) -> tuple[SlateItem, ...]:
+    """A slate's slots as the event schema's items."""
+    return tuple(
+        SlateItem(int(i), int(p), float(s), float(r))
+        for i, p, s, r in zip(
+            slate.item_ids.tolist(), slate.positions.tolist(),
+            slate.scores.tolist(), slate.propensities.tolist(), strict=True,
+        )
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class RecommendQuery:
     """One ``/recommend`` request in domain terms (what :meth:`Recommender.recommend_many`
@@ -473,13 +484,7 @@ class Recommender:
                 ts=now,
                 model_version=slate.version,
                 policy=slate.policy,
-                items=tuple(
-                    SlateItem(int(i), int(p), float(s), float(r))
-                    for i, p, s, r in zip(
-                        slate.item_ids.tolist(), slate.positions.tolist(),
-                        slate.scores.tolist(), slate.propensities.tolist(), strict=True,
-                    )
-                ),
+                items=_slate_items(slate),
                 session_id=q.session_id or "",
                 shadow=None if shadow is None else self._shadow_record(slate, shadow),
             )
@@ -495,14 +500,8 @@ class Recommender:
         return ShadowSlate(
             policy=shadow.policy,
             model_version=shadow.version,
-            items=tuple(
-                SlateItem(int(i), int(p), float(s), float(r))
-                for i, p, s, r in zip(
-                    shadow.item_ids.tolist(), shadow.positions.tolist(),
-                    shadow.scores.tolist(), shadow.propensities.tolist(), strict=True,
-                )
-            ),
-        )  # fmt: skip
+            items=_slate_items(shadow),
+        )
 
     def _publish_impression(self, event: ImpressionEvent) -> None:
         """Log an impression; a full buffer (broker down for long) costs the log, not the
