@@ -222,7 +222,11 @@ class ImpressionEvent:
     """A served slate: published to the ``impressions`` topic for joining and OPE.
 
     ``session_id`` is the client's session id ("" when it gave none); the event fold starts a
-    new session in the user's state when it changes.
+    new session in the user's state when it changes. ``candidates`` (the item ids the policy
+    chose from, in the order it saw them) and ``features`` (the request-time user features it
+    read) make the joined log a complete record of the decision: with them a *different*
+    policy can be re-run on the same request for off-policy evaluation and offline training.
+    Both are empty from writers that do not record them.
     """
 
     request_id: str
@@ -233,6 +237,8 @@ class ImpressionEvent:
     items: tuple[SlateItem, ...]
     session_id: str = ""
     shadow: ShadowSlate | None = None
+    candidates: tuple[int, ...] = ()
+    features: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

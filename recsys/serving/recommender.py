@@ -18,6 +18,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,7 @@ from recsys.types import (
     FeedbackEvent,
     FloatArray,
     ImpressionEvent,
+    IntArray,
     InvalidRequestError,
     ShadowSlate,
     Slate,
@@ -75,6 +77,14 @@ def _slate_items(slate: Slate) -> tuple[SlateItem, ...]:
             slate.scores.tolist(), slate.propensities.tolist(), strict=True,
         )
     )  # fmt: skip
+
+
+class Decision(NamedTuple):
+    """What a policy chose from, logged with its slate: the candidate ids (column order, padding
+    dropped) and the request-time user features."""
+
+    candidates: IntArray
+    features: FloatArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,14 +357,15 @@ class Recommender:
             stage["shadow"] += t3 - t2
             if log:
                 self.metrics.arm_seconds.labels(router.arms[arm].key).observe(t2 - t1)
-            for j, slate, shadow_slate in zip(ok, slates, shadows, strict=True):
+            for n, (j, slate, shadow_slate) in enumerate(zip(ok, slates, shadows, strict=True)):
                 i = valid[rows[j]]
                 if isinstance(slate, InvalidRequestError):
                     out[i] = slate
                 elif log:
                     self.metrics.arm_slates.labels(router.arms[arm].key, slate.version).inc()
+                    decision = Decision(sub.item_ids[n][sub.mask[n]], sub_features[n])
                     out[i] = self._log_impression(
-                        queries[i], slate, now, degraded, cold[rows[j]], shadow_slate
+                        queries[i], slate, now, degraded, cold[rows[j]], shadow_slate, decision
                     )
                 else:
                     out[i] = Recommendation("", slate.version, slate, degraded, cold[rows[j]])
@@ -474,6 +485,7 @@ class Recommender:
         degraded: bool,
         cold_start: bool,
         shadow: Slate | None = None,
+        decision: Decision | None = None,
     ) -> Recommendation:
         """Publish the impression of ``slate`` and return it under a fresh request id."""
         request_id = uuid.uuid4().hex
@@ -487,6 +499,8 @@ class Recommender:
                 items=_slate_items(slate),
                 session_id=q.session_id or "",
                 shadow=None if shadow is None else self._shadow_record(slate, shadow),
+                candidates=() if decision is None else tuple(decision.candidates.tolist()),
+                features=() if decision is None else tuple(decision.features.tolist()),
             )
         )  # fmt: skip
         return Recommendation(request_id, slate.version, slate, degraded, cold_start)

@@ -4,15 +4,23 @@ Every message carries ``"v"`` (schema version) and ``"type"`` (``"impression"`` 
 ``"feedback"``), so a consumer can refuse what it does not understand instead of guessing, and
 a later version can change the layout without breaking readers that are still running.
 
+An impression's candidate ids and user features travel as base64 of little-endian ``int32``
+and ``float32`` arrays (``"candidates"``, ``"features"``; optional within v1): a few hundred
+numbers per slate in a third of the bytes of JSON numbers, and exact.
+
 Decoding is strict: a message that is not valid v1 raises :class:`EventDecodeError`. Consumers
 catch it, skip the record and count it (a poison message must never stop the online updater).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any
+
+import numpy as np
 
 from recsys.config import StreamSettings
 from recsys.types import (
@@ -72,6 +80,10 @@ def encode_event(event: Event) -> bytes:
             "session_id": event.session_id,
             "items": _encode_items(event.items),
         }
+        if event.candidates:
+            payload["candidates"] = _pack(event.candidates, _I4, "candidates")
+        if event.features:
+            payload["features"] = _pack(event.features, _F4, "features")
         if event.shadow is not None:
             payload["shadow"] = {
                 "policy": event.shadow.policy,
@@ -98,6 +110,39 @@ def encode_event(event: Event) -> bytes:
     except ValueError as exc:
         raise ValueError(f"cannot encode {type(event).__name__}: {exc}") from exc
     return text.encode("utf-8")
+
+
+_I4 = np.dtype("<i4")
+_F4 = np.dtype("<f4")
+
+
+def _pack(values: tuple[int, ...] | tuple[float, ...], dtype: np.dtype[Any], name: str) -> str:
+    array = np.asarray(values)
+    if dtype.kind == "i" and (array.min() < 0 or array.max() > np.iinfo(dtype).max):
+        raise ValueError(f"impression {name} must be item ids in [0, 2**31)")
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"impression {name} must be finite")
+    return base64.b64encode(array.astype(dtype).tobytes()).decode("ascii")
+
+
+def _unpack(obj: dict[str, Any], key: str, dtype: np.dtype[Any]) -> tuple[Any, ...]:
+    if key not in obj:
+        return ()
+    raw = obj[key]
+    if not isinstance(raw, str):
+        raise EventDecodeError(f"field '{key}' must be a base64 string")
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise EventDecodeError(f"field '{key}' is not base64: {exc}") from None
+    if len(data) % dtype.itemsize:
+        raise EventDecodeError(f"field '{key}' must hold whole {dtype.itemsize}-byte values")
+    array = np.frombuffer(data, dtype=dtype)
+    if dtype.kind == "i" and array.size and array.min() < 0:
+        raise EventDecodeError(f"field '{key}' must hold non-negative item ids")
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise EventDecodeError(f"field '{key}' must be finite")
+    return tuple(array.tolist())
 
 
 def _encode_items(items: tuple[SlateItem, ...]) -> list[dict[str, Any]]:
@@ -187,6 +232,8 @@ def _decode_impression(obj: dict[str, Any]) -> ImpressionEvent:
         # Optional within v1 (added later): writers that predate them send none.
         session_id=_str(obj, "session_id") if "session_id" in obj else "",
         shadow=_decode_shadow(obj),
+        candidates=_unpack(obj, "candidates", _I4),
+        features=_unpack(obj, "features", _F4),
     )
 
 
