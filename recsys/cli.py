@@ -740,32 +740,80 @@ def serve(
             err_console.print("stopped: Serve drained and Ray shut down")
 
 
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    """``K/N`` (this process reads partitions ``p % N == K``) as a tuple, checked."""
+    if value is None:
+        return None
+    try:
+        k, n = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise _usage_error(f"--shard must look like K/N (e.g. 0/2), got {value!r}") from None
+    if not 0 <= k < n:
+        raise _usage_error(f"--shard K/N needs 0 <= K < N, got {value!r}")
+    return k, n
+
+
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="K/N: read only partitions p with p % N == K, so N processes split the topics "
+        "(both topics need the same partition count)."
+    ),
+]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.", min=1, max=65535),
+]
+
+
 @app.command()
 def updater(
     max_seconds: Annotated[
         float | None, typer.Option(help="Stop after this many seconds.", min=0)
     ] = None,
+    shard: ShardOpt = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
-    """Consume impressions and feedback from Kafka and update user state in the store."""
+    """Consume impressions and feedback from Kafka and update user state in the store.
+
+    Records that cannot be decoded are counted and put on the dead-letter topic.
+    """
+    from prometheus_client import CollectorRegistry
+
     from recsys.serving.wiring import build_fold
     from recsys.store import build_user_state_store
     from recsys.stream import OnlineUpdater, build_event_source
+    from recsys.stream.factory import build_dead_letter_sink
+    from recsys.stream.metrics import StatsExporter, serve_metrics
 
     settings = _settings()
     if not settings.stream.bootstrap:
         raise _fail("set RECSYS_STREAM__BOOTSTRAP to the Kafka bootstrap servers")
+    parts = _parse_shard(shard)
     fold = build_fold(settings)
     store = build_user_state_store(settings.store)
-    source = build_event_source(settings.stream)
+    dead_letters = build_dead_letter_sink(settings.stream)
+    source = build_event_source(settings.stream, shard=parts, dead_letters=dead_letters)
     stop = threading.Event()
     if max_seconds is not None:
         threading.Timer(max_seconds, stop.set).start()
+    worker = OnlineUpdater(source, store, settings.stream.consumer_name, fold)
+    server = None
+    if metrics_port is not None:
+        registry = CollectorRegistry()
+        lag = getattr(source, "lag", None)
+        StatsExporter("updater", lambda: worker.stats, registry, lag).start_in_thread(stop)
+        server = serve_metrics(registry, metrics_port)
     try:
-        OnlineUpdater(source, store, settings.stream.consumer_name, fold).run(stop)
+        worker.run(stop)
     except KeyboardInterrupt:
         pass
     finally:
+        stop.set()
+        if server is not None:
+            server.shutdown()
         source.close()
+        dead_letters.close()
         store.close()
 
 

@@ -150,6 +150,12 @@ class StreamSettings(BaseModel):
     publish_buffer: int = Field(
         100_000, ge=1, description="events the server holds while the broker is unreachable"
     )
+    dead_letter_topic: str = Field(
+        "dead-letters", min_length=1, description="where consumers put records they cannot use"
+    )
+    partitions: int = Field(
+        1, ge=1, le=1024, description="partitions of the event topics when this creates them"
+    )
 
 
 class AuthSettings(BaseModel):

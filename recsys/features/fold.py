@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.features.spec import FeatureSpec, half_life_factor
-from recsys.features.state import StateArray, StateCodec
+from recsys.features.state import BLOOM_HASHES, BLOOM_WORDS, StateArray, StateCodec
 from recsys.types import (
     Event,
     EventType,
@@ -83,6 +83,42 @@ def ts_seconds(ts: npt.ArrayLike) -> U32Array:
     """Server timestamps as whole seconds in ``[0, 2**32)`` (what the state stores)."""
     t = np.nan_to_num(np.asarray(ts, dtype=np.float64), nan=0.0, posinf=_U4_MAX, neginf=0.0)
     out: U32Array = np.clip(np.floor(t), 0, _U4_MAX).astype(np.uint32)
+    return out
+
+
+_BLOOM_MULT = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits mix well
+_BLOOM_BITS = 64 * BLOOM_WORDS
+
+
+def _bloom_bits(items: npt.ArrayLike) -> IntArray:
+    """Bit positions ``[..., BLOOM_HASHES]`` in ``[0, 256)`` of item ids: successive bytes of
+    the top of a multiplicative hash (uint64 arithmetic wraps, identically on every path)."""
+    h = np.asarray(items, dtype=np.int64).astype(np.uint64) * _BLOOM_MULT
+    shifts = np.array([56 - 8 * j for j in range(BLOOM_HASHES)], dtype=np.uint64)
+    bits: IntArray = ((h[..., None] >> shifts) % np.uint64(_BLOOM_BITS)).astype(np.int64)
+    return bits
+
+
+def slate_bloom(items: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    """The ``[B, BLOOM_WORDS]`` Bloom filter of each row of a slate matrix ``[B, S]`` (ids
+    ``< 0`` are empty slots and set nothing)."""
+    ids = np.asarray(items, dtype=np.int64)
+    bits = _bloom_bits(np.maximum(ids, 0)).reshape(ids.shape[0], -1)
+    valid = np.repeat(ids >= 0, BLOOM_HASHES, axis=1)
+    one = np.left_shift(np.uint64(1), (bits % 64).astype(np.uint64))
+    out = np.zeros((ids.shape[0], BLOOM_WORDS), dtype=np.uint64)
+    for w in range(BLOOM_WORDS):
+        hit = valid & (bits // 64 == w)
+        out[:, w] = np.bitwise_or.reduce(np.where(hit, one, np.uint64(0)), axis=1)
+    return out
+
+
+def bloom_contains(blooms: npt.NDArray[np.uint64], items: npt.ArrayLike) -> BoolArray:
+    """Whether each row's filter ``blooms[i]`` may hold ``items[i]`` (no false negatives)."""
+    bits = _bloom_bits(items)
+    words = np.take_along_axis(np.asarray(blooms, dtype=np.uint64), bits // 64, axis=1)
+    mask = np.left_shift(np.uint64(1), (bits % 64).astype(np.uint64))
+    out: BoolArray = np.all((words & mask) != 0, axis=1)
     return out
 
 
@@ -212,6 +248,9 @@ class EventFold:
         states["session_step"][r] = _saturating_add(states["session_step"][r], 1, _U2_MAX)
         states["prev_request"][r] = states["request"][r]
         states["request"][r] = np.asarray(requests, dtype=np.uint32)
+        states["prev_slate_bloom"][r] = states["slate_bloom"][r]
+        # Raw ids, not the catalog-clamped ones: a slate may show items newer than this catalog.
+        states["slate_bloom"][r] = slate_bloom(np.asarray(items, dtype=np.int64))
 
     def feedback(
         self,
@@ -225,19 +264,34 @@ class EventFold:
         """Apply one feedback event per row where it joins one of the row's last two impressions.
 
         ``requests`` are :func:`request_key` values, ``items`` the item each event is about,
-        ``values`` the event's value (dwell seconds for ``dwell``; ignored otherwise). Returns
-        the mask of rows it applied to (the rest are orphans and leave the state unchanged).
+        ``values`` the event's value (dwell seconds for ``dwell``; ignored otherwise). An event
+        joins when its request is the row's last or previous impression *and* its item was in
+        that slate (by the slate's Bloom filter), so feedback with an unknown request id, another
+        user's request id or an item the user was never shown changes nothing. Returns the mask
+        of rows it applied to (the rest are orphans and leave the state unchanged).
         """
         idx = np.arange(states.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
         req = np.asarray(requests, dtype=np.uint32)
+        all_items = np.broadcast_to(np.asarray(items, dtype=np.int64), idx.shape)
+        shown = np.where(all_items >= 0, all_items, 0)
         joined: BoolArray = np.asarray(
-            (states["request"][idx] == req) | (states["prev_request"][idx] == req),
+            (all_items >= 0)
+            & (
+                (
+                    (states["request"][idx] == req)
+                    & bloom_contains(states["slate_bloom"][idx], shown)
+                )
+                | (
+                    (states["prev_request"][idx] == req)
+                    & bloom_contains(states["prev_slate_bloom"][idx], shown)
+                )
+            ),
             dtype=np.bool_,
         )
         r = idx[joined]
         if r.size == 0:
             return joined
-        item = np.broadcast_to(np.asarray(items, dtype=np.int64), joined.shape)[joined]
+        item = all_items[joined]
         if kind == EventType.CLICK:
             theta = self.item_topics(item)
             for field in ("clicks_fast", "clicks_slow"):

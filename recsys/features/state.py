@@ -7,8 +7,7 @@ significant digits are plenty for a decayed count, and half the bytes of float32
 computes in float32 and rounds back after every update, on every path, so a state folded in
 the simulator and one folded by the online updater are bit for bit the same.
 
-Layout (``num_topics`` = T, ``recent_items`` = K), 61 + 8 T bytes (189 for T = 16; Redis
-``MEMORY USAGE`` reports 264 bytes for such a value under a 16-character key):
+Layout (``num_topics`` = T, ``recent_items`` = K), 125 + 8 T bytes (253 for T = 16):
 
 =================  ========  ==========================================================
 field              type      meaning
@@ -26,6 +25,9 @@ last_ts            u4        server time of the last impression (whole seconds)
 session_key        u4        hash of the current session id (0: none given)
 request            u4        hash of the last impression's request id (feedback joins it)
 prev_request       u4        the one before (late feedback for it still joins)
+slate_bloom        u8 x 4    256-bit Bloom filter of the last impression's items (3 bits per
+                               item): feedback on an item that was not in the slate is refused
+prev_slate_bloom   u8 x 4    the same for the impression before
 recent             i4 x K    last clicked items, newest first (-1: empty)
 ad_exposure        f2        decayed ads shown
 clicks_fast        f2 x T    decayed clicks per topic, fast (boredom)
@@ -45,7 +47,12 @@ import numpy.typing as npt
 
 from recsys.features.spec import FeatureSpec
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+
+#: 64-bit words of a slate's Bloom filter, and bits set per item. With 256 bits and 3 hashes a
+#: forged item passes for a 10-item slate with probability ~0.14% (~2% for 30 items).
+BLOOM_WORDS = 4
+BLOOM_HASHES = 3
 
 StateArray = npt.NDArray[np.void]
 """A batch of user states: a structured array with :func:`state_dtype` (one row per user)."""
@@ -73,6 +80,8 @@ def state_dtype(spec: FeatureSpec) -> np.dtype[Any]:
             ("session_key", "<u4"),
             ("request", "<u4"),
             ("prev_request", "<u4"),
+            ("slate_bloom", "<u8", (BLOOM_WORDS,)),
+            ("prev_slate_bloom", "<u8", (BLOOM_WORDS,)),
             ("recent", "<i4", (k,)),
             ("ad_exposure", "<f2"),
             ("clicks_fast", "<f2", (t,)),

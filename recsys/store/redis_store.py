@@ -2,8 +2,8 @@
 
 Key layout (``P`` is the key prefix):
 
-- ``P:s:{user_id}``: the user's packed state record (:mod:`recsys.features.state`, about 190
-  bytes for 16 topics; Redis reports 264 bytes of ``MEMORY USAGE`` for it). A plain string
+- ``P:s:{user_id}``: the user's packed state record (:mod:`recsys.features.state`, 253
+  bytes for 16 topics; Redis reports 328 bytes of ``MEMORY USAGE`` for it). A plain string
   is the smallest encoding Redis has for it: no hash overhead, one ``GET``/``MGET``.
 - ``P:offsets:{consumer}``: hash mapping partition key -> next offset to read.
 

@@ -18,6 +18,8 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,43 @@ class EventStreamError(RuntimeError):
 
 class EventPublishError(EventStreamError):
     """An event sink could not deliver events (broker unreachable, record rejected, timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record no consumer can use (bad JSON, unknown schema version, missing ids, absurd
+    values): kept, with where it came from and why, on the dead-letter topic."""
+
+    partition: str
+    offset: int
+    reason: str
+    payload: bytes
+
+
+DeadLetterHandler = Callable[[DeadLetter], None]
+"""Called by an event source for each record it skips (after counting it)."""
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """JSON with the original bytes in base64 (they may be anything, even invalid UTF-8)."""
+    return json.dumps(
+        {
+            "partition": letter.partition,
+            "offset": letter.offset,
+            "reason": letter.reason,
+            "payload": base64.b64encode(letter.payload).decode("ascii"),
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    """Inverse of :func:`encode_dead_letter` (for tools that inspect the dead-letter topic)."""
+    obj = json.loads(data)
+    return DeadLetter(
+        str(obj["partition"]), int(obj["offset"]), str(obj["reason"]),
+        base64.b64decode(obj["payload"]),
+    )  # fmt: skip
 
 
 def topic_for(event: Event, settings: StreamSettings) -> str:
@@ -201,7 +240,7 @@ def _decode_items(obj: dict[str, Any], prefix: str = "") -> tuple[SlateItem, ...
                 item_id=_int(raw, "item_id", where),
                 position=_int(raw, "position", where),
                 score=_float(raw, "score", where),
-                propensity=_float(raw, "propensity", where),
+                propensity=_probability(raw, "propensity", where),
             )
         )
     return tuple(items)
@@ -225,7 +264,7 @@ def _decode_impression(obj: dict[str, Any]) -> ImpressionEvent:
     return ImpressionEvent(
         request_id=_str(obj, "request_id"),
         user_id=_str(obj, "user_id"),
-        ts=_float(obj, "ts"),
+        ts=_ts(obj, "ts"),
         model_version=_str(obj, "model_version"),
         policy=_str(obj, "policy"),
         items=items,
@@ -249,9 +288,9 @@ def _decode_feedback(obj: dict[str, Any]) -> FeedbackEvent:
         item_id=_int(obj, "item_id"),
         event=event,
         value=_float(obj, "value"),
-        ts=_float(obj, "ts"),
+        ts=_ts(obj, "ts"),
         # Optional within v1 (added later): writers that predate it send none.
-        server_ts=_float(obj, "server_ts") if "server_ts" in obj else None,
+        server_ts=_ts(obj, "server_ts") if "server_ts" in obj else None,
     )
 
 
@@ -273,6 +312,26 @@ def _int(obj: dict[str, Any], key: str, where: str = "") -> int:
     # bool is an int subclass in Python; ``true`` is never a valid id or position.
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _INT64_LIMIT:
         raise EventDecodeError(f"field '{where}{key}' must be a non-negative int64")
+    return value
+
+
+#: Timestamps are seconds since the epoch that fit the state's u4 field (until 2106).
+MAX_TS = float(2**32)
+
+
+def _ts(obj: dict[str, Any], key: str, where: str = "") -> float:
+    value = _float(obj, key, where)
+    if not 0.0 <= value < MAX_TS:
+        raise EventDecodeError(
+            f"field '{where}{key}' must be seconds since the epoch in [0, 2**32)"
+        )
+    return value
+
+
+def _probability(obj: dict[str, Any], key: str, where: str = "") -> float:
+    value = _float(obj, key, where)
+    if not 0.0 < value <= 1.0:
+        raise EventDecodeError(f"field '{where}{key}' must be a probability in (0, 1]")
     return value
 
 

@@ -22,10 +22,13 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from recsys.config import StreamSettings
 from recsys.stream.events import (
+    DeadLetter,
+    DeadLetterHandler,
     EventDecodeError,
     EventPublishError,
     EventStreamError,
     decode_event,
+    encode_dead_letter,
     encode_event,
     topic_for,
 )
@@ -88,7 +91,11 @@ class KafkaEventSink:
     ) -> None:
         self._settings = settings
         if create_topics:
-            ensure_topics(bootstrap, (settings.impressions_topic, settings.feedback_topic))
+            ensure_topics(
+                bootstrap,
+                (settings.impressions_topic, settings.feedback_topic),
+                settings.partitions,
+            )
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             client_id="recsys-event-sink",
@@ -139,8 +146,54 @@ class KafkaEventSink:
             self._producer.close(timeout=10.0)
 
 
+class KafkaDeadLetterSink:
+    """Puts records a consumer skipped on the dead-letter topic (a :data:`DeadLetterHandler`).
+
+    Sends are asynchronous and never raise into the consumer: a dead letter that cannot be
+    delivered is logged and counted in :attr:`failed`, and the record stays counted as skipped.
+    Delivery is at least once (a consumer that restarts from older offsets skips, and reports,
+    the same record again).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, *, create_topic: bool = True) -> None:
+        if create_topic:
+            ensure_topics(bootstrap, (topic,))
+        self.topic = topic
+        self.sent = 0
+        self.failed = 0
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap, client_id="recsys-dead-letters", linger_ms=20,
+            max_block_ms=2_000,
+        )  # fmt: skip
+
+    def __call__(self, letter: DeadLetter) -> None:
+        try:
+            future = self._producer.send(
+                self.topic, value=encode_dead_letter(letter), key=letter.partition.encode()
+            )
+            future.add_errback(self._failed)
+            self.sent += 1
+        except KafkaError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failed += 1
+        _log.warning("could not put a record on the dead-letter topic %s: %s", self.topic, exc)
+
+    def close(self) -> None:
+        """Deliver what is queued (bounded wait) and close the producer."""
+        with contextlib.suppress(KafkaError):
+            self._producer.flush(timeout=5.0)
+        self._producer.close(timeout=5.0)
+
+
 class KafkaEventSource:
     """Reads events from every partition of ``topics`` with manual assignment (no group).
+
+    ``shard=(k, n)`` reads only partitions ``p`` with ``p % n == k`` of every topic, so ``n``
+    consumers split the stream. Producers key every event by user id, so with the same number
+    of partitions on both topics a user's impressions and feedback land on the same partition
+    number, and one shard sees all of them, in order.
 
     Positions come from :meth:`seek` (partitions not listed start at the beginning). Payloads
     that do not decode are skipped and counted in :attr:`decode_errors`; their offsets are
@@ -159,9 +212,15 @@ class KafkaEventSource:
         metadata_timeout_s: float = 10.0,
         fetch_max_wait_ms: int = 100,
         watermark_delay_s: float = 0.5,
+        shard: tuple[int, int] | None = None,
+        dead_letters: DeadLetterHandler | None = None,
     ) -> None:
         if not topics:
             raise ValueError("an event source needs at least one topic")
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
+        self._shard = shard
+        self._dead_letters = dead_letters
         topics = list(dict.fromkeys(topics))
         if create_topics:
             ensure_topics(bootstrap, topics, partitions_if_created)
@@ -196,7 +255,16 @@ class KafkaEventSource:
             while True:
                 found = self._consumer.partitions_for_topic(topic)
                 if found:
-                    assigned.extend(TopicPartition(topic, p) for p in sorted(found))
+                    mine = [
+                        p for p in sorted(found)
+                        if self._shard is None or p % self._shard[1] == self._shard[0]
+                    ]  # fmt: skip
+                    if not mine:
+                        raise EventStreamError(
+                            f"shard {self._shard} gets no partition of {topic!r} "
+                            f"({len(found)} partitions)"
+                        )
+                    assigned.extend(TopicPartition(topic, p) for p in mine)
                     break
                 if time.monotonic() >= deadline:
                     raise EventStreamError(f"topic {topic!r} has no partitions after {timeout_s}s")
@@ -248,6 +316,9 @@ class KafkaEventSource:
                 except EventDecodeError as exc:
                     self.decode_errors += 1
                     _log.warning("skipping undecodable record %s@%d: %s", key, msg.offset, exc)
+                    if self._dead_letters is not None:
+                        payload = msg.value if isinstance(msg.value, bytes) else b""
+                        self._dead_letters(DeadLetter(key, int(msg.offset), str(exc), payload))
                     continue
                 records.append(EventRecord(key, int(msg.offset), event))
         return records
@@ -261,6 +332,18 @@ class KafkaEventSource:
             if high is not None and self._consumer.position(tp) >= high:
                 key = partition_key(tp.topic, tp.partition)
                 out[key] = self._polled_at - self._watermark_delay_s
+        return out
+
+    def lag(self) -> dict[str, int]:
+        """Records between this source's position and the high-water mark of its last fetch,
+        per partition (partitions not fetched yet are left out)."""
+        out: dict[str, int] = {}
+        for tp in self._assigned:
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                out[partition_key(tp.topic, tp.partition)] = max(
+                    int(high) - int(self._consumer.position(tp)), 0
+                )
         return out
 
     def close(self) -> None:

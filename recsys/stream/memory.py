@@ -15,7 +15,15 @@ import time
 from collections.abc import Mapping, Sequence
 
 from recsys.config import StreamSettings
-from recsys.stream.events import EventDecodeError, decode_event, encode_event, topic_for
+from recsys.stream.events import (
+    DeadLetter,
+    DeadLetterHandler,
+    EventDecodeError,
+    decode_event,
+    encode_dead_letter,
+    encode_event,
+    topic_for,
+)
 from recsys.types import Event, EventRecord
 
 _log = logging.getLogger(__name__)
@@ -128,11 +136,22 @@ class InMemoryEventLog:
         """A writer into this log that routes by ``settings``' topics (default: the log's)."""
         return InMemoryEventSink(self, settings if settings is not None else self.settings)
 
-    def source(self, topics: Sequence[str] | None = None) -> InMemoryEventSource:
+    def source(
+        self, topics: Sequence[str] | None = None, dead_letters: DeadLetterHandler | None = None
+    ) -> InMemoryEventSource:
         """A reader with its own positions (default: the impressions and feedback topics)."""
         if topics is None:
             topics = (self.settings.impressions_topic, self.settings.feedback_topic)
-        return InMemoryEventSource(self, topics)
+        return InMemoryEventSource(self, topics, dead_letters)
+
+    def dead_letter_handler(self, topic: str | None = None) -> DeadLetterHandler:
+        """A handler that appends skipped records to ``topic`` (default: the settings')."""
+        name = topic or self.settings.dead_letter_topic
+
+        def handle(letter: DeadLetter) -> None:
+            self.append(name, encode_dead_letter(letter))
+
+        return handle
 
     # --- EventSink / EventSource through the built-in writer and cursor ------------------
 
@@ -198,10 +217,16 @@ class InMemoryEventSource:
     and payloads that fail to decode are skipped and counted in :attr:`decode_errors`.
     """
 
-    def __init__(self, log: InMemoryEventLog, topics: Sequence[str]) -> None:
+    def __init__(
+        self,
+        log: InMemoryEventLog,
+        topics: Sequence[str],
+        dead_letters: DeadLetterHandler | None = None,
+    ) -> None:
         if not topics:
             raise ValueError("an event source needs at least one topic")
         self._log = log
+        self._dead_letters = dead_letters
         self._topics = list(dict.fromkeys(topics))
         self._positions = dict.fromkeys(self._topics, 0)
         # Rotating the topic we read first keeps a busy topic from starving the others.
@@ -255,6 +280,8 @@ class InMemoryEventSource:
             except EventDecodeError as exc:
                 self.decode_errors += 1
                 _log.warning("skipping undecodable record %s@%d: %s", topic, offset, exc)
+                if self._dead_letters is not None:
+                    self._dead_letters(DeadLetter(partition_key(topic), offset, str(exc), data))
                 continue
             records.append(EventRecord(partition_key(topic), offset, event))
         return records
@@ -268,6 +295,14 @@ class InMemoryEventSource:
                 partition_key(t): now
                 for t in self._topics
                 if self._positions[t] >= self._log._topic(t).end
+            }
+
+    def lag(self) -> dict[str, int]:
+        """Records between this source's position and the end of each topic."""
+        with self._log._cond:
+            return {
+                partition_key(t): max(self._log._topic(t).end - self._positions[t], 0)
+                for t in self._topics
             }
 
     def close(self) -> None:

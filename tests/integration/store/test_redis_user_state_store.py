@@ -85,7 +85,7 @@ def _fifty_event_user(fold: EventFold) -> bytes:
     return fold.codec.encode(state)[0]
 
 
-def test_a_user_with_50_events_takes_at_most_300_bytes(
+def test_a_user_with_50_events_takes_at_most_340_bytes(
     store: RedisUserStateStore, unique_name: str
 ) -> None:
     rng = np.random.default_rng(0)
@@ -98,7 +98,8 @@ def test_a_user_with_50_events_takes_at_most_300_bytes(
     used = store.memory_usage(user_id)
 
     assert used is not None
-    assert used <= 300, f"{used} bytes in Redis for {len(record)} bytes of state"
+    # 340: 264 before the slate Bloom filters (64 bytes) that refuse forged feedback.
+    assert used <= 340, f"{used} bytes in Redis for {len(record)} bytes of state"
     back, known = fold.codec.decode([store.get(user_id)])
     assert known[0]
     assert back[0]["steps"] == 20

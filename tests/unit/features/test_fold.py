@@ -133,9 +133,9 @@ def test_codec_round_trips_and_refuses_other_layouts(fold: EventFold) -> None:
         codec.decode([b"\x09" + blobs[0][1:]])
 
 
-def test_state_size_is_61_plus_8_bytes_per_topic() -> None:
+def test_state_size_is_125_plus_8_bytes_per_topic() -> None:
     for t in (1, 16, 100):
-        assert StateCodec(FeatureSpec(num_topics=t)).nbytes == 61 + 8 * t
+        assert StateCodec(FeatureSpec(num_topics=t)).nbytes == 125 + 8 * t
 
 
 def _fold_steps_like_the_simulator(fold: EventFold, lives: list[list[Step]]) -> np.ndarray:
@@ -201,3 +201,46 @@ def test_every_path_folds_the_same_bytes(lives: list[list[Step]]) -> None:
 
     assert streamed.tobytes() == simulated.tobytes()
     assert one_by_one.tobytes() == simulated.tobytes()
+
+
+def test_forged_feedback_is_an_orphan_and_changes_nothing(fold: EventFold) -> None:
+    s = fold.codec.empty(2)
+    fold.fold_events(s, [0, 1], [_impression("a", [1, 2, 3]), _impression("b", [4, 5, 6])])
+    before = s.copy()
+    forged = [
+        _fb("zzz", 1, EventType.CLICK),  # a request id that was never issued
+        _fb("a", 7, EventType.CLICK),  # an item that was not in the slate
+        _fb("b", 4, EventType.CLICK),  # another user's request id (row 0 is user "a")
+        _fb("a", 9, EventType.LIKE),
+    ]
+    counts = fold.fold_events(s, [0] * len(forged), forged)
+    assert (counts.feedback, counts.orphans) == (0, 4)
+    assert s.tobytes() == before.tobytes()
+    counts = fold.fold_events(
+        s, [0, 0], [_fb("a", 3, EventType.CLICK), _fb("a", 1, EventType.LIKE)]
+    )
+    assert (counts.feedback, counts.orphans) == (2, 0)
+    assert s["clicks"][0] == 1 and s["likes"][0] == 1 and s["recent"][0, 0] == 3
+
+
+def test_late_feedback_must_name_an_item_of_the_previous_slate(fold: EventFold) -> None:
+    s = fold.codec.empty(1)
+    fold.fold_events(s, [0, 0], [_impression("a", [1, 2]), _impression("b", [3, 4])])
+    counts = fold.fold_events(
+        s, [0, 0], [_fb("a", 3, EventType.CLICK), _fb("a", 2, EventType.CLICK)]
+    )
+    assert (counts.feedback, counts.orphans) == (1, 1)
+    assert s["recent"][0, 0] == 2
+
+
+def test_slate_bloom_has_no_false_negatives_and_few_false_positives() -> None:
+    from recsys.features.fold import bloom_contains, slate_bloom
+
+    rng = np.random.default_rng(3)
+    slates = rng.integers(0, 1_000_000, size=(2000, 10))
+    blooms = slate_bloom(slates)
+    for slot in range(10):
+        assert bloom_contains(blooms, slates[:, slot]).all()
+    others = rng.integers(1_000_000, 2_000_000, size=(2000, 50))
+    rate = np.mean([bloom_contains(blooms, others[:, j]).mean() for j in range(50)])
+    assert rate < 0.005, rate  # theory for 10 items, 256 bits, 3 hashes: 0.14%
