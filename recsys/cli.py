@@ -990,6 +990,31 @@ def bench_serve(
     _emit(result, as_json, output)
 
 
+@bench_app.command("stream")
+def bench_stream(
+    events: Annotated[int, typer.Option(min=1_000, max=10_000_000)] = 200_000,
+    users: Annotated[int, typer.Option(min=1, max=10_000_000)] = 20_000,
+    rate: Annotated[float, typer.Option(help="events/s of the lag run", min=1.0)] = 2_000.0,
+    lag_seconds: Annotated[float, typer.Option(min=1.0, max=3600.0)] = 20.0,
+    joiner: Annotated[bool, typer.Option(help="Run the joiner beside the updater.")] = True,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Updater and joiner through real Redis and broker: events/s on a backlog, then
+    feedback-to-state lag at a fixed rate."""
+    from recsys.embedded import EmbeddedServiceError
+    from recsys.stream_bench import StreamBenchConfig, run_stream_benchmark
+
+    try:
+        cfg = StreamBenchConfig(
+            events=events, users=users, rate=rate, lag_seconds=lag_seconds, joiner=joiner
+        )
+        result = run_stream_benchmark(cfg, console=err_console)
+    except (RecsysError, EmbeddedServiceError, ValueError, TimeoutError, RuntimeError) as exc:
+        raise _fail(escape(str(exc))) from None
+    _emit(result, as_json, output)
+
+
 @users_app.command("import")
 def users_import(
     file: Annotated[

@@ -56,14 +56,16 @@ def test_empty_slate_round_trips() -> None:
 _text = st.text(min_size=1, max_size=20)
 _finite = st.floats(allow_nan=False, allow_infinity=False)
 _ids = st.integers(min_value=0, max_value=2**63 - 1)
+_times = st.floats(min_value=0.0, max_value=2.0**32, exclude_max=True)
+_probabilities = st.floats(min_value=0.0, max_value=1.0, exclude_min=True)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     request_id=_text,
     user_id=_text,
-    ts=_finite,
-    items=st.lists(st.tuples(_ids, _finite, _finite), max_size=8),
+    ts=_times,
+    items=st.lists(st.tuples(_ids, _finite, _probabilities), max_size=8),
 )
 def test_impression_round_trip_property(
     request_id: str, user_id: str, ts: float, items: list[tuple[int, float, float]]
@@ -80,7 +82,7 @@ def test_impression_round_trip_property(
 
 
 @settings(max_examples=60, deadline=None)
-@given(user_id=_text, item_id=_ids, kind=st.sampled_from(EventType), value=_finite, ts=_finite)
+@given(user_id=_text, item_id=_ids, kind=st.sampled_from(EventType), value=_finite, ts=_times)
 def test_feedback_round_trip_property(
     user_id: str, item_id: int, kind: EventType, value: float, ts: float
 ) -> None:
