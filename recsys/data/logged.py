@@ -1,10 +1,12 @@
 """The logged-feedback format: one Parquet row per impressed slot, for training and OPE.
 
 Every served (or simulated) slate becomes ``slate_size`` rows that share a ``request_id``. The
-row carries the slot's exact logging propensity, every observable signal, and the features
-the policy saw, so a log can train the candidate model (clicks as positives), train slate
+row carries the slot's logging propensities, every observable signal, and the features the
+policy saw, so a log can train the candidate model (clicks as positives), train slate
 policies offline, and be evaluated off-policy (IPS, SNIPS, DR, per-position estimators)
-without going back to the system that produced it.
+without going back to the system that produced it. A request may log fewer rows than its
+``slate_size`` (a *partial* slate): a join that lost slots, or a public bandit log such as
+the Open Bandit Dataset that records one impression per row (:mod:`recsys.data.obd`).
 
 Columns (``SCHEMA`` is the source of truth; ``docs/logged_feedback.md`` explains them):
 
@@ -20,10 +22,13 @@ user_idx               int64        dense user index (``-1`` when unknown)
 item_id                int64        dense catalog item id
 position               int16        slot, 0 = top
 slate_size             int16        slots in this slate
-propensity             float32      P(item at this slot | items above), logging policy
-slate_log_propensity   float32      log P(whole ordered slate), same for every slot
-position_propensity    float32      marginal P(this item at this position), logging policy
-                                    (for item-position estimators; exact or Monte Carlo)
+propensity             float32?     P(item at this slot | items above), logging policy
+                                    (null: unknown, e.g. a log that only has a marginal)
+slate_log_propensity   float32?     log P(whole ordered slate), same for every slot (null:
+                                    unknown)
+position_propensity    float32?     marginal P(this item at this position), logging policy
+                                    (for item-position estimators; exact or Monte Carlo;
+                                    null: unknown, e.g. a served log)
 policy                 string       logging policy name and version
 is_ad                  bool         the item is an ad
 click                  bool         clicked
@@ -39,15 +44,25 @@ hidden_ltv             float32      simulator only: ground-truth long-term value
 candidate_ids          list<i64>    v2: the request's candidate item ids in the order the
                                     logging policy saw them (same list on every slot row of
                                     a request; null on every row when not recorded)
+reward                 float32?     the learned reward of the slot's signals as the writer
+                                    computed it (null when it computed none)
 =====================  ===========  ==========================================================
+
+``?`` marks nullable columns; in :class:`LoggedFeedback` a null float is NaN. Every row knows
+at least one of ``propensity`` and ``position_propensity``; an estimator that needs the other
+refuses the log naming the column.
 
 File-level metadata records ``recsys.logged_feedback.version`` so readers can refuse files
 from an incompatible writer. Version 2 added ``candidate_ids``: with the candidate set, a
 *policy* (not just a column of its probabilities) can be evaluated off-policy, because its
 probabilities of the logged slates depend on the alternatives it could have picked. Readers
-accept v1 files (``candidate_ids`` is then ``None``). Writers may add further string metadata
+accept v1 files (``candidate_ids`` is then ``None``) and v1/v2 files written before
+``reward`` existed (``reward`` is then ``None``). Writers may add further string metadata
 (``recsys simulate`` records how to rebuild its simulator world), read back with
 :func:`read_logged_feedback_metadata`.
+
+A log is one Parquet file or a directory of them (:func:`logged_feedback_files`), e.g. the
+stream joiner's ``ROOT/rows/date=YYYY-MM-DD/*.parquet``.
 """
 
 from __future__ import annotations
@@ -61,6 +76,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 FORMAT_VERSION = "2"
@@ -92,18 +108,24 @@ _SCALARS: dict[str, pa.DataType] = {
     "skip": pa.bool_(),
     "hidden_ltv": pa.float32(),
 }
+#: Float columns where null means "unknown" (NaN in :class:`LoggedFeedback`).
+_UNKNOWABLE = ("propensity", "slate_log_propensity", "position_propensity")
 SCHEMA = pa.schema(
-    [pa.field(n, t, nullable=False) for n, t in _SCALARS.items()]
+    [pa.field(n, t, nullable=n in _UNKNOWABLE) for n, t in _SCALARS.items()]
     + [
         pa.field("user_features", pa.list_(pa.float32()), nullable=False),
         pa.field("item_features", pa.list_(pa.float32()), nullable=False),
         # Nullable so producers that do not know the candidate set (e.g. converted rollouts)
         # still write the current version; a file has it on every row or on none.
         pa.field("candidate_ids", pa.list_(pa.int64()), nullable=True),
+        # Added within v2: files written before it lack the column (read as None).
+        pa.field("reward", pa.float32(), nullable=True),
     ],
     metadata={_META_KEY: FORMAT_VERSION.encode()},
 )
 _FEATURES = ("user_features", "item_features")
+#: Columns a file may lack (older writers): ``candidate_ids`` (v1) and ``reward``.
+_OPTIONAL = ("candidate_ids", "reward")
 
 
 class LoggedFeedbackError(ValueError):
@@ -118,6 +140,11 @@ class LoggedFeedback:
     field is 1-D of length ``n`` with the dtype implied by :data:`SCHEMA`. ``candidate_ids``
     is ``[n, C]`` int64 (each row: its request's candidate item ids, which must contain the
     row's ``item_id``) or ``None`` when the producer did not record candidate sets (v1 files).
+    ``propensity``, ``slate_log_propensity`` and ``position_propensity`` are NaN where unknown
+    (null in Parquet); every row must know ``propensity`` or ``position_propensity``, and a
+    known one lies in (0, 1]. ``reward`` is float32 ``[n]`` (NaN where the writer computed
+    none) or ``None`` when no row has one. A request may log fewer rows than its
+    ``slate_size`` (a partial slate; positions stay distinct and below ``slate_size``).
     """
 
     request_id: npt.NDArray[np.str_]
@@ -144,11 +171,12 @@ class LoggedFeedback:
     user_features: npt.NDArray[np.float32]
     item_features: npt.NDArray[np.float32]
     candidate_ids: npt.NDArray[np.int64] | None = None
+    reward: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         n = len(self)
         for f in fields(self):
-            if f.name == "candidate_ids":
+            if f.name in _OPTIONAL:
                 continue
             value = getattr(self, f.name)
             if not isinstance(value, np.ndarray):
@@ -159,19 +187,25 @@ class LoggedFeedback:
                     f"{f.name} must have shape ({n}{', d' if want_ndim == 2 else ''}), "
                     f"got {value.shape}"
                 )
-        for name in ("propensity", "position_propensity"):
-            p = getattr(self, name)
-            if n and not np.all((p > 0) & (p <= 1)):
-                raise LoggedFeedbackError(f"{name} must lie in (0, 1] for every logged slot")
+        _check_propensities(self.propensity, self.position_propensity)
         if n and (self.position.min() < 0 or np.any(self.position >= self.slate_size)):
             raise LoggedFeedbackError("position must lie in [0, slate_size)")
         if self.candidate_ids is not None:
             object.__setattr__(
                 self, "candidate_ids", _checked_candidates(self.candidate_ids, self.item_id)
             )
+        object.__setattr__(self, "reward", _checked_reward(self.reward, n))
 
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
+
+    def take(self, rows: npt.ArrayLike) -> LoggedFeedback:
+        """The rows ``rows`` selects (a boolean mask or indices) as a new, validated batch."""
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = None if value is None else value[rows]
+        return type(self)(**values)
 
     @property
     def num_candidates(self) -> int | None:
@@ -179,9 +213,11 @@ class LoggedFeedback:
         return None if self.candidate_ids is None else int(self.candidate_ids.shape[1])
 
     def to_table(self) -> pa.Table:
-        """Arrow table in :data:`SCHEMA` (fixed-width rows become list columns)."""
+        """Arrow table in :data:`SCHEMA` (fixed-width rows become list columns; NaN in a
+        nullable float column becomes null)."""
         columns: dict[str, Any] = {
-            name: pa.array(getattr(self, name), type=t) for name, t in _SCALARS.items()
+            name: pa.array(getattr(self, name), type=t, from_pandas=name in _UNKNOWABLE)
+            for name, t in _SCALARS.items()
         }
         for name in _FEATURES:
             columns[name] = _list_column(np.asarray(getattr(self, name), dtype=np.float32))
@@ -190,15 +226,22 @@ class LoggedFeedback:
             if self.candidate_ids is None
             else _list_column(self.candidate_ids)
         )
+        columns["reward"] = (
+            pa.nulls(len(self), type=pa.float32())
+            if self.reward is None
+            else pa.array(self.reward, type=pa.float32(), from_pandas=True)
+        )
         return pa.Table.from_pydict(columns, schema=SCHEMA)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> LoggedFeedback:
         """Inverse of :meth:`to_table`; checks columns and types.
 
-        A table without ``candidate_ids`` (format v1) gives ``candidate_ids=None``.
+        A table without ``candidate_ids`` (format v1) gives ``candidate_ids=None``, one
+        without ``reward`` (older writers) ``reward=None``; columns outside :data:`SCHEMA`
+        (extra target columns, hive partition keys such as ``date``) are ignored.
         """
-        names = [n for n in SCHEMA.names if n != "candidate_ids" or n in table.column_names]
+        names = [n for n in SCHEMA.names if n not in _OPTIONAL or n in table.column_names]
         missing = set(names) - set(table.column_names)
         if missing:
             raise LoggedFeedbackError(f"logged feedback is missing columns {sorted(missing)}")
@@ -220,6 +263,13 @@ class LoggedFeedback:
             values[name] = col.astype(str) if pa.types.is_string(t) else col
         for name in _FEATURES:
             values[name] = _fixed_width(table.column(name), name, np.float32)
+        if "reward" in names:
+            col = table.column("reward")
+            values["reward"] = (
+                None
+                if col.null_count == len(col)
+                else col.to_numpy(zero_copy_only=False).astype(np.float32)
+            )
         if "candidate_ids" in names:
             col = table.column("candidate_ids")
             if col.null_count == len(col):
@@ -235,23 +285,78 @@ class LoggedFeedback:
 
     @classmethod
     def concat(cls, parts: list[LoggedFeedback]) -> LoggedFeedback:
-        """Concatenate batches (e.g. from several rollout workers)."""
+        """Concatenate batches (e.g. from several rollout workers or files).
+
+        Batches without rows are skipped (their feature widths are unknown); the others must
+        agree on the feature widths and the candidate-list length. ``reward`` is NaN for the
+        rows of batches without one.
+        """
         if not parts:
             raise LoggedFeedbackError("nothing to concatenate")
-        widths = {p.num_candidates for p in parts}
-        if len(widths) > 1:
-            raise LoggedFeedbackError(
-                f"candidate_ids differ between batches (candidates per request: "
-                f"{sorted(widths, key=lambda w: -1 if w is None else w)}); one file holds one "
-                "candidate-list length"
-            )
+        full = [p for p in parts if len(p)] or parts[:1]
+        for name in (*_FEATURES, "candidate_ids"):
+            widths = {
+                None if getattr(p, name) is None else int(getattr(p, name).shape[1]) for p in full
+            }
+            if len(widths) > 1:
+                what = "candidates per request" if name == "candidate_ids" else "widths"
+                raise LoggedFeedbackError(
+                    f"{name} differ between batches ({what}: "
+                    f"{sorted(widths, key=lambda w: -1 if w is None else w)}); one log holds one "
+                    f"{'candidate-list length' if name == 'candidate_ids' else 'feature width'}"
+                )
         values = {
-            f.name: np.concatenate([getattr(p, f.name) for p in parts])
+            f.name: np.concatenate([getattr(p, f.name) for p in full])
             for f in fields(cls)
-            if f.name != "candidate_ids"
+            if f.name not in _OPTIONAL
         }
-        cands = [p.candidate_ids for p in parts if p.candidate_ids is not None]
-        return cls(**values, candidate_ids=np.concatenate(cands) if cands else None)
+        cands = [p.candidate_ids for p in full if p.candidate_ids is not None]
+        rewards = None
+        if any(p.reward is not None for p in full):
+            rewards = np.concatenate(
+                [
+                    np.full(len(p), np.nan, np.float32) if p.reward is None else p.reward
+                    for p in full
+                ]
+            )
+        return cls(**values, candidate_ids=np.concatenate(cands) if cands else None, reward=rewards)
+
+
+def _check_propensities(
+    propensity: npt.NDArray[np.float32], position_propensity: npt.NDArray[np.float32]
+) -> None:
+    """Known (non-NaN) propensities lie in (0, 1]; every row knows at least one of them."""
+    known = {}
+    for name, p in (("propensity", propensity), ("position_propensity", position_propensity)):
+        if p.dtype.kind not in "fiu":
+            raise LoggedFeedbackError(f"{name} must be numeric, got dtype {p.dtype}")
+        known[name] = ~np.isnan(p)
+        bad = known[name] & ~((p > 0) & (p <= 1))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise LoggedFeedbackError(
+                f"{name} must lie in (0, 1] for every logged slot where it is known (null "
+                f"means unknown); row {i} has {float(p[i])!r}"
+            )
+    neither = ~known["propensity"] & ~known["position_propensity"]
+    if neither.any():
+        raise LoggedFeedbackError(
+            f"row {int(np.argmax(neither))} knows neither propensity nor position_propensity "
+            f"({int(neither.sum())} rows like it): every logged slot needs at least one"
+        )
+
+
+def _checked_reward(value: object, n: int) -> npt.NDArray[np.float32] | None:
+    """``reward`` as float32 ``[n]``, or ``None`` when absent or null on every row."""
+    if value is None:
+        return None
+    if not isinstance(value, np.ndarray) or value.shape != (n,) or value.dtype.kind not in "fiu":
+        shape = value.shape if isinstance(value, np.ndarray) else type(value).__name__
+        raise LoggedFeedbackError(
+            f"reward must be a numeric array of shape ({n},) or None, got {shape}"
+        )
+    out = value.astype(np.float32, copy=False)
+    return None if np.isnan(out).all() else out
 
 
 def _checked_candidates(value: object, item_id: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -280,13 +385,21 @@ def _list_column(mat: npt.NDArray[Any]) -> pa.ListArray:
     """A fixed-width ``[n, d]`` matrix as an Arrow list column (one list per row)."""
     mat = np.ascontiguousarray(mat)
     n, width = mat.shape
-    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(width)
     return pa.ListArray.from_arrays(offsets, pa.array(mat.reshape(-1)))
 
 
 def _fixed_width(column: pa.ChunkedArray, name: str, dtype: type[np.generic]) -> npt.NDArray[Any]:
     """A list column whose rows all have one length as an ``[n, d]`` matrix (else an error)."""
     col = column.combine_chunks()
+    inner = col.flatten()
+    if inner.null_count:
+        nulls = inner.is_null().to_numpy(zero_copy_only=False)
+        row = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)[int(np.argmax(nulls))]
+        raise LoggedFeedbackError(
+            f"column {name!r} holds {inner.null_count} null values inside its lists (first on "
+            f"row {int(row)}); the format does not allow nulls there"
+        )
     lengths = col.value_lengths().to_numpy(zero_copy_only=False)
     width = int(lengths[0]) if len(lengths) else 0
     if len(lengths) and np.any(lengths != width):
@@ -362,8 +475,37 @@ def write_logged_feedback(
         writer.write(batch)
 
 
+def logged_feedback_files(path: Path | str) -> list[Path]:
+    """The Parquet files a logged-feedback path stands for, in the order they are read.
+
+    A file is itself. A directory stands for every ``*.parquet`` under its ``rows/``
+    subdirectory when it has one (the stream joiner's layout: ``ROOT/rows/date=YYYY-MM-DD/``,
+    next to side data in ``ROOT/orphans/`` and ``ROOT/late/`` that is not logged feedback),
+    else every ``*.parquet`` under the directory itself; recursively, in sorted path order,
+    skipping files and folders whose names start with ``_`` or ``.`` and ``.tmp`` files
+    (writers' work in progress). Raises :class:`LoggedFeedbackError` for a missing path or a
+    directory without such files.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise LoggedFeedbackError(f"no logged-feedback file or directory at {path}")
+    root = path / "rows" if (path / "rows").is_dir() else path
+    files = sorted(
+        f
+        for f in root.rglob("*.parquet")
+        if f.is_file()
+        and not any(part.startswith(("_", ".")) for part in f.relative_to(root).parts)
+        and ".tmp" not in f.suffixes
+    )
+    if not files:
+        raise LoggedFeedbackError(f"no logged-feedback files under {path}")
+    return files
+
+
 def _checked_schema(path: Path) -> pa.Schema:
-    """The file's Parquet schema, refusing missing, foreign and unknown-version files."""
+    """One file's Parquet schema, refusing missing, foreign and unknown-version files."""
     path = Path(path)
     if not path.is_file():
         raise LoggedFeedbackError(f"no logged-feedback file at {path}")
@@ -381,19 +523,54 @@ def _checked_schema(path: Path) -> pa.Schema:
     return schema
 
 
-def read_logged_feedback(path: Path) -> LoggedFeedback:
-    """Read a logged-feedback Parquet file (v1 or v2), refusing other formats with a clear
-    error; v1 files come back with ``candidate_ids=None``."""
+def _read_file(path: Path) -> LoggedFeedback:
     _checked_schema(path)
-    return LoggedFeedback.from_table(pq.read_table(str(path)))
+    try:
+        # The file alone: no hive partition columns are inferred from its directory names.
+        table = pq.ParquetFile(str(path)).read()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LoggedFeedbackError(f"{path} cannot be read: {exc}") from exc
+    try:
+        return LoggedFeedback.from_table(table)
+    except LoggedFeedbackError as exc:
+        raise LoggedFeedbackError(f"{path}: {exc}") from exc
 
 
-def read_logged_feedback_metadata(path: Path) -> dict[str, str]:
-    """The file's string metadata (format version under ``recsys.logged_feedback.version``,
-    plus whatever the writer added), without reading the rows."""
-    schema = _checked_schema(path)
-    return {
-        k.decode(errors="replace"): v.decode(errors="replace")
-        for k, v in (schema.metadata or {}).items()
-        if k != b"ARROW:schema"
-    }
+def read_logged_feedback(path: Path | str) -> LoggedFeedback:
+    """Read a logged-feedback Parquet file or directory (v1 or v2), refusing other formats
+    with a clear error (:class:`LoggedFeedbackError`).
+
+    A directory is read as the concatenation of :func:`logged_feedback_files`; columns outside
+    the format (hive partition keys such as ``date``, extra target columns) are dropped. v1
+    files come back with ``candidate_ids=None``, files without ``reward`` with
+    ``reward=None``.
+    """
+    files = logged_feedback_files(path)
+    parts = [_read_file(f) for f in files]
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return LoggedFeedback.concat(parts)
+    except LoggedFeedbackError as exc:
+        raise LoggedFeedbackError(f"the files under {path} do not fit together: {exc}") from exc
+
+
+def read_logged_feedback_metadata(path: Path | str) -> dict[str, str]:
+    """The log's string metadata (format version under ``recsys.logged_feedback.version``,
+    plus whatever the writer added), without reading the rows.
+
+    For a directory, every file's version is checked; a key comes back when every file
+    holds it with one value, and the version is the newest among the files.
+    """
+    shared: dict[str, str] | None = None
+    versions: list[str] = []
+    for f in logged_feedback_files(path):
+        meta = {
+            k.decode(errors="replace"): v.decode(errors="replace")
+            for k, v in (_checked_schema(f).metadata or {}).items()
+            if k != b"ARROW:schema"
+        }
+        versions.append(meta[VERSION_KEY])
+        shared = meta if shared is None else {k: v for k, v in shared.items() if meta.get(k) == v}
+    assert shared is not None
+    return {**shared, VERSION_KEY: max(versions, key=int)}

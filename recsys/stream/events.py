@@ -251,8 +251,11 @@ def _decode_items_fast(raw_items: list[Any]) -> tuple[SlateItem, ...] | None:
         return None
     if props and not (min(props) > 0.0 and max(props) <= 1.0):
         return None
-    if scores and not math.isfinite(math.fsum(scores)):  # NaN/inf cannot come from JSON, but
-        return None  # an int too large for a double can
+    try:  # NaN/inf cannot come from JSON, but an int too large for a double can
+        if not all(map(math.isfinite, scores)):
+            return None
+    except OverflowError:
+        return None
     return tuple(map(SlateItem, ids, pos, map(float, scores), map(float, props)))
 
 

@@ -37,6 +37,15 @@ estimator       value
                 Unbiased under the ``iips`` assumption.
 ==============  ============================================================================
 
+Two families share the slate bootstrap. The *slate* estimators ``ips``, ``snips`` and ``dr``
+weigh whole slates, so they need the conditional propensities of both policies and every slot
+of every slate; the *item-position* estimators ``iips`` and ``position_dr`` need only the
+marginals of the logged slots, so they also run on partial slates, e.g. a public bandit log
+such as the Open Bandit Dataset that records one impression per row and only a marginal
+propensity (:mod:`recsys.data.obd`). A family runs when the target supplies its
+probabilities; a log that does not know the logging side's (null/NaN ``propensity`` or
+``position_propensity``, a partial slate) is then refused with an error naming the column.
+
 Without a caller's reward model, ``dr`` and ``position_dr`` use a per-position mean reward,
 cross-fitted over two folds of slates, as control variate (``qhat`` independent of the item,
 so ``qhat_pi = qhat``): that is IPS with a baseline, still unbiased, and ``dm`` is omitted
@@ -66,7 +75,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.data.logged import LoggedFeedback
+from recsys.data.logged import LoggedFeedback, LoggedFeedbackError, logged_feedback_files
 from recsys.types import FloatArray, IntArray
 
 Float64Array = npt.NDArray[np.float64]
@@ -127,6 +136,25 @@ def _probability_rows(
     return clipped
 
 
+def _known_probability_rows(values: npt.ArrayLike | None, name: str, n: int) -> Float64Array | None:
+    """Logging probabilities where NaN means unknown: known ones must lie in (0, 1]; ``None``
+    when no row knows one."""
+    if values is None:
+        return None
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from exc
+    if arr.shape != (n,):
+        raise ValueError(f"{name} has shape {arr.shape}, expected shape ({n},) (one value per row)")
+    known = ~np.isnan(arr)
+    if not known.any():
+        return None
+    checked = _probability_rows(np.where(known, arr, 1.0), name, n, allow_zero=False)
+    out: Float64Array = np.where(known, checked, np.nan)
+    return out
+
+
 def _int_rows(values: npt.ArrayLike, name: str, n: int) -> IntArray:
     raw = np.asarray(values)
     if raw.shape != (n,):
@@ -142,20 +170,23 @@ class LoggedSlates:
 
     Rows keep the caller's order, so per-row arrays (rewards, target propensities) line up
     with the source. ``slate[i]`` is the dense index of row ``i``'s slate, numbered by first
-    appearance; ``keys[s]`` is the caller's id of slate ``s`` (the ``request_id``). Every
-    slate holds positions ``0..S_s-1`` exactly once. ``propensity`` is the logging policy's
-    conditional ``mu(a_k | a_<k)`` in (0, 1]; ``position_propensity`` (optional, needed by
-    ``iips`` / ``position_dr``) its marginal ``mu(a_k @ k)``. Build with :meth:`from_arrays`
-    or :meth:`from_feedback`.
+    appearance; ``keys[s]`` is the caller's id of slate ``s`` (the ``request_id``).
+    ``slate_size[s]`` is the slate's number of slots and ``logged_slots[s]`` how many of them
+    the log holds (each position at most once); a slate is *complete* when they are equal.
+    ``propensity`` is the logging policy's conditional ``mu(a_k | a_<k)`` in (0, 1] (needed by
+    ``ips`` / ``snips`` / ``dr``), ``position_propensity`` its marginal ``mu(a_k @ k)`` (needed
+    by ``iips`` / ``position_dr``); either is NaN on rows where it is unknown and ``None``
+    when no row knows it. Build with :meth:`from_arrays` or :meth:`from_feedback`.
     """
 
     slate: IntArray
     position: IntArray
-    propensity: Float64Array
+    propensity: Float64Array | None
     position_propensity: Float64Array | None
     item_id: IntArray | None
     keys: npt.NDArray[Any]
     slate_size: IntArray
+    logged_slots: IntArray
 
     @property
     def n_rows(self) -> int:
@@ -167,31 +198,39 @@ class LoggedSlates:
         """Logged slates."""
         return int(self.slate_size.shape[0])
 
+    @property
+    def complete(self) -> bool:
+        """Whether every slate holds all of its slots."""
+        return bool(np.array_equal(self.logged_slots, self.slate_size))
+
     @classmethod
     def from_arrays(
         cls,
         slate_id: npt.ArrayLike,
         position: npt.ArrayLike,
-        propensity: npt.ArrayLike,
+        propensity: npt.ArrayLike | None,
         position_propensity: npt.ArrayLike | None = None,
         item_id: npt.ArrayLike | None = None,
+        slate_size: npt.ArrayLike | None = None,
     ) -> LoggedSlates:
         """Group rows by ``slate_id`` (any hashable dtype: request ids, ints) and validate.
 
-        Raises ``ValueError`` naming the problem: mismatched lengths, propensities outside
-        (0, 1], or a slate whose positions are not ``0..S-1`` each exactly once.
+        Without ``slate_size`` every slate must hold positions ``0..S-1`` exactly once (its
+        row count is ``S``). With ``slate_size`` (per row, one value per slate) a slate may
+        hold any distinct positions below it (a partial slate). Propensities are NaN where
+        unknown (``None``: unknown everywhere). Raises ``ValueError`` naming the problem:
+        no rows (:class:`~recsys.data.logged.LoggedFeedbackError`), mismatched lengths,
+        known propensities outside (0, 1], bad positions.
         """
         ids = np.asarray(slate_id)
-        if ids.ndim != 1 or ids.shape[0] == 0:
-            raise ValueError(f"slate_id must be a non-empty 1-D array, got shape {ids.shape}")
+        if ids.ndim != 1:
+            raise ValueError(f"slate_id must be a 1-D array, got shape {ids.shape}")
+        if ids.shape[0] == 0:
+            raise LoggedFeedbackError("the log has no rows: there is nothing to evaluate")
         n = int(ids.shape[0])
         pos = _int_rows(position, "position", n)
-        prop = _probability_rows(propensity, "propensity", n, allow_zero=False)
-        pos_prop = (
-            None
-            if position_propensity is None
-            else _probability_rows(position_propensity, "position_propensity", n, allow_zero=False)
-        )
+        prop = _known_probability_rows(propensity, "propensity", n)
+        pos_prop = _known_probability_rows(position_propensity, "position_propensity", n)
         items = None if item_id is None else _int_rows(item_id, "item_id", n)
 
         uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
@@ -200,13 +239,27 @@ class LoggedSlates:
         renumber[by_appearance] = np.arange(by_appearance.shape[0])
         slate = renumber[inverse.reshape(-1)].astype(np.int64)
         keys = uniq[by_appearance]
-        counts = np.bincount(slate, minlength=keys.shape[0]).astype(np.int64)
+        m = keys.shape[0]
+        counts = np.bincount(slate, minlength=m).astype(np.int64)
+        if slate_size is None:
+            sizes = counts
+        else:
+            declared = _int_rows(slate_size, "slate_size", n)
+            sizes = np.zeros(m, dtype=np.int64)
+            sizes[slate] = declared
+            differ = declared != sizes[slate]
+            if differ.any():
+                s = int(slate[int(np.argmax(differ))])
+                raise ValueError(
+                    f"slate {keys[s : s + 1].tolist()[0]!r} has rows with different "
+                    f"slate_size {sorted(set(declared[slate == s].tolist()))}"
+                )
 
         # Distinct non-negative positions that are all < the slate's row count are exactly
         # 0..count-1, so "in range" plus "no duplicate" proves contiguity.
-        bad = (pos < 0) | (pos >= counts[slate])
+        bad = (pos < 0) | (pos >= sizes[slate])
         if not bad.any():
-            cell = slate * int(counts.max()) + pos
+            cell = slate * int(sizes.max()) + pos
             sorted_cell = np.sort(cell)
             dup = sorted_cell[1:] == sorted_cell[:-1]
             if dup.any():
@@ -214,10 +267,12 @@ class LoggedSlates:
         if bad.any():
             s = int(slate[int(np.argmax(bad))])
             got = sorted(pos[slate == s].tolist())
-            raise ValueError(
-                f"slate {keys[s : s + 1].tolist()[0]!r} has positions {got}; every slate must "
-                "hold positions 0..S-1 exactly once"
+            rule = (
+                "every slate must hold positions 0..S-1 exactly once"
+                if slate_size is None
+                else f"positions must be distinct and below its slate_size {int(sizes[s])}"
             )
+            raise ValueError(f"slate {keys[s : s + 1].tolist()[0]!r} has positions {got}; {rule}")
         return cls(
             slate=slate,
             position=pos,
@@ -225,32 +280,61 @@ class LoggedSlates:
             position_propensity=pos_prop,
             item_id=items,
             keys=keys,
-            slate_size=counts,
+            slate_size=sizes,
+            logged_slots=counts,
         )
 
     @classmethod
     def from_feedback(cls, logs: LoggedFeedback) -> LoggedSlates:
-        """Group a :class:`LoggedFeedback` batch by ``request_id``; refuse truncated slates.
+        """Group a :class:`LoggedFeedback` batch by ``request_id`` with its declared
+        ``slate_size`` (a request may log fewer slots: a partial slate).
 
         Slate weights use the per-row ``propensity`` (their product), not
         ``slate_log_propensity``, so logging and target probabilities are computed alike.
+        Raises :class:`~recsys.data.logged.LoggedFeedbackError` for a log without rows.
         """
-        slates = cls.from_arrays(
+        if len(logs) == 0:
+            raise LoggedFeedbackError("the log has no rows: there is nothing to evaluate")
+        return cls.from_arrays(
             logs.request_id,
             logs.position,
             logs.propensity,
             position_propensity=logs.position_propensity,
             item_id=logs.item_id,
+            slate_size=logs.slate_size,
         )
-        declared = logs.slate_size.astype(np.int64)
-        short = declared != slates.slate_size[slates.slate]
+
+    def require_whole_slates(self, why: str) -> None:
+        """Refuse partial slates with a :class:`~recsys.data.logged.LoggedFeedbackError`
+        naming one; ``why`` completes "every slot of a slate is needed: ..."."""
+        short = self.logged_slots != self.slate_size
         if short.any():
-            i = int(np.argmax(short))
-            raise ValueError(
-                f"slate {str(logs.request_id[i])!r} has {slates.slate_size[slates.slate[i]]} rows "
-                f"but slate_size {declared[i]}: the log is missing slots"
+            s = int(np.argmax(short))
+            raise LoggedFeedbackError(
+                f"slate {self.keys[s : s + 1].tolist()[0]!r} has {int(self.logged_slots[s])} rows "
+                f"but slate_size {int(self.slate_size[s])} ({int(short.sum())} of "
+                f"{self.n_slates} slates are partial); {why}"
             )
-        return slates
+
+    def require_known(self, column: str, what: str) -> Float64Array:
+        """The ``propensity`` or ``position_propensity`` column, known on every row, else a
+        :class:`~recsys.data.logged.LoggedFeedbackError` naming the column and saying ``what``
+        needs it."""
+        values: Float64Array | None = getattr(self, column)
+        unknown = self.n_rows if values is None else int(np.isnan(values).sum())
+        if values is None or unknown:
+            other = (
+                "give the target's marginal position probabilities only (position_column) "
+                "for iips and position_dr"
+                if column == "propensity"
+                else "give the target's conditional probabilities only (target_column) for "
+                "ips, snips and dr"
+            )
+            raise LoggedFeedbackError(
+                f"the log's {column} is unknown (null) on {unknown} of {self.n_rows} rows, and "
+                f"{what}; {other}"
+            )
+        return values
 
 
 @dataclass(frozen=True, eq=False)
@@ -279,35 +363,32 @@ class RewardPredictions:
 class TargetPropensities:
     """What the target policy ``pi`` would have done on the logged slates, per logged row.
 
-    ``propensity[i] = pi(a_k | a_<k, x)`` (conditional; a slate's product is ``pi(slate)``),
-    ``position_propensity[i] = pi(a_k @ k | x)`` (marginal; optional, for ``iips`` and
-    ``position_dr``). Zero is allowed (a deterministic target never shows most slates).
-    ``position_propensity_stderr`` is the Monte Carlo standard error where the marginal was
-    estimated (see :func:`plackett_luce_target`); ``reward_predictions`` optionally carries a
-    reward model's predictions computed alongside.
+    ``propensity[i] = pi(a_k | a_<k, x)`` (conditional; a slate's product is ``pi(slate)``;
+    for ``ips``, ``snips`` and ``dr``), ``position_propensity[i] = pi(a_k @ k | x)``
+    (marginal; for ``iips`` and ``position_dr``). Either may be ``None`` (those estimators are
+    then not computed), not both. Zero is allowed (a deterministic target never shows most
+    slates). ``position_propensity_stderr`` is the Monte Carlo standard error where the
+    marginal was estimated (see :func:`plackett_luce_target`); ``reward_predictions``
+    optionally carries a reward model's predictions computed alongside.
     """
 
-    propensity: Float64Array
+    propensity: Float64Array | None
     position_propensity: Float64Array | None = None
     position_propensity_stderr: Float64Array | None = None
     reward_predictions: RewardPredictions | None = None
 
     def __post_init__(self) -> None:
-        raw = np.asarray(self.propensity)
+        given = self.propensity if self.propensity is not None else self.position_propensity
+        if given is None:
+            raise ValueError("the target needs propensity, position_propensity or both")
+        raw = np.asarray(given)
         n = raw.shape[0] if raw.ndim == 1 else -1
-        object.__setattr__(
-            self,
-            "propensity",
-            _probability_rows(self.propensity, "target propensity", n, allow_zero=True),
-        )
-        if self.position_propensity is not None:
-            object.__setattr__(
-                self,
-                "position_propensity",
-                _probability_rows(
-                    self.position_propensity, "target position_propensity", n, allow_zero=True
-                ),
-            )
+        for name in ("propensity", "position_propensity"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(
+                    self, name, _probability_rows(value, f"target {name}", n, allow_zero=True)
+                )
         if self.position_propensity_stderr is not None:
             object.__setattr__(
                 self,
@@ -320,50 +401,77 @@ class TargetPropensities:
     @property
     def n_rows(self) -> int:
         """Rows the probabilities are given for."""
-        return int(self.propensity.shape[0])
+        given = self.propensity if self.propensity is not None else self.position_propensity
+        assert given is not None
+        return int(given.shape[0])
+
+
+def _target_column_files(path: Path, column: str) -> list[Path]:
+    """The files of a log (a file or a directory) that carry ``column``, checked."""
+    try:
+        files = logged_feedback_files(path)
+    except LoggedFeedbackError as exc:
+        raise ValueError(f"no Parquet file at {path}: {exc}") from exc
+    for f in files:
+        try:
+            schema = pq.read_schema(str(f))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{f} is not a Parquet file: {exc}") from exc
+        if column not in schema.names:
+            raise ValueError(f"{f} has no column {column!r} (columns: {', '.join(schema.names)})")
+        kind = schema.field(column).type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            raise ValueError(f"column {column!r} must be numeric, found {kind}")
+    return files
 
 
 def load_target_column(path: Path | str, column: str) -> FloatArray:
-    """Read one numeric column (e.g. ``target_propensity``) from a logged-feedback Parquet file.
+    """Read one numeric column (e.g. ``target_propensity``) from a logged-feedback log.
 
     The logged format allows extra columns beyond its schema (readers select the schema's), so
     a caller can ship a target policy's per-row probabilities next to the log; rows come back
-    in file order, aligned with :func:`recsys.data.logged.read_logged_feedback`. Returns
-    float32 like the format's ``propensity``. Raises ``ValueError`` when the file or column is
-    missing, non-numeric or has nulls; range checks happen in :class:`TargetPropensities`.
+    in log order (a file, or every file of a directory in
+    :func:`~recsys.data.logged.logged_feedback_files` order), aligned with
+    :func:`recsys.data.logged.read_logged_feedback`. Returns float32 like the format's
+    ``propensity``. Raises ``ValueError`` when the log or column is missing, non-numeric or has
+    nulls; range checks happen in :class:`TargetPropensities`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no Parquet file at {path}")
-    try:
-        schema = pq.read_schema(str(path))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"{path} is not a Parquet file: {exc}") from exc
-    if column not in schema.names:
-        raise ValueError(f"{path} has no column {column!r} (columns: {', '.join(schema.names)})")
-    kind = schema.field(column).type
-    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
-        raise ValueError(f"column {column!r} must be numeric, found {kind}")
-    values = pq.read_table(str(path), columns=[column]).column(column)
-    if values.null_count:
-        raise ValueError(f"column {column!r} has {values.null_count} null values")
-    out: FloatArray = values.to_numpy().astype(np.float32)
+    files = _target_column_files(Path(path), column)
+    parts = [pq.ParquetFile(str(f)).read(columns=[column]).column(column) for f in files]
+    nulls = sum(p.null_count for p in parts)
+    if nulls:
+        raise ValueError(f"column {column!r} has {nulls} null values")
+    out: FloatArray = np.concatenate(
+        [p.to_numpy().astype(np.float32) for p in parts] or [np.zeros(0, np.float32)]
+    )
     return out
 
 
 def load_target_propensities(
-    path: Path | str, column: str, position_column: str | None = None
+    path: Path | str, column: str | None, position_column: str | None = None
 ) -> TargetPropensities:
-    """:class:`TargetPropensities` from extra columns of a logged-feedback file.
+    """:class:`TargetPropensities` from extra columns of a logged-feedback log.
 
     ``column`` holds the target's conditional per-slot probability (the ``propensity``
-    convention), ``position_column`` optionally its marginal position probability.
+    convention; for ``ips``, ``snips``, ``dr``), ``position_column`` its marginal position
+    probability (for ``iips``, ``position_dr``); give at least one. A column that is 0 on
+    every row is refused: the target then puts no mass on any logged action, so
+    importance-weighted estimates say nothing (IPS is 0 and SNIPS undefined by construction).
     """
+    if column is None and position_column is None:
+        raise ValueError("give a target column, a position column or both")
+    values: dict[str, Float64Array | None] = {}
+    for key, name in (("propensity", column), ("position_propensity", position_column)):
+        values[key] = None if name is None else load_target_column(path, name).astype(np.float64)
+        v = values[key]
+        if v is not None and v.size and not np.any(v > 0):
+            raise ValueError(
+                f"the target (column {name!r}) gives probability 0 to every logged slot: no "
+                "logged action is one it would take, so importance weighting has nothing to "
+                "reweight (IPS is 0 and SNIPS undefined by construction); check the column"
+            )
     return TargetPropensities(
-        propensity=load_target_column(path, column).astype(np.float64),
-        position_propensity=None
-        if position_column is None
-        else load_target_column(path, position_column).astype(np.float64),
+        propensity=values["propensity"], position_propensity=values["position_propensity"]
     )
 
 
@@ -429,9 +537,10 @@ def plackett_luce_target(
     ``candidate_scores[s, j]`` is the target's score of candidate ``j`` for slate ``s``
     (``[n_slates, C]``, slates in ``slates.keys`` order; ``-inf`` pads smaller candidate
     sets); ``logged_candidate[i]`` is the column of row ``i``'s logged item in its slate's
-    candidates. The target fills the same number of slots as the log.
+    candidates. The target fills ``slates.slate_size`` slots.
 
-    * Conditional propensities are exact: ``pi(a_k | a_<k) = exp z_{a_k} / (sum of exp z over
+    * Conditional propensities are exact (``None`` when some slate is partial: what sat above
+      a logged slot is then unknown): ``pi(a_k | a_<k) = exp z_{a_k} / (sum of exp z over
       candidates not in a_<k)``, normalisers accumulated with ``logaddexp`` (no cancellation).
     * Marginal position propensities ``pi(a_k @ k)`` have no closed form; they are estimated
       from ``M = n_samples`` Gumbel-top-k rankings per slate, Rao-Blackwellised: for each
@@ -498,15 +607,18 @@ def plackett_luce_target(
     z = np.where(finite, scaled, -np.inf)
     s_max = int(slates.slate_size.max())
 
-    # Exact conditionals: normaliser of slot k = chosen[k:] (+) everything never chosen.
-    chosen = np.full((m, s_max), -np.inf)
-    chosen[sid, pos] = z[sid, cand]
-    available = finite.copy()
-    available[sid, cand] = False
-    log_rest = _logsumexp_masked(z, available)
-    suffix = np.logaddexp.accumulate(chosen[:, ::-1], axis=1)[:, ::-1]
-    log_norm = np.logaddexp(suffix, log_rest[:, None])
-    conditional = np.exp(np.minimum(z[sid, cand] - log_norm[sid, pos], 0.0))
+    # Exact conditionals: normaliser of slot k = chosen[k:] (+) everything never chosen. A
+    # partial slate does not say what sat above a logged slot, so its conditional is unknown.
+    conditional = None
+    if slates.complete:
+        chosen = np.full((m, s_max), -np.inf)
+        chosen[sid, pos] = z[sid, cand]
+        available = finite.copy()
+        available[sid, cand] = False
+        log_rest = _logsumexp_masked(z, available)
+        suffix = np.logaddexp.accumulate(chosen[:, ::-1], axis=1)[:, ::-1]
+        log_norm = np.logaddexp(suffix, log_rest[:, None])
+        conditional = np.exp(np.minimum(z[sid, cand] - log_norm[sid, pos], 0.0))
 
     # Monte Carlo marginals, chunked over slates (rows sorted by slate to slice per chunk).
     rng = np.random.default_rng(seed)
@@ -754,10 +866,15 @@ def evaluate_off_policy(
     (from a column, :func:`load_target_propensities`, or :func:`plackett_luce_target`).
     ``reward_predictions`` (else ``target.reward_predictions``) feeds ``dm`` and the DR
     estimators; without either, DR uses a cross-fitted per-position mean baseline and ``dm``
-    is omitted. ``iips`` and ``position_dr`` need marginal position propensities from both
-    policies and are omitted otherwise. ``max_weight`` clips every importance weight (slate
-    and position) at that value. The bootstrap draws ``n_bootstrap`` slate resamples from
-    ``numpy.random.default_rng(seed)``; see the module docstring for the formulas.
+    is omitted. ``ips``, ``snips`` and ``dr`` run when the target gives ``propensity``;
+    ``iips`` and ``position_dr`` when it gives ``position_propensity``. The log must then know
+    the logging side's column on every row (and, for the slate estimators, hold whole slates),
+    else :class:`~recsys.data.logged.LoggedFeedbackError` names what is missing; a target
+    column that is 0 on every row is refused too (``ValueError``: no logged action has
+    mass under the target, so IPS is 0 and SNIPS undefined by construction). ``max_weight``
+    clips every importance weight (slate and position) at that value. The bootstrap draws
+    ``n_bootstrap`` slate resamples from ``numpy.random.default_rng(seed)``; see the module
+    docstring for the formulas.
 
     Returns ``{estimator name: OPEResult}`` in :data:`ESTIMATORS` order (``logged`` is the
     on-policy value of the logging policy, for reference).
@@ -784,6 +901,15 @@ def evaluate_off_policy(
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
 
+    for name in ("propensity", "position_propensity"):
+        p = getattr(target, name)
+        if p is not None and not np.any(p > 0):
+            raise ValueError(
+                f"the target's {name} is 0 on every logged row: it puts no mass on any logged "
+                "action, so importance weighting has nothing to reweight (IPS is 0 and SNIPS "
+                "undefined by construction)"
+            )
+
     sid = slates.slate
 
     def per_slate(x: Float64Array) -> Float64Array:
@@ -792,28 +918,40 @@ def evaluate_off_policy(
 
     ones = np.ones(m)
     slate_reward = per_slate(r)
-    with np.errstate(divide="ignore"):
-        log_w = per_slate(np.log(target.propensity)) - per_slate(np.log(slates.propensity))
-    if max_weight is not None:
-        log_w = np.minimum(log_w, math.log(max_weight) + 1.0)  # keeps exp finite; clipped below
-    with np.errstate(over="ignore"):
-        w_raw = np.exp(log_w)
-    if not np.isfinite(w_raw).all():
-        raise ValueError("a slate importance weight overflows float64; set max_weight")
-    w, clipped = _clip(w_raw, max_weight)
-    slate_diag = {"ess": _ess(w), "clipped_fraction": clipped, "mean_weight": float(w.mean())}
     plain = {"ess": float(m), "clipped_fraction": 0.0, "mean_weight": 1.0}
+    terms: dict[str, _Term] = {"logged": _Term(slate_reward, ones, **plain)}
 
-    terms: dict[str, _Term] = {
-        "logged": _Term(slate_reward, ones, **plain),
-        "ips": _Term(w * slate_reward, ones, **slate_diag),
-        "snips": _Term(w * slate_reward, w, **slate_diag),
-    }
+    w: Float64Array | None = None
+    slate_diag = plain
+    if target.propensity is not None:
+        logging_p = slates.require_known(
+            "propensity",
+            "ips, snips and dr need it on every row (a slate's weight is a product over its slots)",
+        )
+        slates.require_whole_slates(
+            "ips, snips and dr need every slot of a slate, the item-position estimators (iips, "
+            "position_dr: give only the target's marginals) only the logged ones"
+        )
+        with np.errstate(divide="ignore"):
+            log_w = per_slate(np.log(target.propensity)) - per_slate(np.log(logging_p))
+        if max_weight is not None:
+            log_w = np.minimum(log_w, math.log(max_weight) + 1.0)  # keeps exp finite; clipped below
+        with np.errstate(over="ignore"):
+            w_raw = np.exp(log_w)
+        if not np.isfinite(w_raw).all():
+            raise ValueError("a slate importance weight overflows float64; set max_weight")
+        w, clipped = _clip(w_raw, max_weight)
+        slate_diag = {"ess": _ess(w), "clipped_fraction": clipped, "mean_weight": float(w.mean())}
+        terms["ips"] = _Term(w * slate_reward, ones, **slate_diag)
+        terms["snips"] = _Term(w * slate_reward, w, **slate_diag)
 
     w_pos: Float64Array | None = None
     pos_diag = plain
-    if target.position_propensity is not None and slates.position_propensity is not None:
-        w_pos_raw = target.position_propensity / slates.position_propensity
+    if target.position_propensity is not None:
+        logging_marginal = slates.require_known(
+            "position_propensity", "iips and position_dr need it on every row"
+        )
+        w_pos_raw = target.position_propensity / logging_marginal
         w_pos, pos_clipped = _clip(w_pos_raw, max_weight)
         n_pos = int(slates.slate_size.max())
         s1 = np.bincount(slates.position, weights=w_pos, minlength=n_pos)
@@ -831,10 +969,11 @@ def evaluate_off_policy(
         terms["dm"] = _Term(per_slate(predictions.target), ones, **plain)
     else:
         predictions = _position_baseline(slates, r)
-    q_target = per_slate(predictions.target)
-    terms["dr"] = _Term(
-        q_target + w * (slate_reward - per_slate(predictions.logged)), ones, **slate_diag
-    )
+    if w is not None:
+        q_target = per_slate(predictions.target)
+        terms["dr"] = _Term(
+            q_target + w * (slate_reward - per_slate(predictions.logged)), ones, **slate_diag
+        )
     if w_pos is not None:
         terms["position_dr"] = _Term(
             per_slate(predictions.target + w_pos * (r - predictions.logged)), ones, **pos_diag

@@ -7,6 +7,7 @@ are those of :mod:`recsys.policy.evaluation.ope`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ def _slot_rewards(
     raise ValueError(f"reward must be click, engagement or learned, got {reward!r}")
 
 
+def _unknown_everywhere(values: FloatArray) -> bool:
+    return bool(np.isnan(values).all())
+
+
 def evaluate_ope_file(
     logs_path: Path | str,
     *,
@@ -65,16 +70,23 @@ def evaluate_ope_file(
     n_samples: int = 200,
     direct_method: bool = False,
 ) -> dict[str, Any]:
-    """IPS, SNIPS, DR (and IIPS / position DR where marginals exist) of a target policy on a
-    logged-feedback file, with bootstrap CIs. Exactly one of:
+    """IPS, SNIPS, DR and/or IIPS, position DR of a target policy on a logged-feedback file or
+    directory (:func:`~recsys.data.logged.read_logged_feedback`), with bootstrap CIs. The
+    target is exactly one of:
 
-    - ``target_column``: the target's per-row conditional probabilities, an extra column of
-      the file (``position_column``: optionally its marginal position probabilities);
+    - columns of the log: ``target_column``, the target's per-row conditional probabilities
+      (for ``ips``, ``snips``, ``dr``), and/or ``position_column``, its marginal position
+      probabilities (for ``iips``, ``position_dr``). A log that knows only marginals (null
+      ``propensity``, e.g. the Open Bandit Dataset, :mod:`recsys.data.obd`) or holds partial
+      slates takes ``position_column`` alone;
     - ``policy``: a spec re-run on the logged requests (``random``, ``boltzmann:T`` or a
       ``recsys train policy`` checkpoint directory;
       :mod:`recsys.policy.evaluation.ope_policies`). Needs
-      a log with candidate sets (format v2). Marginals come from ``n_samples`` Monte Carlo
-      slates per request. ``direct_method`` fits a cross-fitted item-position reward model
+      a log with candidate sets (format v2) and whole slates. Marginals come from
+      ``n_samples`` Monte Carlo slates per request; an estimator family whose logging
+      propensity the log does not record at all (null ``propensity`` or
+      ``position_propensity`` on every row, e.g. a served log without marginals) is left
+      out, with a note. ``direct_method`` fits a cross-fitted item-position reward model
       (:class:`~recsys.policy.evaluation.ope_policies.CrossFittedRewardModel`) as DR's
       control variate
       and reports ``dm``; that model ignores the context, so ``dm`` is biased toward the
@@ -84,11 +96,16 @@ def evaluate_ope_file(
     ``reward`` per logged slot: ``click``, ``engagement`` (dwell minutes) or ``learned``
     (``reward_model`` on the row's signals; a checkpoint's own learned reward by default).
     Returns JSON-ready estimates (``recsys.policy.evaluation.ope.evaluate_off_policy``); raises
-    ``ValueError`` for a missing column, a malformed file, probabilities outside [0, 1], a log
-    without candidate sets, or a checkpoint from another simulator.
+    ``ValueError`` (:class:`~recsys.data.logged.LoggedFeedbackError` for the log itself) for a
+    missing column, a malformed or empty log, probabilities outside [0, 1], a target with
+    probability 0 everywhere, a logging propensity an estimator needs but the log does not
+    know, a log without candidate sets, or a checkpoint from another simulator.
     """
-    if (target_column is None) == (policy is None):
-        raise ValueError("give exactly one of target_column and policy")
+    columns_given = target_column is not None or position_column is not None
+    if columns_given == (policy is not None):
+        raise ValueError(
+            "give exactly one of a policy and target columns (target_column and/or position_column)"
+        )
     path = Path(logs_path)
     logs = read_logged_feedback(path)
     if len(logs) == 0:
@@ -97,16 +114,14 @@ def evaluate_ope_file(
         [np.asarray(getattr(logs, name), dtype=np.float32) for name in SIGNAL_NAMES], axis=1
     )
     out: dict[str, Any] = {"logs": str(path), "rows": len(logs)}
+    notes: list[str] = []
     if policy is None:
         if direct_method:
             raise ValueError("direct_method needs a policy (candidate sets), not a target_column")
-        assert target_column is not None
         target = load_target_propensities(path, target_column, position_column)
         rewards = _slot_rewards(signals, reward, reward_model)
         out.update(target_column=target_column, position_column=position_column)
     else:
-        if position_column is not None:
-            raise ValueError("position_column goes with target_column, not with policy")
         meta = read_logged_feedback_metadata(path)
         simulator = (
             SimulatorSpec.from_json(meta[SIMULATOR_METADATA_KEY])
@@ -122,6 +137,25 @@ def evaluate_ope_file(
         target = target_propensities(
             requests, loaded.policy, n_samples=n_samples, seed=seed, reward_model=model
         )
+        if _unknown_everywhere(logs.position_propensity):
+            target = replace(target, position_propensity=None, position_propensity_stderr=None)
+            notes.append(
+                "the log records no position_propensity (marginal logging probabilities): "
+                "iips and position_dr are left out"
+            )
+        elif _unknown_everywhere(logs.propensity):
+            target = replace(target, propensity=None)
+            notes.append(
+                "the log records no propensity (conditional logging probabilities): ips, "
+                "snips and dr are left out"
+            )
+        for given in (target.propensity, target.position_propensity):
+            if given is not None and not np.any(given > 0):
+                raise ValueError(
+                    f"the target (policy {policy!r}) gives probability 0 to every logged slot: "
+                    "no logged action is one it would take, so importance weighting has nothing "
+                    "to reweight (IPS is 0 and SNIPS undefined by construction); check the policy"
+                )
         stderr = target.position_propensity_stderr
         out.update(
             policy=str(loaded.spec),
@@ -133,13 +167,6 @@ def evaluate_ope_file(
             max_position_propensity_stderr=None if stderr is None else float(stderr.max()),
             direct_method=direct_method,
         )
-    if not np.any(target.propensity > 0):
-        what = f"column {target_column!r}" if target_column else f"policy {policy!r}"
-        raise ValueError(
-            f"the target ({what}) gives probability 0 to every logged slot: no logged action "
-            "is one it would take, so importance weighting has nothing to reweight (IPS is 0 "
-            "and SNIPS undefined by construction); check the column or the policy"
-        )
     results = evaluate_off_policy(
         logs,
         target,
@@ -149,5 +176,7 @@ def evaluate_ope_file(
         seed=seed,
     )
     out["reward"] = reward
+    if notes:
+        out["notes"] = notes
     out["estimates"] = {name: r.as_dict() for name, r in results.items()}
     return out

@@ -134,11 +134,16 @@ class LoggedRequests:
 
     @classmethod
     def from_feedback(cls, logs: LoggedFeedback) -> LoggedRequests:
-        """Group rows by ``request_id``; refuse logs without candidate sets or whose rows of one
+        """Group rows by ``request_id``; refuse logs without candidate sets, with partial
+        slates (a slot's probability depends on the slots above it), or whose rows of one
         request disagree on the candidates or the user features (``ValueError`` naming it)."""
         _require_candidates(logs)
         assert logs.candidate_ids is not None
         slates = LoggedSlates.from_feedback(logs)
+        slates.require_whole_slates(
+            "re-running a policy needs every slot of a slate (a slot's probability depends on "
+            "the items above it)"
+        )
         sid, n, m = slates.slate, slates.n_rows, slates.n_slates
         rep = np.zeros(m, dtype=np.int64)
         rep[sid] = np.arange(n)  # any one row of each request
@@ -472,9 +477,8 @@ def _chunk_marginals(
         eq = None if q is None else q[ch.local, on_path, ch.position]
         return marg, zeros, eq
     if method == "plackett_luce":
-        chunk_slates = LoggedSlates.from_arrays(
-            ch.local, ch.position, requests.slates.propensity[ch.rows]
-        )
+        # Only the grouping matters here; the logging propensities are not read.
+        chunk_slates = LoggedSlates.from_arrays(ch.local, ch.position, None)
         est = plackett_luce_target(
             chunk_slates,
             np.where(valid, scores, -np.inf),

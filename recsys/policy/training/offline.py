@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from recsys.data.logged import LoggedFeedback, read_logged_feedback
+from recsys.data.logged import LoggedFeedback, LoggedFeedbackError, read_logged_feedback
 from recsys.policy.algorithms.reinforce import ReinforceTopKPolicy
 from recsys.policy.base import TrainableSlatePolicy
 from recsys.policy.batch import (
@@ -96,11 +96,13 @@ def logged_slates(logs: LoggedFeedback) -> LoggedSlateBatch:
     """Group rows into slates and order them within sessions (vectorised, no Python loops).
 
     Every slate must be complete and all slates the same size (the trainer's batches are
-    rectangular); violations raise ``ValueError`` naming the slate.
+    rectangular); violations raise ``ValueError`` naming the slate (a log without rows:
+    :class:`~recsys.data.logged.LoggedFeedbackError`). Propensities unknown in the log stay
+    NaN: the trainers do not read logging propensities.
     """
     n = len(logs)
     if n == 0:
-        raise ValueError("the log is empty")
+        raise LoggedFeedbackError("the log has no rows: there is nothing to train on")
     sizes = np.unique(logs.slate_size)
     if sizes.shape[0] != 1:
         raise ValueError(f"offline training needs one slate size, found {sizes.tolist()}")
@@ -110,7 +112,11 @@ def logged_slates(logs: LoggedFeedback) -> LoggedSlateBatch:
     counts = np.bincount(inverse, minlength=uniq.shape[0])
     if (counts != s).any():
         bad = int(np.argmax(counts != s))
-        raise ValueError(f"slate {uniq[bad]!r} has {counts[bad]} rows, expected {s}")
+        raise ValueError(
+            f"slate {uniq[bad]!r} has {counts[bad]} rows, expected {s}: offline training needs "
+            "whole slates (a partial slate, e.g. a one-impression-per-row bandit log, cannot "
+            "be replayed)"
+        )
     m = uniq.shape[0]
     # Slate-level keys from any of its rows (all rows of a slate share them).
     session = np.zeros(m, dtype=np.int64)

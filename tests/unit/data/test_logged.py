@@ -202,3 +202,181 @@ def test_one_file_holds_one_candidate_list_length(tmp_path: Path) -> None:
         LoggedFeedback.concat([with_candidates(make_batch()), make_batch(seed=1)])
     with pytest.raises(LoggedFeedbackError, match="may not set"):
         LoggedFeedbackWriter(tmp_path / "x.parquet", metadata={VERSION_KEY: "9"})
+
+
+# --- reward, unknown propensities, partial slates -------------------------------------------
+
+
+def test_reward_round_trips_with_nulls_and_is_none_without_one(tmp_path: Path) -> None:
+    reward = np.linspace(0.0, 1.0, 12, dtype=np.float32)
+    reward[3] = np.nan  # the writer computed none for this slot
+    batch = make_batch(reward=reward)
+    write_logged_feedback(tmp_path / "log.parquet", batch)
+    table = pq.read_table(tmp_path / "log.parquet")
+    assert table.column("reward").null_count == 1
+    back = read_logged_feedback(tmp_path / "log.parquet")
+    np.testing.assert_array_equal(back.reward, reward)
+    assert make_batch(reward=np.full(12, np.nan, np.float32)).reward is None
+    # A v2 file from before the column existed reads with reward None.
+    old = make_batch().to_table().drop_columns(["reward"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    assert read_logged_feedback(tmp_path / "old.parquet").reward is None
+    with pytest.raises(LoggedFeedbackError, match="reward must be"):
+        make_batch(reward=np.zeros(5, np.float32))
+
+
+def test_unknown_propensities_are_null_in_parquet_and_nan_in_numpy(tmp_path: Path) -> None:
+    nan = np.full(12, np.nan, np.float32)
+    served = make_batch(position_propensity=nan)  # a served log knows only the conditional
+    marginal_only = make_batch(propensity=nan, slate_log_propensity=nan)
+    for name, batch in (("served", served), ("marginal", marginal_only)):
+        path = tmp_path / f"{name}.parquet"
+        write_logged_feedback(path, batch)
+        table = pq.read_table(path)
+        column = "position_propensity" if name == "served" else "propensity"
+        assert table.column(column).null_count == 12
+        _assert_equal(read_logged_feedback(path), batch)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"propensity": np.full(12, np.nan, np.float32), "position_propensity": None},
+            "row 0 knows neither propensity nor position_propensity",
+        ),
+        ({"propensity": np.full(12, 2.0, np.float32)}, r"propensity must lie in \(0, 1\]"),
+        ({"position_propensity": np.full(12, -0.5, np.float32)}, "position_propensity must lie"),
+    ],
+)
+def test_each_row_needs_one_known_propensity_in_range(
+    override: dict[str, Any], message: str
+) -> None:
+    if override.get("position_propensity", 0) is None:
+        override["position_propensity"] = np.full(12, np.nan, np.float32)
+    with pytest.raises(LoggedFeedbackError, match=message):
+        make_batch(**override)
+
+
+def test_partial_slates_are_valid_logged_feedback() -> None:
+    # One impression per request at positions 1 and 2 of 3-slot slates (an OBD-style log).
+    batch = make_batch(
+        n_slates=2, slate=1, position=np.array([1, 2], np.int16), slate_size=np.full(2, 3, np.int16)
+    )
+    assert batch.request_id.tolist() == ["r0-0", "r0-1"]
+    assert len(batch) == 2
+    with pytest.raises(LoggedFeedbackError, match="position must lie"):
+        replace(batch, position=np.array([1, 3], np.int16))
+
+
+def test_take_selects_rows() -> None:
+    batch = with_candidates(make_batch(reward=np.arange(12, dtype=np.float32)))
+    part = batch.take(batch.position < 2)
+    assert len(part) == 6
+    assert part.reward is not None
+    assert part.candidate_ids is not None
+    np.testing.assert_array_equal(part.reward, [0, 1, 4, 5, 8, 9])
+
+
+# --- bad files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["user_features", "candidate_ids"])
+def test_a_null_inside_a_list_column_names_the_column(tmp_path: Path, column: str) -> None:
+    batch = with_candidates(make_batch())
+    table = batch.to_table()
+    rows = table.column(column).to_pylist()
+    rows[4][1] = None
+    kind = table.schema.field(column).type
+    i = table.schema.get_field_index(column)
+    pq.write_table(
+        table.set_column(i, pa.field(column, kind), pa.array(rows, kind)), tmp_path / "x.parquet"
+    )
+    with pytest.raises(
+        LoggedFeedbackError,
+        match=f"column '{column}' holds 1 null values inside its lists \\(first on row 4\\)",
+    ):
+        read_logged_feedback(tmp_path / "x.parquet")
+
+
+def test_concat_refuses_different_feature_widths_and_skips_empty_batches() -> None:
+    a, b = make_batch(), make_batch(seed=1, user_features=np.zeros((12, 7), np.float32))
+    with pytest.raises(LoggedFeedbackError, match="user_features differ between batches"):
+        LoggedFeedback.concat([a, b])
+    empty = a.take(np.zeros(12, dtype=bool))
+    assert len(LoggedFeedback.concat([empty, a, empty])) == len(a)
+
+
+# --- directories ---------------------------------------------------------------------------
+
+
+def _write(path: Path, batch: LoggedFeedback, **extra: pa.Array) -> None:
+    table = batch.to_table()
+    for name, column in extra.items():
+        table = table.append_column(name, column)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def test_a_joiner_directory_reads_its_rows_in_path_order(tmp_path: Path) -> None:
+    days = [make_batch(seed=s) for s in range(3)]
+    root = tmp_path / "joined"
+    # Written out of order; a hive "date" column in the file is dropped on read.
+    _write(root / "rows" / "date=2024-05-02" / "part-0.parquet", days[1])
+    _write(root / "rows" / "date=2024-05-01" / "part-1.parquet", days[0])
+    _write(
+        root / "rows" / "date=2024-05-03" / "part-0.parquet",
+        days[2],
+        date=pa.array(["2024-05-03"] * 12),
+    )
+    # Side data and writers' leftovers that are not logged feedback.
+    pq.write_table(pa.table({"x": [1]}), root / "rows" / "date=2024-05-03" / "_tmp.parquet")
+    pq.write_table(pa.table({"x": [1]}), root / "rows" / "date=2024-05-03" / ".x.parquet")
+    pq.write_table(pa.table({"x": [1]}), root / "rows" / "date=2024-05-03" / "p.tmp.parquet")
+    (root / "rows" / "_staging").mkdir()
+    pq.write_table(pa.table({"x": [1]}), root / "rows" / "_staging" / "p.parquet")
+    for side in ("orphans", "late"):
+        (root / side).mkdir()
+        pq.write_table(pa.table({"x": [1]}), root / side / "p.parquet")
+    _assert_equal(read_logged_feedback(root), LoggedFeedback.concat(days))
+    assert read_logged_feedback_metadata(root)[VERSION_KEY] == "2"
+    # Without rows/, every Parquet file under the directory is the log.
+    _assert_equal(read_logged_feedback(root / "rows"), LoggedFeedback.concat(days))
+
+
+def test_directory_metadata_keeps_what_every_file_agrees_on(tmp_path: Path) -> None:
+    write_logged_feedback(tmp_path / "a.parquet", make_batch(), metadata={"k": "1", "same": "x"})
+    write_logged_feedback(
+        tmp_path / "b.parquet", make_batch(seed=1), metadata={"k": "2", "same": "x"}
+    )
+    v1 = make_batch(seed=2).to_table().drop_columns(["candidate_ids", "reward"])
+    pq.write_table(
+        v1.replace_schema_metadata({VERSION_KEY: "1", "same": "x", "k": "3"}),
+        tmp_path / "c.parquet",
+    )
+    meta = read_logged_feedback_metadata(tmp_path)
+    assert meta == {VERSION_KEY: "2", "same": "x"}
+    assert len(read_logged_feedback(tmp_path)) == 36
+
+
+def test_bad_directories_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "rows").mkdir(parents=True)
+    with pytest.raises(LoggedFeedbackError, match="no logged-feedback files under"):
+        read_logged_feedback(tmp_path / "empty")
+    with pytest.raises(LoggedFeedbackError, match="no logged-feedback files under"):
+        read_logged_feedback_metadata(tmp_path / "empty")
+    with pytest.raises(LoggedFeedbackError, match="no logged-feedback file or directory"):
+        read_logged_feedback(tmp_path / "missing")
+    mixed = tmp_path / "mixed"
+    _write(mixed / "a.parquet", with_candidates(make_batch(), width=8))
+    _write(mixed / "b.parquet", with_candidates(make_batch(seed=1), width=6))
+    with pytest.raises(LoggedFeedbackError, match="do not fit together: candidate_ids differ"):
+        read_logged_feedback(mixed)
+    pq.write_table(pa.table({"x": [1]}), mixed / "c.parquet")
+    with pytest.raises(LoggedFeedbackError, match=r"c\.parquet is not logged-feedback format"):
+        read_logged_feedback(mixed)
+
+
+def test_a_directory_of_empty_files_reads_as_an_empty_log(tmp_path: Path) -> None:
+    write_logged_feedback(tmp_path / "rows" / "a.parquet", make_batch().take(slice(0, 0)))
+    assert len(read_logged_feedback(tmp_path)) == 0

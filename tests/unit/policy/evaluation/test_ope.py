@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.data.logged import LoggedFeedback, read_logged_feedback
+from recsys.data.logged import LoggedFeedback, LoggedFeedbackError, read_logged_feedback
 from recsys.policy.evaluation.ope import (
     ESTIMATORS,
     ItemPositionMeanModel,
@@ -579,7 +579,7 @@ def test_non_contiguous_positions_are_refused(
     [
         ([0.5, 0.0, 0.5], r"propensity must lie in \(0, 1\]; row 1"),
         ([0.5, 1.5, 0.5], r"propensity must lie in \(0, 1\]; row 1"),
-        ([0.5, np.nan, 0.5], "NaN"),
+        ([0.5, np.inf, 0.5], "NaN or inf"),
         ([0.5, 0.5], r"propensity has shape \(2,\), expected shape \(3,\)"),
     ],
 )
@@ -623,16 +623,122 @@ def test_bad_target_and_reward_inputs_are_refused() -> None:
         plackett_luce_target(logs, np.array([[0.0, -np.inf], [0.0, 0.0]]), [0, 1, 0])
 
 
-def test_truncated_slates_in_logged_feedback_are_refused() -> None:
+def test_partial_slates_run_item_position_estimators_only() -> None:
     log = simulate(10, seed=13)
     keep = np.ones(30, dtype=bool)
     keep[2] = False  # slot 2 of slate 0 is missing but slate_size still says 3
-    fields_ = {k: v[keep] for k, v in _feedback(log).__dict__.items() if isinstance(v, np.ndarray)}
-    with pytest.raises(ValueError, match="'req-0' has 2 rows but slate_size 3"):
-        LoggedSlates.from_feedback(LoggedFeedback(**fields_))
+    partial = _feedback(log).take(keep)
+    slates = LoggedSlates.from_feedback(partial)
+    assert not slates.complete
+    assert slates.slate_size[0] == 3
+    assert slates.logged_slots[0] == 2
+    assert log.target.position_propensity is not None
+    both = TargetPropensities(log.target.propensity[keep], log.target.position_propensity[keep])
+    with pytest.raises(LoggedFeedbackError, match="'req-0' has 2 rows but slate_size 3"):
+        evaluate_off_policy(partial, both, n_bootstrap=10)
+    marginal_only = TargetPropensities(None, log.target.position_propensity[keep])
+    res = evaluate_off_policy(partial, marginal_only, n_bootstrap=10)
+    assert list(res) == ["logged", "iips", "position_dr"]
 
 
 def test_dataclass_replace_keeps_validation() -> None:
     target = TargetPropensities(np.array([0.5, 0.5]))
     with pytest.raises(ValueError, match="position_propensity"):
         replace(target, position_propensity=np.array([0.5, 2.0]))
+
+
+# --- unknown propensities, partial slates, empty logs ---------------------------------------
+
+
+def test_one_impression_per_row_logs_run_the_item_position_estimators() -> None:
+    """The OBD layout: every row its own request, propensity unknown, the marginal known.
+    Per impression IIPS is the per-slate IIPS of the same rows divided by the slate size."""
+    log = simulate(3_000, seed=14)
+    n = log.item.shape[0]
+    nan = np.full(n, np.nan, np.float32)
+    rows = _feedback(
+        log,
+        request_id=np.array([f"imp-{i}" for i in range(n)]),
+        propensity=nan,
+        slate_log_propensity=nan,
+    )
+    assert log.target.position_propensity is not None
+    marginal = TargetPropensities(None, log.target.position_propensity)
+    per_row = evaluate_off_policy(rows, marginal, n_bootstrap=20)
+    assert list(per_row) == ["logged", "iips", "position_dr"]
+    assert per_row["iips"].n_slates == n
+    full = evaluate_off_policy(_feedback(log), marginal, n_bootstrap=0)
+    assert per_row["iips"].value * SLATE == pytest.approx(full["iips"].value, rel=1e-9)
+    # The slate estimators need the conditional propensity the log does not have.
+    with pytest.raises(
+        LoggedFeedbackError, match=r"propensity is unknown \(null\) on 9000 of 9000"
+    ):
+        evaluate_off_policy(rows, log.target, n_bootstrap=0)
+
+
+def test_a_served_log_without_marginals_refuses_item_position_estimators() -> None:
+    log = simulate(200, seed=15)
+    served = _feedback(log, position_propensity=np.full(600, np.nan, np.float32))
+    with pytest.raises(LoggedFeedbackError, match="position_propensity is unknown"):
+        evaluate_off_policy(served, log.target, n_bootstrap=0)
+    conditional = TargetPropensities(log.target.propensity)
+    assert list(evaluate_off_policy(served, conditional, n_bootstrap=0)) == [
+        "logged",
+        "ips",
+        "snips",
+        "dr",
+    ]
+
+
+def test_nan_logging_propensities_mean_unknown_in_arrays() -> None:
+    logs = LoggedSlates.from_arrays([0, 0, 1], [0, 1, 0], [0.5, np.nan, 0.5])
+    assert logs.propensity is not None
+    assert np.isnan(logs.propensity[1])
+    assert LoggedSlates.from_arrays([0, 0, 1], [0, 1, 0], [np.nan] * 3).propensity is None
+    with pytest.raises(LoggedFeedbackError, match="unknown"):
+        evaluate_off_policy(logs, TargetPropensities(np.full(3, 0.5)), slot_rewards=[1.0, 0.0, 0.0])
+
+
+def test_declared_slate_sizes_allow_partial_slates() -> None:
+    logs = LoggedSlates.from_arrays(
+        ["a", "b", "b"], [2, 0, 2], None, position_propensity=[0.2, 0.5, 0.1], slate_size=[3] * 3
+    )
+    assert logs.slate_size.tolist() == [3, 3]
+    assert logs.logged_slots.tolist() == [1, 2]
+    assert not logs.complete
+    with pytest.raises(ValueError, match=r"slate 'b' has positions \[0, 3\]; positions must be"):
+        LoggedSlates.from_arrays(["a", "b", "b"], [2, 0, 3], None, [0.2] * 3, slate_size=[3] * 3)
+    with pytest.raises(ValueError, match="different slate_size"):
+        LoggedSlates.from_arrays(["b", "b"], [0, 1], None, [0.2] * 2, slate_size=[3, 4])
+    with pytest.raises(ValueError, match="propensity, position_propensity or both"):
+        TargetPropensities(None)
+
+
+def test_plackett_luce_target_on_partial_slates_gives_marginals_only() -> None:
+    full = LoggedSlates.from_arrays(["s", "s", "s"], [0, 1, 2], np.full(3, 0.5))
+    partial = LoggedSlates.from_arrays(
+        ["s", "t"], [2, 1], None, position_propensity=[0.5, 0.5], slate_size=[3, 3]
+    )
+    scores = np.array([[0.3, -0.4, 1.1, 0.0]])
+    a = plackett_luce_target(full, scores, [2, 0, 1], n_samples=2_000, seed=0)
+    b = plackett_luce_target(partial, np.repeat(scores, 2, axis=0), [1, 0], n_samples=2_000, seed=0)
+    assert b.propensity is None
+    assert a.position_propensity is not None
+    assert b.position_propensity is not None
+    assert b.position_propensity[0] == pytest.approx(a.position_propensity[2], abs=0.05)
+
+
+def test_an_empty_log_says_it_has_no_rows() -> None:
+    empty = _feedback(simulate(10, seed=16)).take(slice(0, 0))
+    with pytest.raises(LoggedFeedbackError, match="the log has no rows"):
+        evaluate_off_policy(empty, TargetPropensities(np.zeros(0)), n_bootstrap=0)
+    with pytest.raises(LoggedFeedbackError, match="the log has no rows"):
+        LoggedSlates.from_arrays([], [], [])
+
+
+@pytest.mark.parametrize("name", ["propensity", "position_propensity"])
+def test_a_target_that_is_zero_everywhere_is_refused(name: str) -> None:
+    log = simulate(50, seed=17)
+    zeros = {"propensity": None, "position_propensity": None, name: np.zeros(150)}
+    with pytest.raises(ValueError, match=f"the target's {name} is 0 on every logged row"):
+        evaluate_off_policy(log.logs, TargetPropensities(**zeros), slot_rewards=log.click)

@@ -81,3 +81,43 @@ def test_a_target_with_probability_zero_everywhere_is_refused(tmp_path: Path) ->
     pq.write_table(table.set_column(j, "target_p", pa.array(some)), path)
     out = evaluate_ope_file(path, target_column="target_p", n_bootstrap=10)
     assert out["estimates"]["snips"]["value"] is not None
+
+
+def test_an_empty_directory_log_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "joined"
+    (root / "rows" / "date=2024-05-01").mkdir(parents=True)
+    with pytest.raises(LoggedFeedbackError, match="no logged-feedback files under"):
+        evaluate_ope_file(root, target_column="target_p", n_bootstrap=10)
+    pq.write_table(_logged_table().slice(0, 0), root / "rows" / "date=2024-05-01" / "p.parquet")
+    with pytest.raises(LoggedFeedbackError, match="holds no logged rows"):
+        evaluate_ope_file(root, target_column="target_p", n_bootstrap=10)
+
+
+def test_a_directory_log_evaluates_like_one_file(tmp_path: Path) -> None:
+    table = _logged_table()
+    pq.write_table(table, tmp_path / "one.parquet")
+    half = table.num_rows // 2
+    parts = tmp_path / "joined" / "rows"
+    for day, rows in (("2024-05-01", table.slice(0, half)), ("2024-05-02", table.slice(half))):
+        (parts / f"date={day}").mkdir(parents=True)
+        pq.write_table(rows, parts / f"date={day}" / "part-0.parquet")
+    (tmp_path / "joined" / "orphans").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "joined" / "orphans" / "o.parquet")
+    one = evaluate_ope_file(tmp_path / "one.parquet", target_column="target_p", n_bootstrap=20)
+    many = evaluate_ope_file(tmp_path / "joined", target_column="target_p", n_bootstrap=20)
+    assert many["estimates"] == one["estimates"]
+
+
+def test_a_position_column_of_zeros_is_refused(tmp_path: Path) -> None:
+    table = _logged_table().append_column("zeros", pa.array(np.zeros(_logged_table().num_rows)))
+    pq.write_table(table, tmp_path / "log.parquet")
+    with pytest.raises(ValueError, match=r"column 'zeros'.* gives probability 0"):
+        evaluate_ope_file(tmp_path / "log.parquet", position_column="zeros", n_bootstrap=10)
+
+
+def test_exactly_one_kind_of_target(tmp_path: Path) -> None:
+    pq.write_table(_logged_table(), tmp_path / "log.parquet")
+    with pytest.raises(ValueError, match="exactly one of"):
+        evaluate_ope_file(tmp_path / "log.parquet")
+    with pytest.raises(ValueError, match="exactly one of"):
+        evaluate_ope_file(tmp_path / "log.parquet", position_column="target_p", policy="random")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ from recsys.config import CatalogSettings, SimulatorSettings
 from recsys.data.logged import (
     VERSION_KEY,
     LoggedFeedback,
+    LoggedFeedbackError,
     LoggedFeedbackWriter,
     read_logged_feedback,
     read_logged_feedback_metadata,
@@ -147,6 +148,13 @@ def test_logs_the_target_cannot_be_rerun_on_are_refused() -> None:
         LoggedRequests.from_feedback(dup)
 
 
+def test_partial_slates_cannot_be_rerun() -> None:
+    logs = _feedback(np.array([[10, 11, 12, 13]]), np.array([[2, 0]]))
+    partial = replace(logs, slate_size=np.full(2, 3, dtype=np.int16))
+    with pytest.raises(LoggedFeedbackError, match="'r0000' has 2 rows but slate_size 3"):
+        LoggedRequests.from_feedback(partial)
+
+
 def test_policy_specs() -> None:
     assert parse_policy_spec("random").kind == "random"
     spec = parse_policy_spec("boltzmann:0.25")
@@ -241,7 +249,7 @@ T_LOGGER, T_TARGET = 1.0, 0.1
 
 
 def _rows(logs: LoggedFeedback, keep: np.ndarray) -> LoggedFeedback:
-    return LoggedFeedback(**{f.name: getattr(logs, f.name)[keep] for f in fields(LoggedFeedback)})
+    return logs.take(keep)
 
 
 @pytest.fixture(scope="module")
@@ -424,3 +432,25 @@ def test_direct_method_is_cross_fitted_and_opt_in(boltzmann_log: Path) -> None:
         evaluate_ope_file(boltzmann_log, target_column="propensity", direct_method=True)
     with pytest.raises(ValueError, match="exactly one of"):
         evaluate_ope_file(boltzmann_log)
+
+
+def test_a_served_directory_without_marginals_leaves_item_position_estimators_out(
+    boltzmann_log: Path, tmp_path: Path
+) -> None:
+    """A joined production log knows the slot propensities but not the marginals: the
+    policy path runs the slate estimators and says what it left out."""
+    logs = read_logged_feedback(boltzmann_log)
+    served = replace(logs, position_propensity=np.full(len(logs), np.nan, np.float32))
+    meta = read_logged_feedback_metadata(boltzmann_log)
+    meta.pop(VERSION_KEY)
+    half = len(served) // 2
+    for day, rows in (("2024-05-01", slice(0, half)), ("2024-05-02", slice(half, None))):
+        part = tmp_path / "rows" / f"date={day}" / "part-0.parquet"
+        with LoggedFeedbackWriter(part, metadata=meta) as writer:
+            writer.write(served.take(rows))
+    out = evaluate_ope_file(tmp_path, policy="random", n_bootstrap=20)
+    assert out["rows"] == len(logs)
+    assert list(out["estimates"]) == ["logged", "ips", "snips", "dr"]
+    assert "position_propensity" in out["notes"][0]
+    whole = evaluate_ope_file(boltzmann_log, policy="random", n_bootstrap=20)
+    assert out["estimates"]["ips"] == whole["estimates"]["ips"]
