@@ -20,6 +20,12 @@ What each scenario must show (issue 11):
   ``min_answered`` of the requests answered, degraded while it is down, normal within
   ``recovery_s`` of the restart; ``/healthz`` stays 200 while ``/readyz`` says 503, and
   ``/readyz`` is 200 again afterwards.
+- ``broker_pause``: the Kafka-protocol broker stopped (SIGSTOP) for ``fault_s``, then
+  continued (issue 10): every request is still answered (the servers buffer their events and
+  never block a response on the broker), no event the service accepted is lost, and the online
+  updater has processed every event on the topics within ``recovery_s`` plus the drain time.
+  (The embedded tansu keeps its log in memory, so a killed and restarted broker would come
+  back empty; a pause is the outage it can survive, as a real Kafka survives a restart.)
 - ``replica_kill``: one replica actor killed: at most ``max_failed`` of the requests fail,
   and Serve has all its replicas running again within ``replace_within_s``.
 
@@ -50,7 +56,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from recsys.config import ServingSettings, Settings
-from recsys.embedded import EmbeddedRedis
+from recsys.embedded import EmbeddedBroker, EmbeddedRedis
 from recsys.protocols import EventSource, UserStateStore
 from recsys.stream import build_event_source
 from recsys.types import FeedbackEvent, ImpressionEvent
@@ -75,7 +81,7 @@ __all__ = [
 #: Status recorded for a request that got no HTTP answer (timeout, refused, reset).
 NO_ANSWER = 0
 
-SCENARIOS = ("redis_pause", "redis_kill", "replica_kill")
+SCENARIOS = ("redis_pause", "redis_kill", "broker_pause", "replica_kill")
 
 #: What the checks of "while the fault lasts" leave out at each end: a request or probe sent
 #: this close to the fault may be served before it took hold (the store read of a batch
@@ -468,13 +474,13 @@ class EventLedger:
     to count what the service accepted but never logged."""
 
     def __init__(self, source: EventSource) -> None:
-        self._source = source
+        self.source = source
         self.impressions: set[str] = set()
         self.clicks: set[tuple[str, int]] = set()
 
     def read(self, timeout_s: float = 0.5) -> None:
         """Read what the topics hold now (waiting up to ``timeout_s`` for a first record)."""
-        while records := self._source.poll(1000, timeout_s):
+        while records := self.source.poll(1000, timeout_s):
             for r in records:
                 if isinstance(r.event, ImpressionEvent):
                     self.impressions.add(r.event.request_id)
@@ -521,6 +527,7 @@ class Stack:
     store: UserStateStore
     user_ids: list[str]
     ledger: EventLedger
+    broker: EmbeddedBroker | None = None
 
 
 def seed_users(url: str, user_ids: Sequence[str], timeout_s: float = 10.0) -> int:
@@ -563,11 +570,11 @@ def wait_for_states(
         time.sleep(0.2)
 
 
-def _resume(redis: EmbeddedRedis) -> None:
-    """SIGCONT ``redis`` (a stopped process cannot act on SIGTERM)."""
-    if redis.pid is not None:
+def _resume(process: EmbeddedRedis | EmbeddedBroker) -> None:
+    """SIGCONT ``process`` (a stopped process cannot act on SIGTERM)."""
+    if process.pid is not None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(redis.pid, signal.SIGCONT)
+            os.kill(process.pid, signal.SIGCONT)
 
 
 @contextmanager
@@ -597,6 +604,7 @@ def running_stack(
         settings = services.settings
         # Callbacks run in reverse: a Redis left SIGSTOPped is resumed before it is stopped.
         stack.callback(_resume, services.redis)
+        stack.callback(_resume, services.broker)
         if artifacts is None:
             with console.status("training the demo policy and retriever"):
                 train_skeleton(settings, progress=False)
@@ -611,7 +619,10 @@ def running_stack(
             stored = wait_for_states(store, user_ids, 0.95, 30.0)
         console.print(f"{seeded} of {cfg.users} users seeded, {stored} with a stored state")
         try:
-            yield Stack(url, settings, services.redis, store, user_ids, EventLedger(source))
+            yield Stack(
+                url, settings, services.redis, store, user_ids, EventLedger(source),
+                services.broker,
+            )  # fmt: skip
         finally:
             signals.hold()
 
@@ -737,6 +748,69 @@ def redis_kill(
     )
 
 
+def _processed_by_updater(stack: Stack, within_s: float) -> tuple[bool, dict[str, int]]:
+    """Whether the online updater's committed offsets reach the end of every topic partition
+    within ``within_s`` (state and offsets commit together: it processed everything)."""
+    source = stack.ledger.source
+    ends = source.end_offsets() if hasattr(source, "end_offsets") else {}
+    consumer = stack.settings.stream.consumer_name
+    deadline = time.monotonic() + within_s
+    while True:
+        committed = stack.store.offsets(consumer)
+        if ends and all(committed.get(p, 0) >= end for p, end in ends.items()):
+            return True, {p: committed.get(p, 0) - end for p, end in ends.items()}
+        if time.monotonic() >= deadline:
+            return False, {p: committed.get(p, 0) - end for p, end in ends.items()}
+        time.sleep(0.2)
+
+
+def broker_pause(
+    stack: Stack, cfg: ReliabilityConfig, progress: Progress | None = None
+) -> dict[str, Any]:
+    """The broker SIGSTOPped for ``fault_s`` under load, then SIGCONTed."""
+    broker = stack.broker
+    if broker is None or broker.pid is None:
+        raise RuntimeError("the broker is not running")
+    pid = broker.pid
+    steps = [
+        FaultStep(cfg.baseline_s, "paused", lambda: os.kill(pid, signal.SIGSTOP)),
+        FaultStep(cfg.baseline_s + cfg.fault_s, "resumed", lambda: os.kill(pid, signal.SIGCONT)),
+    ]
+    load = OpenLoopLoad(stack.url, cfg, stack.user_ids)
+    try:
+        trace = load.run(
+            cfg.duration_s, steps, cfg.seed + 3, _ticker(progress, "broker_pause", cfg.duration_s)
+        )
+    finally:
+        _resume(broker)
+    fault_at = trace.marks["paused"][1]
+    lifted_at, recovered_at = trace.marks["resumed"]
+    fig = figures(trace, fault_at, lifted_at, recovered_at, cfg)
+    during = _between(trace.answers, fault_at, lifted_at)
+    # The producers' buffers drain and the broker answers the requests it held: give them
+    # the time a producer's request timeout allows before counting anything as lost.
+    lost = stack.ledger.lost(trace, wait_s=60.0, settle_s=10.0)
+    processed, behind = _processed_by_updater(stack, within_s=60.0)
+    accepted = sum(f.status == 202 for f in trace.feedback)
+    checks = {
+        "answered": fig["ok"] == fig["requests"] > 0,
+        "no_hang": all(a.latency_s <= cfg.fast_s for a in during),
+        "no_event_lost": lost["impressions_lost"] == 0 and lost["clicks_lost"] == 0,
+        "all_processed": processed,
+    }
+    return _result(
+        "broker_pause",
+        f"broker SIGSTOPped {cfg.fault_s:g} s at {cfg.rate_rps:g} req/s: every request "
+        f"answered, none over {cfg.fast_s:g} s; every accepted event on the topics and folded "
+        "by the updater afterwards",
+        fig,
+        checks,
+        feedback_accepted=accepted,
+        lost_events=lost,
+        updater_offsets_vs_end=behind,
+    )
+
+
 def replica_kill(
     stack: Stack, cfg: ReliabilityConfig, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -798,6 +872,7 @@ def _haproxy_retry_on(serving: ServingSettings) -> str:
 RUNNERS: dict[str, Scenario] = {
     "redis_pause": redis_pause,
     "redis_kill": redis_kill,
+    "broker_pause": broker_pause,
     "replica_kill": replica_kill,
 }
 

@@ -334,6 +334,11 @@ class KafkaEventSource:
                 out[key] = self._polled_at - self._watermark_delay_s
         return out
 
+    def end_offsets(self) -> dict[str, int]:
+        """The next offset the broker would give in each assigned partition (asks it now)."""
+        ends = self._consumer.end_offsets(self._assigned)
+        return {partition_key(tp.topic, tp.partition): int(ends[tp]) for tp in self._assigned}
+
     def lag(self) -> dict[str, int]:
         """Records between this source's position and the high-water mark of its last fetch,
         per partition (partitions not fetched yet are left out)."""

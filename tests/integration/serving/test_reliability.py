@@ -72,3 +72,36 @@ def test_redis_kill_and_replica_kill_through_ray_serve(
     # Serve started a replacement and reports both replicas running again.
     assert replica["checks"]["replica_replaced"], replica
     assert replica["replaced_after_s"] > 0
+
+
+def test_broker_outage_loses_no_accepted_event(serving_stack: ServingStack, tmp_path: Path) -> None:
+    """The broker stopped for 10 s under HTTP traffic, then continued: every request answered,
+    every accepted impression and click on the topics, and the updater caught up with all."""
+    out = tmp_path / "reliability.json"
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "reliability.py"),
+            "--scenarios", "broker_pause",
+            "--baseline", "2", "--fault", "10", "--after", "5", "--users", "40",
+            "--artifacts", str(copy_trained(serving_stack, tmp_path / "artifacts", ("myopic",))),
+            "--output", str(out),
+        ],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    (broker,) = json.loads(out.read_text())["scenarios"]
+    assert broker["scenario"] == "broker_pause"
+    assert broker["phases"]["fault"]["requests"] > 0
+    # No response waited on the broker: all answered, and fast.
+    assert broker["ok"] == broker["requests"] > 0, broker["errors"]
+    assert broker["checks"]["no_hang"], broker["phases"]["fault"]
+    # Every accepted event reached the topics, and the updater folded all of them.
+    lost = broker["lost_events"]
+    assert lost["clicks"] == broker["feedback_accepted"] > 0
+    assert (lost["impressions_lost"], lost["clicks_lost"], lost["impressions_unlogged"]) == (
+        0,
+        0,
+        0,
+    )
+    assert broker["checks"]["all_processed"], broker["updater_offsets_vs_end"]
+    assert set(broker["updater_offsets_vs_end"].values()) == {0}
