@@ -220,7 +220,7 @@ def test_forged_feedback_is_an_orphan_and_changes_nothing(fold: EventFold) -> No
         s, [0, 0], [_fb("a", 3, EventType.CLICK), _fb("a", 1, EventType.LIKE)]
     )
     assert (counts.feedback, counts.orphans) == (2, 0)
-    assert s["clicks"][0] == 1 and s["likes"][0] == 1 and s["recent"][0, 0] == 3
+    assert (s["clicks"][0], s["likes"][0], s["recent"][0, 0]) == (1, 1, 3)
 
 
 def test_late_feedback_must_name_an_item_of_the_previous_slate(fold: EventFold) -> None:
