@@ -580,7 +580,12 @@ def evaluate_live_cmd(
 
 @evaluate_app.command("ope")
 def evaluate_ope(
-    logs: Annotated[Path, typer.Option(help="Logged-feedback Parquet file.")],
+    logs: Annotated[
+        Path,
+        typer.Option(
+            help="Logged-feedback Parquet file, or a directory of them (a joined dataset)."
+        ),
+    ],
     policy: Annotated[
         str | None,
         typer.Option(
@@ -626,8 +631,11 @@ def evaluate_ope(
     from recsys.data.logged import LoggedFeedbackError
     from recsys.policy.evaluation.ope_file import evaluate_ope_file
 
-    if (policy is None) == (target_column is None):
-        raise _fail("give exactly one of --policy and --target-column")
+    if (policy is None) == (target_column is None and position_column is None):
+        raise _fail(
+            "give --policy, or the target's probabilities as --target-column and/or "
+            "--position-column (not both kinds)"
+        )
     try:
         result = evaluate_ope_file(
             logs,
@@ -815,6 +823,71 @@ def updater(
         source.close()
         dead_letters.close()
         store.close()
+
+
+@app.command()
+def joiner(
+    dataset: Annotated[
+        str, typer.Option(help="Joined dataset root: a directory or an object-store URL.")
+    ],
+    wait_s: Annotated[
+        float, typer.Option(help="How long a slate waits for feedback (event time).", min=0.0)
+    ] = 30.0,
+    segment_rows: Annotated[
+        int, typer.Option(help="Commit a segment at this many rows.", min=1)
+    ] = 100_000,
+    segment_s: Annotated[
+        float, typer.Option(help="...or after this many seconds.", min=0.1)
+    ] = 10.0,
+    max_seconds: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds.", min=0)
+    ] = None,
+    shard: ShardOpt = None,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Join impressions with their feedback into training rows (logged-feedback format),
+    appended to a Parquet dataset exactly once; orphan and late feedback are kept apart."""
+    from prometheus_client import CollectorRegistry
+
+    from recsys.serving.wiring import load_newest_retrieval
+    from recsys.stream import build_event_source
+    from recsys.stream.joiner import JoinConfig, Joiner
+    from recsys.stream.metrics import StatsExporter, serve_metrics
+
+    settings = _settings()
+    if not settings.stream.bootstrap:
+        raise _fail("set RECSYS_STREAM__BOOTSTRAP to the Kafka bootstrap servers")
+    parts = _parse_shard(shard)
+    consumer = settings.stream.consumer_name if parts is None else (
+        f"{settings.stream.consumer_name}-{parts[0]}-of-{parts[1]}"
+    )  # fmt: skip
+    try:
+        config = JoinConfig(
+            consumer=consumer, wait_s=wait_s, segment_max_rows=segment_rows, segment_max_s=segment_s
+        )
+        table = load_newest_retrieval(settings).item_table
+    except (ValueError, RecsysError) as exc:
+        raise _fail(str(exc)) from None
+    source = build_event_source(settings.stream, shard=parts)
+    stop = threading.Event()
+    if max_seconds is not None:
+        threading.Timer(max_seconds, stop.set).start()
+    worker = Joiner(source, dataset, config, is_ad=None if table is None else table.is_ad)
+    server = None
+    if metrics_port is not None:
+        registry = CollectorRegistry()
+        lag = getattr(source, "lag", None)
+        StatsExporter("joiner", lambda: worker.stats, registry, lag).start_in_thread(stop)
+        server = serve_metrics(registry, metrics_port)
+    try:
+        worker.run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        if server is not None:
+            server.shutdown()
+        source.close()
 
 
 #: Exit code of ``recsys loadtest`` when the run completed but missed its SLO.

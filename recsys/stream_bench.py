@@ -189,40 +189,59 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
 Progress_ = Callable[[], int]
 
 
-def _rate(committed: Progress_, total: int, name: str, timeout_s: float) -> dict[str, Any]:
-    """Poll ``committed()`` until it reaches ``total``; the rate between the first and the last
-    movement (start-up excluded)."""
+def _rates(consumers: dict[str, Progress_], total: int, timeout_s: float) -> dict[str, Any]:
+    """Poll every consumer's ``committed()`` until all reach ``total``; each one's rate between
+    the first and the last movement of its count (start-up excluded), measured concurrently."""
     deadline = time.monotonic() + timeout_s
-    first: tuple[float, int] | None = None
-    last = (time.monotonic(), 0)
-    seen = committed()
-    while seen < total:
+    now = time.monotonic()
+    seen = {name: fn() for name, fn in consumers.items()}
+    before = {name: (now, n) for name, n in seen.items()}  # the last sample before it moved
+    first: dict[str, tuple[float, int]] = {}
+    last: dict[str, tuple[float, int]] = {}
+    while any(n < total for n in seen.values()):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} committed {seen} of {total} events in {timeout_s:.0f} s")
+            raise TimeoutError(f"consumers committed {seen} of {total} events in {timeout_s:.0f} s")
         time.sleep(0.02)
-        now, value = time.monotonic(), committed()
-        if value != seen:
-            if first is None:
-                first = last  # the last sample before the first movement
-            last = (now, value)
-        else:
-            last = (last[0], value) if first is not None else (now, value)
-        seen = value
-    assert first is not None or total == 0
-    start_t, start_n = first if first is not None else last
-    elapsed = max(last[0] - start_t, 1e-9)
-    return {
-        "events": int(seen - start_n),
-        "seconds": round(elapsed, 3),
-        "events_per_s": round((seen - start_n) / elapsed, 1),
-    }
+        now = time.monotonic()
+        for name, fn in consumers.items():
+            value = fn()
+            if value != seen[name]:
+                first.setdefault(name, before[name])
+                last[name] = (now, value)
+            elif name not in first:
+                before[name] = (now, value)
+            seen[name] = value
+    out: dict[str, Any] = {}
+    for name in consumers:
+        (t0, n0), (t1, n1) = first[name], last[name]
+        out[name] = {
+            "events": n1 - n0,
+            "seconds": round(t1 - t0, 3),
+            "events_per_s": round((n1 - n0) / max(t1 - t0, 1e-9), 1),
+        }
+    return out
 
 
-def run_stream_benchmark(
-    cfg: StreamBenchConfig,
-    console: Console | None = None,
-    joiner_progress: Callable[[Settings, Path], Progress_] | None = None,
-) -> dict[str, Any]:
+def joiner_progress(root: Path, consumer: str) -> Progress_:
+    """Events the joiner under ``consumer`` has committed: the offsets in its newest segment's
+    checkpoint (read without touching the writer's files)."""
+    import json
+
+    from recsys.stream.joined_dataset import ROWS, JoinedDataset
+
+    dataset = JoinedDataset(str(root))
+
+    def committed() -> int:
+        done = [f for f in dataset.files(ROWS, consumer) if not f.tmp]
+        if not done:
+            return 0
+        head = json.loads(dataset.read_checkpoint(done[-1].path))
+        return int(sum(head["offsets"].values()))
+
+    return committed
+
+
+def run_stream_benchmark(cfg: StreamBenchConfig, console: Console | None = None) -> dict[str, Any]:
     """Run both measurements (see the module docstring) and return the JSON-ready result."""
     from recsys.pipeline import train_skeleton
     from recsys.services import StopSignals, start_embedded
@@ -262,19 +281,20 @@ def run_stream_benchmark(
             )
         )
         joined: Progress_ | None = None
-        if cfg.joiner and joiner_progress is not None:
+        if cfg.joiner:
             stack.enter_context(
                 _process(
-                    [*recsys_cli, "joiner", "--dataset", str(root / "joined")],
+                    [*recsys_cli, "joiner", "--dataset", str(root / "joined"), "--segment-s", "1"],
                     _consumer_env(settings, JOINER),
                     root / "joiner.log",
                 )
             )
-            joined = joiner_progress(settings, root / "joined")
+            joined = joiner_progress(root / "joined", JOINER)
         with console.status("updater and joiner consuming the backlog"):
-            throughput = {"updater": _rate(updated, cfg.events, "updater", 900)}
+            consumers = {"updater": updated}
             if joined is not None:
-                throughput["joiner"] = _rate(joined, cfg.events, "joiner", 900)
+                consumers["joiner"] = joined
+            throughput = _rates(consumers, cfg.events, 900)
         console.print(f"throughput: {throughput}")
         lag = _measure_lag(settings, traffic, cfg, store, console)
         console.print(f"lag: {lag}")

@@ -11,11 +11,11 @@ them and neither skips nor repeats an event, and a second updater racing it writ
 Ordering across topics. Impressions and feedback arrive on different topics, and a consumer
 may read a click before its slate, or the next slate before the click. The fold must see a
 user's events in the order they happened (a slate, its feedback, the next slate), so the
-updater folds in server-time order (:func:`recsys.types.event_time`) behind a watermark: a
-batch only folds events older than what every partition is known to have delivered (the last
-event read from it, or, for a partition read to its end, the source's
-:meth:`~recsys.protocols.EventSource.caught_up` time). The rest of a partition is left for the
-next batch, which re-reads it from the committed offsets. Feedback whose slate is not among
+updater folds in server-time order (:func:`recsys.types.event_time`) behind the shared
+:class:`~recsys.stream.watermark.Watermark`: a batch only folds events older than what every
+partition is known to have delivered (the last event read from it, or, for a partition read to
+its end, the source's :meth:`~recsys.protocols.EventSource.caught_up` time). The rest of a
+partition is held for the next batch. Feedback whose slate is not among
 the user's last two is an orphan: counted, and it changes nothing. Records held back stay
 in memory (the source keeps reading ahead, so a partition that is behind is always reached);
 they are not committed, so a crash re-reads them from the stored offsets.
@@ -24,7 +24,6 @@ they are not committed, so a crash re-reads them from the stored offsets.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ import numpy as np
 
 from recsys.features import EventFold, StateDecodeError
 from recsys.protocols import EventSource, UserStateStore
-from recsys.types import EventRecord, ImpressionEvent, event_time
+from recsys.stream.watermark import Watermark
+from recsys.types import EventRecord
 
 _log = logging.getLogger(__name__)
 
@@ -87,9 +87,8 @@ class OnlineUpdater:
         self.fold = fold
         self.stats = UpdaterStats()
         self._needs_seek = True
-        # Records read but not folded yet (newer than the watermark), in read order.
-        self._buffer: list[EventRecord] = []
-        self._marks: dict[str, float] = {}
+        # Records read but not folded yet (newer than the watermark).
+        self._watermark = Watermark()
         self._committed: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,7 +96,7 @@ class OnlineUpdater:
     @property
     def waiting(self) -> bool:
         """True while records newer than the watermark are held back for a later batch."""
-        return bool(self._buffer)
+        return self._watermark.held > 0
 
     def run_once(self, max_records: int = 500, timeout_s: float = 0.2) -> int:
         """Poll one batch and commit what can be folded now; return records committed.
@@ -109,10 +108,10 @@ class OnlineUpdater:
             if self._needs_seek:
                 self._committed = self.store.offsets(self.consumer)
                 self.source.seek(self._committed)
-                self._buffer, self._marks = [], {}
+                self._watermark.reset()
                 self._needs_seek = False
             records = self.source.poll(max_records, timeout_s)
-            if not records and not self._buffer:
+            if not records and not self._watermark.held:
                 return 0
             applied = self._apply(records)
         except BaseException:
@@ -124,31 +123,18 @@ class OnlineUpdater:
         return applied
 
     def _apply(self, records: Sequence[EventRecord]) -> int:
-        for r in records:
-            t = event_time(r.event)
-            self._marks[r.partition] = max(self._marks.get(r.partition, -math.inf), t)
-        pending = [*self._buffer, *records]
-        taken, held = self._below_watermark(pending)
-        stats = UpdaterStats(batches=1, records=len(taken), held_back=len(held))
+        # In server-time order; at equal times a slate before its feedback (see Watermark).
+        taken = [k.record for k in self._watermark.advance(records, self.source)]
+        stats = UpdaterStats(batches=1, records=len(taken), held_back=self._watermark.held)
         if not taken:
-            self._buffer = held
             self.stats.held_back += stats.held_back
             return 0
         users = list(dict.fromkeys(r.event.user_id for r in taken))
         row_of = {u: i for i, u in enumerate(users)}
         states, stats.reset_states = self._decode(self.store.get_many(users))
 
-        # A user's events in server-time order; at equal times a slate before its feedback.
-        order = sorted(
-            range(len(taken)),
-            key=lambda i: (
-                event_time(taken[i].event),
-                not isinstance(taken[i].event, ImpressionEvent),
-                i,
-            ),
-        )
         counts = self.fold.fold_events(
-            states, [row_of[taken[i].event.user_id] for i in order], [taken[i].event for i in order]
+            states, [row_of[r.event.user_id] for r in taken], [r.event for r in taken]
         )
         stats.impressions = counts.impressions
         stats.feedback = counts.feedback
@@ -164,35 +150,8 @@ class OnlineUpdater:
             expected={p: self._committed.get(p) for p in next_offsets},
         )
         self._committed.update(next_offsets)
-        self._buffer = held
         self.stats.add(stats)
         return len(taken)
-
-    def _below_watermark(
-        self, records: Sequence[EventRecord]
-    ) -> tuple[list[EventRecord], list[EventRecord]]:
-        """Split ``records`` into the prefix of every partition older than the watermark
-        (folded now) and the rest (held back).
-
-        A partition's watermark is the newest event read from it, or its caught-up time when
-        it has been read to its end; a batch may fold what is older than every partition's
-        watermark, since nothing older can still arrive.
-        """
-        marks = dict.fromkeys(self.source.partitions(), -math.inf)
-        marks.update(self._marks)
-        for p, t in self.source.caught_up().items():
-            marks[p] = max(marks.get(p, -math.inf), t)
-        safe = min(marks.values(), default=math.inf)
-        blocked: set[str] = set()
-        taken: list[EventRecord] = []
-        held: list[EventRecord] = []
-        for r in records:
-            if r.partition in blocked or event_time(r.event) > safe:
-                blocked.add(r.partition)
-                held.append(r)
-            else:
-                taken.append(r)
-        return taken, held
 
     def _decode(self, blobs: list[bytes | None]) -> tuple[np.ndarray, int]:
         try:
