@@ -9,12 +9,18 @@ or returns something other than a
 :class:`~recsys.policy.training.envs.BatchSlateEnv` is one too. As with ``uvicorn
 module:app``, the current directory is importable (and so is every directory given as
 ``search_path``, on the workers too).
+
+``module:factory@PYTHON`` runs the env under another interpreter (e.g. the simulator's own
+virtualenv, with its old dependencies) in a child process, behind
+:class:`~recsys.policy.training.bridge.ProcessEnv`; there the factory's env speaks plain
+arrays (see :mod:`recsys.policy.training.bridge`) and nothing is imported here.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,21 +41,29 @@ class ImportedEnvFactory:
     """``module:attribute`` of an env factory ``worker_index -> BatchSlateEnv`` (picklable).
 
     ``search_path``: directories put on ``sys.path`` before importing (where the caller
-    found the module), so a Ray worker started elsewhere finds it too.
+    found the module), so a Ray worker started elsewhere finds it too. ``python``: an
+    interpreter to run the env under, in its own process (``None``: in this process).
     """
 
     spec: str
     search_path: tuple[str, ...] = ()
+    python: str | None = None
 
     @classmethod
     def resolve(cls, spec: str, search_path: Sequence[str] | None = None) -> ImportedEnvFactory:
         """Check ``spec`` (``module:factory``) imports to a callable, here and now.
 
-        ``search_path`` defaults to the current directory.
+        ``search_path`` defaults to the current directory. ``module:factory@PYTHON`` is only
+        checked for its form and its interpreter here (the module is the child's to import,
+        so it fails when the first env is built).
         """
         paths = tuple(os.path.abspath(p) for p in (search_path or [os.getcwd()]))
-        factory = cls(spec.strip(), paths)
-        factory.load()
+        target, at, python = spec.strip().partition("@")
+        factory = cls(target.strip(), paths, _interpreter(python.strip()) if at else None)
+        if factory.python is None:
+            factory.load()
+        else:
+            factory._parts()
         return factory
 
     def _parts(self) -> tuple[str, str]:
@@ -85,6 +99,16 @@ class ImportedEnvFactory:
 
     def __call__(self, worker_index: int) -> BatchSlateEnv:
         """Build worker ``worker_index``'s env; a clear error when that fails."""
+        if self.python is not None:
+            from recsys.policy.training.bridge import ProcessEnv
+
+            self._parts()
+            return ProcessEnv(
+                self.spec,
+                python=self.python,
+                search_path=self.search_path,
+                worker_index=worker_index,
+            )
         factory = self.load()
         try:
             env = factory(worker_index)
@@ -99,3 +123,14 @@ class ImportedEnvFactory:
                 "recsys.policy.training.envs.GymSlateEnv)"
             )
         return env
+
+
+def _interpreter(python: str) -> str:
+    """The ``@PYTHON`` of an ``--env``: a path (made absolute, links kept: a virtualenv's
+    ``python`` is one) or a name on ``PATH``; it must be an executable file."""
+    if not python:
+        raise CustomEnvError("--env module:factory@PYTHON needs an interpreter after '@'")
+    found = os.path.abspath(python) if os.sep in python else shutil.which(python)
+    if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        raise CustomEnvError(f"--env ...@{python}: no executable Python interpreter there")
+    return found
