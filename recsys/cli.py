@@ -252,7 +252,8 @@ def train_policy_cmd(
         str | None,
         typer.Option(
             help="Train on your own environment instead of the simulator: module:factory, "
-            "factory(worker_index) -> BatchSlateEnv (docs/policy.md). Writes checkpoint-<algo>."
+            "factory(worker_index) -> BatchSlateEnv (docs/policy.md); module:factory@PYTHON runs "
+            "it under that interpreter in its own process. Writes checkpoint-<algo>."
         ),
     ] = None,
     config_file: Annotated[
@@ -455,7 +456,7 @@ def evaluate_env_cmd(
         str,
         typer.Option(
             help="Your environment: module:factory, factory(worker_index) -> BatchSlateEnv "
-            "(docs/policy.md)."
+            "(docs/policy.md); module:factory@PYTHON runs it under that interpreter."
         ),
     ],
     policies: Annotated[
@@ -888,6 +889,150 @@ def joiner(
         if server is not None:
             server.shutdown()
         source.close()
+
+
+@app.command()
+def learner(
+    dataset: Annotated[
+        str, typer.Option(help="Joined dataset root the joiner writes: a directory or a URL.")
+    ],
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(help="Artifact root serving reads (default: settings.artifacts.root)."),
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Policy to learn: slateq or reinforce (default: settings).")
+    ] = None,
+    staging: Annotated[
+        Path | None,
+        typer.Option(
+            help="Candidates, gate decisions and the cursor (default: learner-staging next to "
+            "the artifact root). Never the artifact root itself."
+        ),
+    ] = None,
+    consumer: Annotated[
+        str | None, typer.Option(help="Only this joiner consumer's segments (default: all).")
+    ] = None,
+    publish_every_rows: Annotated[
+        int, typer.Option(help="Publish a candidate every this many joined rows.", min=1)
+    ] = 100_000,
+    heldout_fraction: Annotated[
+        float, typer.Option(help="Share of sessions held out for the gate.", min=0.0, max=1.0)
+    ] = 0.2,
+    margin: Annotated[
+        float,
+        typer.Option(help="Slate reward a candidate may lose and still be promoted (gate)."),
+    ] = 0.0,
+    poll_s: Annotated[
+        float, typer.Option(help="Seconds between looks for new segments.", min=0.05)
+    ] = 5.0,
+    max_seconds: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds.", min=0)
+    ] = None,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Learn online from joined rows and promote candidates that pass the promotion gate.
+
+    Tails the joined dataset's committed segments (a cursor in the staging directory means a
+    restart never trains on a row twice; the learner itself restarts from the newest promoted
+    version), publishes a candidate every --publish-every-rows rows and promotes it into the
+    artifact root, where serving hot-reloads it, only when held-out logs say it is not worse
+    than the version serving (by more than --margin). Ctrl-C or SIGTERM stops after the
+    current segment. Exit codes: 0 stopped; 2 bad options, no dataset or no checkpoint.
+    """
+    import math
+
+    from prometheus_client import CollectorRegistry
+
+    from recsys.policy.gate import GateConfig
+    from recsys.policy.online import OnlineConfig
+    from recsys.stream.learner_loop import (
+        LearnerLoop,
+        LearnerLoopError,
+        LoopStats,
+        register_model_version,
+    )
+    from recsys.stream.metrics import StatsExporter, serve_metrics
+
+    settings = _settings()
+    name = policy or settings.policy.name
+    if name not in ("slateq", "reinforce"):
+        raise _usage_error(
+            f"--policy must be slateq or reinforce (a learning policy), not {name!r}"
+        )
+    if not math.isfinite(margin):
+        raise _usage_error(f"--margin must be a finite number, got {margin}")
+    root = artifacts or settings.artifacts.root
+    exploration = settings.policy.exploration
+    try:
+        online = OnlineConfig(
+            publish_every_rows=publish_every_rows, heldout_fraction=heldout_fraction
+        )
+        gate = GateConfig(
+            margin=margin,
+            exploration=None if exploration == "policy" else exploration,
+            epsilon=settings.policy.epsilon,
+            temperature=settings.policy.temperature,
+        )
+        loop = LearnerLoop.open(
+            dataset,
+            root,
+            name,
+            staging or root.parent / "learner-staging",
+            online=online,
+            gate=gate,
+            consumer=consumer,
+        )
+    except (LearnerLoopError, ValueError) as exc:
+        raise _usage_error(str(exc)) from None
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # The first signal stops after the current segment; a second one interrupts.
+        stop.set()
+        restore()
+
+    def report(stats: LoopStats) -> None:
+        console.print(
+            f"rows {stats.rows} segments {stats.segments} updates {stats.updates} candidates "
+            f"{stats.candidates} promoted {stats.promotions} refused {stats.refusals} model "
+            f"{escape(stats.model_version)}"
+        )
+
+    main = threading.current_thread() is threading.main_thread()
+    server = None
+    try:
+        if main:
+            for s in previous:
+                signal.signal(s, on_signal)
+        if metrics_port is not None:
+            registry = CollectorRegistry()
+            StatsExporter("learner", lambda: loop.stats, registry).start_in_thread(stop)
+            register_model_version(registry, lambda: loop.stats.model_version)
+            server = serve_metrics(registry, metrics_port)
+        console.print(
+            f"learning policy-{name} from {escape(dataset)} (continuing "
+            f"{escape(loop.stats.model_version)}, {loop.cursor.rows} rows consumed before); "
+            "Ctrl-C or SIGTERM to stop"
+        )
+        loop.run(stop, poll_s=poll_s, max_seconds=max_seconds, report=report)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the current segment is not marked consumed")
+    except OSError as exc:  # e.g. the metrics port is taken
+        raise _fail(escape(str(exc))) from None
+    finally:
+        stop.set()
+        if server is not None:
+            server.shutdown()
+        loop.close()
+        if main:
+            restore()
+    report(loop.stats)
 
 
 #: Exit code of ``recsys loadtest`` when the run completed but missed its SLO.
