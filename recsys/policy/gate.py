@@ -8,21 +8,67 @@ exploration serving will use, both scored by one reward; :meth:`PromotionGate.pr
 publishes an accepted candidate into the artifact root the serving
 :class:`~recsys.serving.policies.PolicyRegistry` watches.
 
-**The rule.** For every estimator in ``estimators`` (default SNIPS and DR, as
-:func:`~recsys.policy.evaluation.ope.evaluate_off_policy` defines them) let
-``D = V(candidate) - V(serving)`` on the held-out requests. Requests are resampled with
-replacement ``n_bootstrap`` times, the *same* resample for both policies (a paired
-bootstrap: what both policies share, e.g. a lucky draw of users, cancels in ``D``), and ``D``
-is recomputed on each resample. The candidate is promoted iff, for every estimator,
+**The estimators.** Both policies are scored per slot: a slate's reward is the sum of its
+slots' rewards. Two families can be asked for (``GateConfig.estimators``):
+
+- *item-position* (the default): ``sniips`` and ``position_dr``. Every (request, position)
+  row is weighted by ``w_k = pi(a_k @ k | x) / mu(a_k @ k | x)``, the ratio of *marginal*
+  position propensities of the logged item at its slot under the policy ``pi`` and the
+  logging policy ``mu`` (Li et al. 2018, "Offline Evaluation of Ranking Policies with Click
+  Models"; the independent item-position estimator of the Open Bandit Pipeline).
+  ``sniips = sum_k (sum_s w_sk r_sk / sum_s w_sk)`` self-normalises each position (SNIPS per
+  position: ``E_mu[w_k] = 1``, so the ratio is consistent, and invariant to a reward shift),
+  ``position_dr = mean_s sum_k [qhat_pi(x, k) + w_sk (r_sk - qhat(x, a_sk, k))]`` adds the
+  cross-fitted item-position reward model as control variate
+  (:func:`~recsys.policy.evaluation.ope.evaluate_off_policy`'s ``position_dr``).
+- *slate*: ``snips`` and ``dr``, weighting the whole slate by ``prod_k pi_k / mu_k`` of the
+  conditional propensities (also :func:`~recsys.policy.evaluation.ope.evaluate_off_policy`).
+
+Why item-position by default: a slate weight is a product over slots, so its variance grows
+exponentially with the slate length. With 10-slot epsilon-greedy slates the Kish ESS of any
+candidate that ranks differently from serving was ~15 of thousands of requests; only a
+candidate nearly identical to serving could pass, which made the gate a veto on learning. An
+item-position weight is one ratio of marginals, bounded by ``1 / mu(a_k @ k)``, whatever the
+slate length. The price is an assumption: the expected reward of a slot depends only on
+(context, item, position), not on the other items shown (IIPS is unbiased under it, e.g.
+under the position-based click model; interactions between slots, such as a cascade's
+"an earlier click stops the scan", bias it). The gate's reward is per slot anyway (a learned
+reward of each slot's signals), and the slate estimators remain an option for short slates.
+
+**The logging policy's marginals.** Joined logs record the conditional propensities the
+service drew with, not the marginals. Where every usable row knows its ``position_propensity``
+(a simulated logger records it) that is used. Otherwise the marginals are computed the way
+the targets' are (:func:`~recsys.policy.evaluation.ope_policies.target_propensities`: exact,
+or Monte Carlo over ``n_samples`` slates per request) by re-running the *serving* checkpoint,
+under serving's exploration, on the logged candidate sets. That is valid only for rows the
+serving version logged: rows whose ``policy`` column names another version
+(``<policy>@<arm>@<version>``, as the joiner writes it) are dropped and counted
+(``foreign_requests``); rows naming no version are kept. A Monte Carlo frequency can be 0
+for a logged item whose true marginal is positive (an infinite weight), so the logged slate
+counts as one more draw for both policies: ``m = (M m_hat + c) / (M + 1)`` with ``c`` the
+policy's conditional propensity of the logged slot given the logged prefix (that draw's
+Rao-Blackwellised share; for serving, the logged propensity). The logger's marginal is then
+at least ``c / (M + 1) > 0``, every weight is finite, the relative bias is of order
+``1 / (M + 1)``, and a candidate that acts as serving gets weights of exactly 1, as serving
+itself does: V(serving) is the logged reward for ``sniips`` and the model-corrected logged
+reward for ``position_dr``.
+
+**The rule.** For every estimator in ``estimators`` let ``D = V(candidate) - V(serving)`` on
+the held-out requests. Requests are resampled with replacement ``n_bootstrap`` times, the
+*same* resample for both policies (a paired bootstrap: what both policies share, e.g. a lucky
+draw of users, cancels in ``D``), and ``D`` is recomputed on each resample. The candidate is
+promoted iff, for every estimator,
 
     lower end of the two-sided ``confidence`` percentile interval of ``D``  >=  -margin,
 
-and the Kish effective sample size of its slate importance weights is at least ``min_ess``
-(an estimate resting on a handful of requests is not evidence). ``margin`` is the loss in
-expected slate reward one is willing to risk for a fresher model (0: the candidate must be
-shown not worse; a negative margin demands a shown improvement). Without a serving version
-(nothing trained serves yet) ``V(serving)`` is the logged reward, the logging policy's
-on-policy value, for every estimator.
+and the Kish effective sample size of the candidate's importance weights under that
+estimator (slate weights for the slate family, the mean over positions of the per-position
+ESS for the item-position family) is at least ``min_ess`` (an estimate resting on a handful
+of requests is not evidence). ``margin`` is the loss in expected slate reward one is willing
+to risk for a fresher model (0: the candidate must be shown not worse; a negative margin
+demands a shown improvement). Without a serving version (nothing trained serves yet)
+``V(serving)`` is the logged reward, the logging policy's on-policy value, for every
+estimator (the logged marginals are then required for the item-position family).
 
 **Publishing.** A promoted candidate is copied byte for byte with
 :func:`recsys.artifacts.save_artifact` (temp directory, then one rename: a reader sees all of
@@ -58,6 +104,7 @@ from recsys.policy.batch import REVENUE_INDEX, SIGNAL_NAMES
 from recsys.policy.evaluation.ope import (
     LoggedSlates,
     OPEResult,
+    RewardPredictions,
     TargetPropensities,
     evaluate_off_policy,
 )
@@ -75,12 +122,17 @@ from recsys.types import ArtifactError, FloatArray
 _log = logging.getLogger(__name__)
 
 Float64Array = npt.NDArray[np.float64]
-GateEstimator = Literal["snips", "dr"]
+GateEstimator = Literal["sniips", "position_dr", "snips", "dr"]
+#: The item-position family (marginal weights per slot) and the slate family (a product).
+POSITION_ESTIMATORS: tuple[GateEstimator, ...] = ("sniips", "position_dr")
+SLATE_ESTIMATORS: tuple[GateEstimator, ...] = ("snips", "dr")
 GateReward = Literal["click", "engagement", "learned"]
 DECISION_FILE = "gate_decision.json"
 
 __all__ = [
     "DECISION_FILE",
+    "POSITION_ESTIMATORS",
+    "SLATE_ESTIMATORS",
     "Comparison",
     "GateConfig",
     "GateDecision",
@@ -96,7 +148,9 @@ class GateConfig:
     """The promotion rule and how both policies are estimated (module docstring)."""
 
     margin: float = 0.0
-    estimators: tuple[GateEstimator, ...] = ("snips", "dr")
+    #: Item-position SNIPS and DR by default: slate weights collapse on long slates (module
+    #: docstring); add or pick ``snips`` / ``dr`` for the slate-level estimates.
+    estimators: tuple[GateEstimator, ...] = POSITION_ESTIMATORS
     confidence: float = 0.95
     n_bootstrap: int = 1000
     min_ess: float = 50.0
@@ -109,7 +163,8 @@ class GateConfig:
     exploration: ExplorationKind | None = None
     epsilon: float = 0.1
     temperature: float = 1.0
-    #: Monte Carlo slates per request for the target's position marginals (DR's model term).
+    #: Monte Carlo slates per request for the position marginals (the targets' and, when the
+    #: log lacks them, the logger's) and for DR's model term.
     n_samples: int = 64
     max_weight: float | None = None
     seed: int = 0
@@ -117,9 +172,10 @@ class GateConfig:
     def __post_init__(self) -> None:
         if not math.isfinite(self.margin):
             raise ValueError(f"margin must be finite, got {self.margin}")
-        if not self.estimators or any(e not in ("snips", "dr") for e in self.estimators):
-            raise ValueError(f"estimators must be a non-empty subset of snips, dr; got "
-                             f"{self.estimators}")  # fmt: skip
+        known = POSITION_ESTIMATORS + SLATE_ESTIMATORS
+        if not self.estimators or any(e not in known for e in self.estimators):
+            raise ValueError(f"estimators must be a non-empty subset of {', '.join(known)}; "
+                             f"got {self.estimators}")  # fmt: skip
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must lie in (0, 1), got {self.confidence}")
         if self.n_bootstrap < 100:
@@ -135,13 +191,14 @@ class GateConfig:
             f"promote iff for {names} the lower end of the {self.confidence:.0%} paired "
             f"percentile bootstrap interval ({self.n_bootstrap} resamples of held-out "
             f"requests) of V(candidate) - V(serving) is >= {0.0 - self.margin:g}, and the "
-            f"candidate's slate-weight ESS is >= {self.min_ess:g}"
+            f"candidate's importance-weight ESS under each is >= {self.min_ess:g}"
         )
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One estimator's values of both policies and of their paired difference."""
+    """One estimator's values of both policies, their paired difference with its interval,
+    and the Kish ESS of the candidate's weights under this estimator."""
 
     estimator: str
     candidate: float
@@ -150,6 +207,7 @@ class Comparison:
     ci_low: float
     ci_high: float
     passed: bool
+    ess: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -169,6 +227,11 @@ class GateDecision:
     serving_estimates: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: int = 0
     dropped_requests: int = 0
+    #: Requests another policy version logged (item-position family with the logger's
+    #: marginals recomputed from serving: only serving's own rows are valid), left out.
+    foreign_requests: int = 0
+    #: Where the logging policy's marginals came from (``log``, ``serving`` or ``""``).
+    logger_marginals: str = ""
     reward: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     created_ts: float = field(default_factory=time.time)
@@ -218,13 +281,29 @@ class GateStats:
 
 @dataclass(frozen=True, eq=False)
 class _Terms:
-    """Per-request numerator and denominator of each estimator: ``V = sum num / sum den``."""
+    """Per-request numerators and denominators of each estimator, ``[m, P]`` each:
+    ``V = sum_p (sum_s num[s, p] / sum_s den[s, p])``. The slate estimators and
+    ``position_dr`` are one ratio (``P = 1``); ``sniips`` self-normalises each position."""
 
     num: dict[str, Float64Array]
     den: dict[str, Float64Array]
 
 
-def _policy_terms(
+def _per_slate(slates: LoggedSlates, x: Float64Array) -> Float64Array:
+    out: Float64Array = np.bincount(slates.slate, weights=x, minlength=slates.n_slates).astype(
+        np.float64
+    )
+    return out
+
+
+def _per_position(slates: LoggedSlates, x: Float64Array) -> Float64Array:
+    """Rows scattered to ``[m, S_max]`` by (request, position); absent slots are 0."""
+    out: Float64Array = np.zeros((slates.n_slates, int(slates.slate_size.max())))
+    out[slates.slate, slates.position] = x
+    return out
+
+
+def _slate_terms(
     slates: LoggedSlates,
     target: TargetPropensities,
     rewards: Float64Array,
@@ -233,17 +312,13 @@ def _policy_terms(
     """SNIPS and DR of one target as per-request terms, exactly as
     :func:`~recsys.policy.evaluation.ope.evaluate_off_policy` forms them (a test holds the
     totals equal), so that one resample can be applied to both policies."""
-    sid, m = slates.slate, slates.n_slates
-
-    def per(x: Float64Array) -> Float64Array:
-        out: Float64Array = np.bincount(sid, weights=x, minlength=m).astype(np.float64)
-        return out
-
-    reward = per(rewards)
+    reward = _per_slate(slates, rewards)
     assert target.propensity is not None
     assert slates.propensity is not None  # the gate keeps rows with known propensities only
     with np.errstate(divide="ignore"):
-        log_w = per(np.log(target.propensity)) - per(np.log(slates.propensity))
+        log_w = _per_slate(slates, np.log(target.propensity)) - _per_slate(
+            slates, np.log(slates.propensity)
+        )
     if max_weight is not None:
         log_w = np.minimum(log_w, math.log(max_weight) + 1.0)
     w = np.exp(log_w)
@@ -251,20 +326,58 @@ def _policy_terms(
         w = np.minimum(w, max_weight)
     pred = target.reward_predictions
     assert pred is not None
-    ones = np.ones(m)
+    dr = _per_slate(slates, pred.target) + w * (reward - _per_slate(slates, pred.logged))
+    ones = np.ones((slates.n_slates, 1))
     return _Terms(
-        num={"snips": w * reward, "dr": per(pred.target) + w * (reward - per(pred.logged))},
-        den={"snips": w, "dr": ones},
+        num={"snips": (w * reward)[:, None], "dr": dr[:, None]},
+        den={"snips": w[:, None], "dr": ones},
     )
+
+
+def _position_terms(
+    slates: LoggedSlates,
+    weights: Float64Array,
+    rewards: Float64Array,
+    predictions: RewardPredictions,
+) -> _Terms:
+    """Item-position SNIPS and DR of one target as per-request terms from its per-row weights
+    ``pi(a_k @ k) / mu(a_k @ k)`` (already clipped): ``sniips`` one ratio per position,
+    ``position_dr`` exactly :func:`~recsys.policy.evaluation.ope.evaluate_off_policy`'s."""
+    dr = predictions.target + weights * (rewards - predictions.logged)
+    return _Terms(
+        num={
+            "sniips": _per_position(slates, weights * rewards),
+            "position_dr": _per_slate(slates, dr)[:, None],
+        },
+        den={
+            "sniips": _per_position(slates, weights),
+            "position_dr": np.ones((slates.n_slates, 1)),
+        },
+    )
+
+
+def _merge(*terms: _Terms) -> _Terms:
+    num: dict[str, Float64Array] = {}
+    den: dict[str, Float64Array] = {}
+    for t in terms:
+        num.update(t.num)
+        den.update(t.den)
+    return _Terms(num, den)
 
 
 def _logged_terms(slates: LoggedSlates, rewards: Float64Array) -> _Terms:
     """The logging policy's on-policy value (every estimator: the mean logged reward)."""
-    reward = np.bincount(slates.slate, weights=rewards, minlength=slates.n_slates).astype(
-        np.float64
-    )
-    ones = np.ones(slates.n_slates)
-    return _Terms(num={"snips": reward, "dr": reward}, den={"snips": ones, "dr": ones})
+    reward = _per_slate(slates, rewards)[:, None]
+    ones = np.ones((slates.n_slates, 1))
+    names = POSITION_ESTIMATORS + SLATE_ESTIMATORS
+    return _Terms(num=dict.fromkeys(names, reward), den=dict.fromkeys(names, ones))
+
+
+def _ratio_value(num: Float64Array, den: Float64Array) -> Float64Array:
+    """``sum_p num[..., p] / den[..., p]`` over the last axis (NaN where a ratio is 0/0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: Float64Array = (num / den).sum(axis=-1)
+    return out
 
 
 def _resampled_sums(
@@ -291,29 +404,35 @@ def _paired_differences(
     n_bootstrap: int,
     confidence: float,
     seed: int,
-) -> dict[str, tuple[float, float, float]]:
-    """``{estimator: (D, ci_low, ci_high)}`` of ``D = V(candidate) - V(serving)`` with one
-    paired percentile bootstrap over requests (module docstring). A resample on which a
-    ratio is undefined (every weight 0) is left out of the quantiles."""
-    cols = []
+) -> dict[str, tuple[float, float, float, float, float]]:
+    """``{estimator: (V(candidate), V(serving), D, ci_low, ci_high)}`` with
+    ``D = V(candidate) - V(serving)`` and one paired percentile bootstrap over requests
+    (module docstring). A resample on which a ratio is undefined (every weight 0) is left out
+    of the quantiles; with more than half of them left out the interval is NaN."""
+    blocks: list[Float64Array] = []
+    spans: dict[str, list[slice]] = {}
+    at = 0
     for e in estimators:
-        cols += [candidate.num[e], candidate.den[e], serving.num[e], serving.den[e]]
-    columns = np.column_stack(cols)
+        spans[e] = []
+        for arr in (candidate.num[e], candidate.den[e], serving.num[e], serving.den[e]):
+            blocks.append(arr)
+            spans[e].append(slice(at, at + arr.shape[1]))
+            at += arr.shape[1]
+    columns = np.concatenate(blocks, axis=1)
     boot = _resampled_sums(columns, n_bootstrap, np.random.default_rng(seed))
     totals = columns.sum(axis=0)
     alpha = 1.0 - confidence
-    out: dict[str, tuple[float, float, float]] = {}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for i, e in enumerate(estimators):
-            j = 4 * i
-            point = totals[j] / totals[j + 1] - totals[j + 2] / totals[j + 3]
-            diff = boot[:, j] / boot[:, j + 1] - boot[:, j + 2] / boot[:, j + 3]
-            diff = diff[np.isfinite(diff)]
-            if diff.shape[0] < n_bootstrap // 2:
-                out[e] = (float(point), math.nan, math.nan)
-                continue
-            low, high = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
-            out[e] = (float(point), float(low), float(high))
+    out: dict[str, tuple[float, float, float, float, float]] = {}
+    for e in estimators:
+        cn, cd, sn, sd = spans[e]
+        cand, serv = _ratio_value(totals[cn], totals[cd]), _ratio_value(totals[sn], totals[sd])
+        diff = _ratio_value(boot[:, cn], boot[:, cd]) - _ratio_value(boot[:, sn], boot[:, sd])
+        diff = diff[np.isfinite(diff)]
+        if diff.shape[0] < n_bootstrap // 2:
+            out[e] = (float(cand), float(serv), float(cand - serv), math.nan, math.nan)
+            continue
+        low, high = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
+        out[e] = (float(cand), float(serv), float(cand - serv), float(low), float(high))
     return out
 
 
@@ -458,6 +577,21 @@ class PromotionGate:
             raise ValueError("no usable held-out requests (none, or none with propensities)")
         if logs.candidate_ids is None:
             raise ValueError("the held-out log records no candidate sets")
+        positional = any(e in POSITION_ESTIMATORS for e in cfg.estimators)
+        logged_marginals = bool(np.isfinite(logs.position_propensity).all())
+        foreign = 0
+        if positional and not logged_marginals:
+            if serving is None:
+                raise ValueError(
+                    "the item-position estimators need the logging policy's marginal position "
+                    "propensities: the log lacks them and no serving version can recompute them"
+                )
+            logs, foreign = _logged_by(logs, Path(serving).name)
+            if len(logs) == 0:
+                raise ValueError(
+                    f"every usable held-out request was logged by a version other than the "
+                    f"serving {Path(serving).name} ({foreign} requests)"
+                )
         cand_ckpt = load_policy_checkpoint(candidate)
         serv_ckpt = None if serving is None else load_policy_checkpoint(Path(serving))
         if serv_ckpt is not None:
@@ -469,15 +603,38 @@ class PromotionGate:
         model = CrossFittedRewardModel.fit(requests, logs.item_id, rewards)
         if model is None:
             raise ValueError("too few held-out requests to cross-fit DR's reward model")
-        slates = requests.slates
 
-        def estimate(target: CheckpointTarget) -> tuple[TargetPropensities, dict[str, OPEResult]]:
-            tp = target_propensities(
+        def propensities(target: CheckpointTarget) -> TargetPropensities:
+            return target_propensities(
                 requests, target, n_samples=cfg.n_samples, seed=cfg.seed, reward_model=model
             )
-            # The gate's estimators weigh whole slates; joined logs do not know the logging
-            # side's marginals, so the item-position estimators are not asked for.
-            tp = replace(tp, position_propensity=None, position_propensity_stderr=None)
+
+        cand_tp = propensities(cand_target)
+        serv_tp = None if serv_target is None else propensities(serv_target)
+        slates = requests.slates
+        if not positional:
+            source_of_mu = ""
+        elif logged_marginals:
+            source_of_mu = "log"
+        else:
+            assert serv_tp is not None
+            assert slates.propensity is not None
+            # The logged slate as one more Monte Carlo draw for both policies (module
+            # docstring): no weight is infinite, and a candidate that is serving gets weights
+            # of exactly 1, as serving itself does.
+            cand_tp = _with_logged_draw(cand_tp, cfg.n_samples, None)
+            serv_tp = _with_logged_draw(serv_tp, cfg.n_samples, slates.propensity)
+            slates = replace(slates, position_propensity=serv_tp.position_propensity)
+            source_of_mu = "serving"
+        if not positional:
+            # Slate estimators only: evaluate_off_policy is not asked for the position family.
+            cand_tp = replace(cand_tp, position_propensity=None, position_propensity_stderr=None)
+            if serv_tp is not None:
+                serv_tp = replace(
+                    serv_tp, position_propensity=None, position_propensity_stderr=None
+                )
+
+        def estimate(tp: TargetPropensities) -> tuple[_Terms, dict[str, OPEResult]]:
             res = evaluate_off_policy(
                 slates,
                 tp,
@@ -487,16 +644,23 @@ class PromotionGate:
                 confidence=cfg.confidence,
                 seed=cfg.seed,
             )
-            return tp, res
+            terms = _slate_terms(slates, tp, rewards, cfg.max_weight)
+            if positional:
+                assert tp.position_propensity is not None
+                assert slates.position_propensity is not None
+                assert tp.reward_predictions is not None
+                w = tp.position_propensity / slates.position_propensity
+                if cfg.max_weight is not None:
+                    w = np.minimum(w, cfg.max_weight)
+                terms = _merge(terms, _position_terms(slates, w, rewards, tp.reward_predictions))
+            return terms, res
 
-        cand_tp, cand_res = estimate(cand_target)
-        cand_terms = _policy_terms(slates, cand_tp, rewards, cfg.max_weight)
-        if serv_target is None:
+        cand_terms, cand_res = estimate(cand_tp)
+        if serv_tp is None:
             serv_res: dict[str, OPEResult] = {}
             serv_terms = _logged_terms(slates, rewards)
         else:
-            serv_tp, serv_res = estimate(serv_target)
-            serv_terms = _policy_terms(slates, serv_tp, rewards, cfg.max_weight)
+            serv_terms, serv_res = estimate(serv_tp)
         diffs = _paired_differences(
             cand_terms,
             serv_terms,
@@ -508,19 +672,19 @@ class PromotionGate:
         reasons: list[str] = []
         comparisons: dict[str, Comparison] = {}
         for e in cfg.estimators:
-            point, low, high = diffs[e]
-            serv_value = cand_res["logged"].value if serv_target is None else serv_res[e].value
+            cand_v, serv_v, point, low, high = diffs[e]
+            ess = cand_res["iips" if e in POSITION_ESTIMATORS else "snips"].ess
             ok = math.isfinite(low) and low >= -cfg.margin
-            comparisons[e] = Comparison(e, cand_res[e].value, serv_value, point, low, high, ok)
+            comparisons[e] = Comparison(e, cand_v, serv_v, point, low, high, ok, ess)
             if not ok:
                 reasons.append(
                     f"{e.upper()}: candidate - serving = {point:.4g}, {cfg.confidence:.0%} "
                     f"interval [{low:.4g}, {high:.4g}], lower end below {0.0 - cfg.margin:g}"
                 )
-        ess = cand_res["snips"].ess
-        if not ess >= cfg.min_ess:
-            reasons.append(f"candidate ESS {ess:.1f} < {cfg.min_ess:g}: too few held-out "
-                           "requests the candidate would have served alike")  # fmt: skip
+            if not ess >= cfg.min_ess:
+                reasons.append(f"candidate ESS {ess:.1f} < {cfg.min_ess:g} under {e.upper()}: "
+                               "too few held-out requests the candidate would have served "
+                               "alike")  # fmt: skip
         return GateDecision(
             **base,
             promote=not reasons,
@@ -530,6 +694,8 @@ class PromotionGate:
             serving_estimates={k: v.as_dict() for k, v in serv_res.items()},
             requests=requests.n_requests,
             dropped_requests=dropped,
+            foreign_requests=foreign,
+            logger_marginals=source_of_mu,
             reward=source,
         )
 
@@ -623,6 +789,39 @@ def _usable(logs: LoggedFeedback) -> tuple[LoggedFeedback, int]:
     declared[inverse] = logs.slate_size
     bad |= rows != declared
     return logs.take(~bad[inverse]), int(bad.sum())
+
+
+def _with_logged_draw(
+    tp: TargetPropensities, n_samples: int, fallback: Float64Array | None
+) -> TargetPropensities:
+    """``tp`` with its Monte Carlo marginals ``m`` replaced by ``(M m + c) / (M + 1)``, ``c``
+    its conditional of the logged slot given the logged prefix: the logged slate counted as
+    one more draw, Rao-Blackwellised (module docstring). Where ``c`` is 0 (serving would not
+    have logged that slot) ``fallback``, the logged propensity, stands in, so that the
+    logger's marginal of a logged slot is never 0."""
+    assert tp.position_propensity is not None
+    assert tp.propensity is not None
+    draw = (
+        tp.propensity if fallback is None else np.where(tp.propensity > 0, tp.propensity, fallback)
+    )
+    marginal = (n_samples * tp.position_propensity + draw) / (n_samples + 1)
+    return replace(tp, position_propensity=marginal)
+
+
+def _logged_by(logs: LoggedFeedback, version: str) -> tuple[LoggedFeedback, int]:
+    """The requests ``version`` logged, or whose ``policy`` names no version, and the number
+    of requests another version logged (left out). The joiner writes
+    ``<policy>@<model_version>`` (``model_version`` itself ``<arm>@<version>``), so the
+    version is the text after the last ``@``."""
+    names, inverse = np.unique(np.asarray(logs.policy, dtype=np.str_), return_inverse=True)
+    parts = np.char.rpartition(names, "@")
+    other = (parts[:, 1] == "@") & (parts[:, 2] != version)
+    bad_row = other[inverse.reshape(-1)]
+    if not bad_row.any():
+        return logs, 0
+    uniq, req = np.unique(logs.request_id, return_inverse=True)
+    bad = np.bincount(req.reshape(-1), weights=bad_row, minlength=uniq.shape[0]) > 0
+    return logs.take(~bad[req.reshape(-1)]), int(bad.sum())
 
 
 def _next_version(existing: list[str], proposed: str) -> str:

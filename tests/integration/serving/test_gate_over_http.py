@@ -196,7 +196,8 @@ def test_the_gate_refuses_a_degraded_candidate_and_promotes_one_within_the_margi
             assert refusal is not None
             assert not refusal.promote, refusal.reasons
             # Refused on the evidence, not because it could not be evaluated.
-            assert all(r.startswith(("SNIPS", "DR", "candidate ESS")) for r in refusal.reasons)
+            evidence = ("SNIIPS", "POSITION_DR", "candidate ESS")
+            assert all(r.startswith(evidence) for r in refusal.reasons)
             assert refusal.serving_version == first.name
             assert loop.stats.refusals == 1
             assert loop.gate.versions() == [first.name]
