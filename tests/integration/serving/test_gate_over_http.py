@@ -10,7 +10,12 @@ committed joined segments, in two commits:
 
 1. After the first, the loop has learned but published nothing; a degraded candidate (the
    serving checkpoint with the output layers of its value heads negated: it ranks by what it
-   believes worst) is put to the gate and refused.
+   believes worst) is put to the gate and refused. What refuses it is missing evidence: it
+   ranks unlike serving, so serving's logs support it poorly (ESS below the minimum, intervals
+   reaching below -margin). Whether it is truly worse depends on the fixture's briefly trained
+   policy; on-policy in the simulator it is not (measured: negating a 2-iteration SlateQ
+   *raised* its learned-reward value, 1.37 -> 2.26), so this step shows "not shown not worse
+   is refused", not an estimate of harm.
 2. After the second, the learner publishes its candidate at the cadence; the gate promotes it
    and the replicas hot-reload it. Its learning rate is capped so low that its weights move
    but its slates stay the serving policy's: "not worse" by a paired difference within the
