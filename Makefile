@@ -8,7 +8,7 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: install demo test lint format type unit integration bench reliability clean
+.PHONY: install demo test lint format type unit integration bench reliability offline-from-logs clean
 
 # torch==2.13.0 goes in first: the CPU wheel is on disk, and any looser spec would pull
 # gigabytes of CUDA wheels. The project's torch range is satisfied by it, so pip keeps it.
@@ -52,6 +52,12 @@ integration: $(STAMP)
 # criteria (docs/reliability.md).
 reliability: $(STAMP)
 	$(BIN)/python benchmarks/reliability.py $(RELIABILITY_ARGS)
+
+# Offline RL from the service's own joined logs (docs/offline_from_logs.md), about 4 minutes;
+# needs `python benchmarks/policy_experiments.py --publish .recsys/experiments` first. Writes
+# benchmarks/results/offline_from_logs.json, docs/img/offline_from_logs.png and the docs block.
+offline-from-logs: $(STAMP)
+	$(BIN)/python benchmarks/offline_from_logs.py
 
 clean:
 	rm -rf $(VENV) .recsys .pytest_cache .mypy_cache .ruff_cache

@@ -263,6 +263,37 @@ def train_policy_cmd(
             help="With --env: JSON object of PolicyTrainConfig fields (the options above win).",
         ),
     ] = None,
+    logs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Train offline from the service's own logs instead of the simulator: a "
+            "logged-feedback file or a joined dataset directory (`recsys joiner`). Writes "
+            "policy-<algo> under --output (default <artifacts>/staging, never where serving "
+            "looks).",
+        ),
+    ] = None,
+    base_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--base",
+            help="With --logs: the checkpoint that served the logs (its observation, catalog "
+            "and learned reward are kept). Default: the version the logs name, else the newest "
+            "policy-<RECSYS_POLICY__NAME> under --artifacts.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="With --logs: root of the new checkpoint (default <artifacts>/staging)."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="With --logs: passes over the log.")] = 20,
+    negatives: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="With --logs: unshown candidates per slate for REINFORCE (default the slate "
+            "size; SlateQ needs none).",
+        ),
+    ] = None,
 ) -> None:
     """Train a slate policy on simulated users and publish it as a servable artifact.
 
@@ -275,6 +306,9 @@ def train_policy_cmd(
 
     With --env, SlateQ or REINFORCE trains on your environment (--config sets the rest of
     the config) and writes ``checkpoint-<algo>/<version>`` for ``recsys evaluate env``.
+
+    With --logs, SlateQ or REINFORCE trains offline from the service's own joined logs
+    (docs/offline_from_logs.md) and prints the new checkpoint as one JSON line.
     """
     from dataclasses import replace
 
@@ -282,6 +316,28 @@ def train_policy_cmd(
     from recsys.policy.training.config import documented_config
 
     settings = _settings(artifacts={"root": artifacts})
+    if logs is not None:
+        if env is not None or resume is not None or config_file is not None:
+            raise _usage_error("--logs trains from logs alone: drop --env, --resume and --config")
+        _train_policy_from_logs(
+            logs,
+            settings,
+            algo=algo,
+            base=base_checkpoint,
+            output=output,
+            reward=reward or "learned",
+            epochs=epochs,
+            negatives=negatives,
+            seed=seed or 0,
+        )
+        return
+    for name, value in (
+        ("--base", base_checkpoint),
+        ("--output", output),
+        ("--negatives", negatives),
+    ):
+        if value is not None:
+            raise _usage_error(f"{name} applies to --logs runs")
     if env is not None:
         _train_env_policy(
             env,
@@ -345,6 +401,47 @@ def _usage_error(message: str) -> typer.Exit:
     """A bad option or input the user must fix: the message, exit code 2."""
     err_console.print(f"[red]error:[/] {escape(message)}")
     return typer.Exit(2)
+
+
+def _train_policy_from_logs(
+    logs: Path,
+    settings: Settings,
+    *,
+    algo: str,
+    base: Path | None,
+    output: Path | None,
+    reward: str,
+    epochs: int,
+    negatives: int | None,
+    seed: int,
+) -> None:
+    """``recsys train policy --logs``: offline RL from joined logs; the checkpoint as JSON."""
+    from rich.progress import Progress
+
+    from recsys.data.logged import LoggedFeedbackError
+    from recsys.policy.training.from_logs import LogsError, train_from_logs
+
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task(f"{algo} from {logs}", total=epochs)
+        try:
+            result = train_from_logs(
+                logs,
+                settings.artifacts.root,
+                algo=algo,
+                base=base,
+                serving_name=settings.policy.name,
+                output_root=output,
+                reward=reward,
+                epochs=epochs,
+                negatives=negatives,
+                seed=seed,
+                on_epoch=lambda epoch, _: bar.update(task, completed=epoch),
+            )
+        except (LogsError, LoggedFeedbackError) as exc:
+            raise _usage_error(str(exc)) from None
+        except (ValueError, RecsysError, RuntimeError, OSError) as exc:
+            raise _fail(escape(str(exc))) from None
+    typer.echo(json.dumps(result.summary(), default=float))
 
 
 def _train_env_policy(

@@ -70,7 +70,12 @@ from recsys.policy.training.checkpoint import (
     load_policy_checkpoint,
     save_policy_checkpoint,
 )
-from recsys.policy.training.config import ALGOS, PolicyTrainConfig, documented_config
+from recsys.policy.training.config import (
+    ALGOS,
+    SETUP_FIELDS,
+    PolicyTrainConfig,
+    documented_config,
+)
 from recsys.policy.training.envs import (
     SimulatedUsers,
     SimulatorSlateEnv,
@@ -419,27 +424,6 @@ def catalog_config(config: PolicyTrainConfig, catalog: CatalogSettings) -> Polic
     return replace(
         config, num_items=catalog.num_items, num_topics=catalog.num_topics, world_seed=catalog.seed
     )
-
-
-#: The fields of a :class:`PolicyTrainConfig` that describe its simulator setup (world,
-#: logs, candidates, what a policy observes, its ad load) rather than the algorithm.
-SETUP_FIELDS = (
-    "num_items",
-    "num_topics",
-    "world_seed",
-    "num_candidates",
-    "slate_size",
-    "log_users",
-    "log_max_steps",
-    "item_statistics",
-    "cross_features",
-    "features",
-    "num_ads",
-    "min_ads",
-    "max_ads",
-    "reward_objective",
-    "seed",
-)
 
 
 def setup_config(config: PolicyTrainConfig, setup: PolicyTrainConfig) -> PolicyTrainConfig:

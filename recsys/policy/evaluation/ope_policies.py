@@ -599,7 +599,9 @@ def _check_world(env: SlateEnv, logs: LoggedFeedback, what: str, user_width: int
 
     The candidate ids must exist in the world, the logged user features must have the width
     the target reads (``user_width``), and the logged item features of the shown items must
-    equal its observable item table.
+    equal its observable item table. A log without item features (width 0: a joined log of
+    the service records item ids, and the target observes them through its own item table)
+    is checked by its ids and user features alone.
     """
     assert logs.candidate_ids is not None
     width = user_width
@@ -614,6 +616,8 @@ def _check_world(env: SlateEnv, logs: LoggedFeedback, what: str, user_width: int
             f"{env.num_items} items: the log comes from another catalog"
         )
     table = env.item_feature_table
+    if logs.item_features.shape[1] == 0:
+        return
     if logs.item_features.shape[1] != table.shape[1]:
         raise ValueError(
             f"the log's item features have width {logs.item_features.shape[1]}, {what}'s "

@@ -29,9 +29,30 @@ ALGOS: tuple[Algo, ...] = ("slateq", "reinforce")
 #: users are never trained on.
 POPULATION = 65_536
 
+#: The fields of a :class:`PolicyTrainConfig` that describe its simulator setup (world,
+#: logs, candidates, what a policy observes, its ad load) rather than the algorithm.
+SETUP_FIELDS = (
+    "num_items",
+    "num_topics",
+    "world_seed",
+    "num_candidates",
+    "slate_size",
+    "log_users",
+    "log_max_steps",
+    "item_statistics",
+    "cross_features",
+    "features",
+    "num_ads",
+    "min_ads",
+    "max_ads",
+    "reward_objective",
+    "seed",
+)
+
 __all__ = [
     "ALGOS",
     "POPULATION",
+    "SETUP_FIELDS",
     "Algo",
     "PolicyFactory",
     "PolicyTrainConfig",

@@ -12,11 +12,16 @@ a ``request_id`` and slates of one session are ordered by ``step``. From that:
   session, weighted by the capped ``pi / beta`` with the learned behaviour head (Chen et al.
   2019), since the logging policy's probabilities over the *unlogged* candidates are unknown.
 
-The logged format does not store candidate sets, so the candidates of a logged slate are its
-own items plus ``negatives`` items drawn from other logged slates (with the features they were
-logged with; exact for user-independent item features, approximate otherwise). SlateQ only
-needs the slate itself; REINFORCE needs the negatives so its softmax has something to prefer
-the logged items over.
+The candidates of a logged slate are its own items plus ``negatives`` other items, so that
+REINFORCE's softmax has something to prefer the logged items over (SlateQ only needs the slate
+itself). Where the log records candidate sets (format v2, e.g. a joined log of the service)
+and the policy's observation is given (``features``: the
+:class:`~recsys.policy.observation.PolicyFeatures` of the checkpoint that served the log), the
+negatives are items of the request's own candidate set that were not shown, and every item's
+features are rebuilt by that observation from the logged user features and item ids, exactly
+as the server builds them (a joined log's ``item_features`` column may be empty). Otherwise
+the negatives are items drawn from other logged slates, with the features they were logged
+with (exact for user-independent item features, approximate otherwise).
 
 :func:`transitions_to_logged_feedback` writes any trainer rollout (``Transition`` lists from a
 :class:`~recsys.policy.training.envs.BatchSlateEnv`) in the logged format, so tests and examples can
@@ -46,17 +51,22 @@ from recsys.policy.batch import (
     Transition,
     gather_slots,
 )
+from recsys.policy.observation import PolicyFeatures
 from recsys.policy.reward.model import LearnedRewardModel
 from recsys.policy.training.config import PolicyTrainConfig, build_policy
 from recsys.types import FloatArray, IntArray
 
 BoolArray = npt.NDArray[np.bool_]
 SlotRewardFn = Callable[[SlateResponse], FloatArray]
+#: ``(user_features [B, du], item_ids [B, K]) -> item_features [B, K, di]``: how a policy
+#: observes items (:meth:`recsys.features.ItemFeaturizer.features`).
+ItemView = Callable[[FloatArray, IntArray], FloatArray]
 
 __all__ = [
     "LoggedSlateBatch",
     "OfflineResult",
     "logged_slates",
+    "observed_slates",
     "train_offline",
     "transitions_to_logged_feedback",
 ]
@@ -69,7 +79,8 @@ class LoggedSlateBatch:
     ``user_features`` ``[N, du]``, ``item_features`` ``[N, S, di]``, ``item_ids`` and
     ``propensities`` ``[N, S]``, ``signals`` ``[N, S, 6]``, ``is_ad`` ``[N, S]``,
     ``session`` ``[N]``; ``next_index`` ``[N]`` is the next slate of the same session
-    (``-1`` at the session's end).
+    (``-1`` at the session's end); ``candidate_ids`` ``[N, C]`` the request's logged
+    candidate set, or ``None`` when the log has none.
     """
 
     user_features: FloatArray
@@ -80,6 +91,7 @@ class LoggedSlateBatch:
     is_ad: BoolArray
     session: IntArray
     next_index: IntArray
+    candidate_ids: IntArray | None = None
 
     @property
     def num_slates(self) -> int:
@@ -142,22 +154,82 @@ def logged_slates(logs: LoggedFeedback) -> LoggedSlateBatch:
     signals = np.zeros((m, s, NUM_SIGNALS), dtype=np.float32)
     for k, name in enumerate(SIGNAL_NAMES):
         signals[slate, pos, k] = getattr(logs, name)
+    candidates = None
+    if logs.candidate_ids is not None:
+        candidates = np.zeros((m, logs.candidate_ids.shape[1]), dtype=np.int64)
+        candidates[slate] = logs.candidate_ids
     sess_sorted = session[order]
     next_index = np.full(m, -1, dtype=np.int64)
     same = sess_sorted[1:] == sess_sorted[:-1]
     next_index[:-1][same] = np.arange(1, m)[same]
-    return LoggedSlateBatch(user, items, ids, props, signals, ads, sess_sorted, next_index)
+    return LoggedSlateBatch(
+        user, items, ids, props, signals, ads, sess_sorted, next_index, candidates
+    )
+
+
+def observed_slates(data: LoggedSlateBatch, features: PolicyFeatures) -> LoggedSlateBatch:
+    """``data`` with every slot's item features and ad flag rebuilt by the policy's
+    observation ``features`` from the logged user features and item ids (what the server
+    computes at request time; exact cross features)."""
+    from dataclasses import replace
+
+    if data.candidate_ids is not None and int(data.candidate_ids.max(initial=0)) >= len(
+        features.is_ad
+    ):
+        raise ValueError(
+            f"the log's candidate ids reach {int(data.candidate_ids.max())}, the policy's "
+            f"item table has {len(features.is_ad)} items"
+        )
+    if int(data.item_ids.max(initial=0)) >= len(features.is_ad):
+        raise ValueError(
+            f"the log's item ids reach {int(data.item_ids.max())}, the policy's item table "
+            f"has {len(features.is_ad)} items"
+        )
+    return replace(
+        data,
+        item_features=features.items.features(data.user_features, data.item_ids),
+        is_ad=features.is_ad[data.item_ids],
+    )
+
+
+def _unshown_candidates(
+    data: LoggedSlateBatch, rows: IntArray, negatives: int, rng: np.random.Generator
+) -> IntArray:
+    """``[B, K]`` item ids drawn without replacement from each request's logged candidate
+    set, never one of its slate's items (``K = min(negatives, C - S)``; a request whose
+    candidate list repeats an item can yield it once more)."""
+    assert data.candidate_ids is not None
+    cands = data.candidate_ids[rows]
+    shown = (cands[:, :, None] == data.item_ids[rows][:, None, :]).any(axis=2)
+    keys = np.where(shown, np.inf, rng.random(cands.shape))
+    k = min(negatives, cands.shape[1] - data.slate_size)
+    pick = np.argsort(keys, axis=1)[:, :k]
+    out: IntArray = np.take_along_axis(cands, pick, axis=1)
+    return out
 
 
 def _with_negatives(
-    data: LoggedSlateBatch, rows: IntArray, negatives: int, rng: np.random.Generator
+    data: LoggedSlateBatch,
+    rows: IntArray,
+    negatives: int,
+    rng: np.random.Generator,
+    item_view: ItemView | None = None,
+    is_ad: BoolArray | None = None,
 ) -> SlateObs:
-    """Candidates of ``rows``: the slate's own items first, then ``negatives`` random items
-    drawn from other logged slates (their logged features)."""
+    """Candidates of ``rows``: the slate's own items first, then ``negatives`` other items:
+    unshown items of the request's logged candidate set observed through ``item_view`` (when
+    both exist; ``is_ad`` their ad flags), else random items drawn from other logged slates
+    (their logged features)."""
     items = data.item_features[rows]
     ids = data.item_ids[rows]
     ads = data.is_ad[rows]
-    if negatives:
+    if negatives and data.candidate_ids is not None and item_view is not None:
+        assert is_ad is not None
+        extra = _unshown_candidates(data, rows, negatives, rng)
+        items = np.concatenate([items, item_view(data.user_features[rows], extra)], axis=1)
+        ids = np.concatenate([ids, extra], axis=1)
+        ads = np.concatenate([ads, is_ad[extra]], axis=1)
+    elif negatives:
         b, s = ids.shape
         src = rng.integers(0, data.num_slates, size=(b, negatives))
         slot = rng.integers(0, s, size=(b, negatives))
@@ -173,6 +245,7 @@ def _transitions(
     reward: FloatArray,
     negatives: int,
     rng: np.random.Generator,
+    features: PolicyFeatures | None = None,
 ) -> Transition:
     b, s = rows.shape[0], data.slate_size
     nxt = data.next_index[rows]
@@ -186,12 +259,14 @@ def _transitions(
     next_action = SlateAction(
         slates, next_props, np.log(next_props.astype(np.float64)).sum(1).astype(np.float32)
     )
+    view = None if features is None else features.items.features
+    ads = None if features is None else features.is_ad
     return Transition(
-        obs=_with_negatives(data, rows, negatives, rng),
+        obs=_with_negatives(data, rows, negatives, rng, view, ads),
         action=action,
         response=SlateResponse.from_signals(data.signals[rows]),
         reward=reward[rows],
-        next_obs=_with_negatives(data, src, negatives, rng),
+        next_obs=_with_negatives(data, src, negatives, rng, view, ads),
         done=~has_next,
         next_action=next_action,
     )
@@ -232,12 +307,14 @@ def slot_rewards(
 
 @dataclass
 class OfflineResult:
-    """An offline-trained policy with its per-epoch mean training metrics."""
+    """An offline-trained policy with its per-epoch mean training metrics and the reward
+    scale its targets were trained at (``(1 - gamma) / mean |slate reward|`` of the log)."""
 
     policy: TrainableSlatePolicy
     config: PolicyTrainConfig
     metrics: list[dict[str, float]]
     num_slates: int
+    reward_scale: float = 1.0
 
 
 def train_offline(
@@ -248,18 +325,26 @@ def train_offline(
     negatives: int = 0,
     reward_model: LearnedRewardModel | None = None,
     seed: int = 0,
+    features: PolicyFeatures | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> OfflineResult:
-    """Train ``config.algo`` from a logged-feedback file or batch (see the module docstring).
+    """Train ``config.algo`` from a logged-feedback file, directory or batch (see the module
+    docstring).
 
     ``config`` supplies the algorithm, ``reward`` (``clicks | engagement | learned``),
     ``gamma``, ``lr``, ``hidden``, ``batch_size``. SlateQ runs SARSA on the logged next
     slates; REINFORCE runs off-policy with capped importance weights against its learned
-    behaviour head (``negatives`` random logged items join each slate's candidates; at least
-    the slate size is a sensible choice).
+    behaviour head (``negatives`` other items join each slate's candidates; at least
+    the slate size is a sensible choice). ``features``, the observation of the policy that
+    will serve the result, rebuilds the item features and draws negatives from the logged
+    candidate sets (module docstring). ``on_epoch(epoch, metrics)`` is called after each
+    epoch (progress reporting).
     """
     data = logged_slates(
         logs if isinstance(logs, LoggedFeedback) else read_logged_feedback(Path(logs))
     )
+    if features is not None:
+        data = observed_slates(data, features)
     if config.reward not in ("clicks", "engagement", "learned"):
         raise ValueError("offline training supports reward clicks, engagement or learned")
     rewards = slot_rewards(data, config.reward, reward_model)
@@ -288,14 +373,16 @@ def train_offline(
         epoch: list[dict[str, float]] = []
         for start in range(0, perm.shape[0], config.batch_size):
             rows = perm[start : start + config.batch_size]
-            tr = _transitions(data, rows, rewards, negatives, rng)
+            tr = _transitions(data, rows, rewards, negatives, rng, features)
             if isinstance(policy, ReinforceTopKPolicy):
                 out = policy.update([tr._replace(done=np.ones(rows.shape[0], np.bool_))], True)
             else:
                 out = policy.update([tr])
             epoch.append(dict(out))
         metrics.append({k: float(np.mean([m[k] for m in epoch])) for k in epoch[0]})
-    return OfflineResult(policy, config, metrics, data.num_slates)
+        if on_epoch is not None:
+            on_epoch(len(metrics), metrics[-1])
+    return OfflineResult(policy, config, metrics, data.num_slates, scale)
 
 
 def _use_sarsa(policy: TrainableSlatePolicy) -> None:
