@@ -890,6 +890,7 @@ def updater(
     from recsys.store import build_user_state_store
     from recsys.stream import OnlineUpdater, build_event_source
     from recsys.stream.factory import build_dead_letter_sink
+    from recsys.stream.gctune import tune_for_streaming
     from recsys.stream.metrics import StatsExporter, serve_metrics
 
     settings = _settings()
@@ -904,6 +905,7 @@ def updater(
     if max_seconds is not None:
         threading.Timer(max_seconds, stop.set).start()
     worker = OnlineUpdater(source, store, settings.stream.consumer_name, fold)
+    tune_for_streaming()
     server = None
     if metrics_port is not None:
         registry = CollectorRegistry()
@@ -942,6 +944,10 @@ def joiner(
     ] = None,
     shard: ShardOpt = None,
     metrics_port: MetricsPortOpt = None,
+    write_behind: Annotated[
+        bool,
+        typer.Option(help="Write each Parquet segment in the background while joining on."),
+    ] = True,
 ) -> None:
     """Join impressions with their feedback into training rows (logged-feedback format),
     appended to a Parquet dataset exactly once; orphan and late feedback are kept apart."""
@@ -949,6 +955,7 @@ def joiner(
 
     from recsys.serving.wiring import load_newest_retrieval
     from recsys.stream import build_event_source
+    from recsys.stream.gctune import tune_for_streaming
     from recsys.stream.joiner import JoinConfig, Joiner
     from recsys.stream.metrics import StatsExporter, serve_metrics
 
@@ -970,7 +977,14 @@ def joiner(
     stop = threading.Event()
     if max_seconds is not None:
         threading.Timer(max_seconds, stop.set).start()
-    worker = Joiner(source, dataset, config, is_ad=None if table is None else table.is_ad)
+    worker = Joiner(
+        source,
+        dataset,
+        config,
+        is_ad=None if table is None else table.is_ad,
+        write_behind=write_behind,
+    )
+    tune_for_streaming()
     server = None
     if metrics_port is not None:
         registry = CollectorRegistry()

@@ -297,6 +297,13 @@ class JoinedDataset:
 
 
 def _parquet(table: pa.Table) -> bytes:
+    """The table as Parquet bytes: zstd, and dictionary encoding only for string columns.
+
+    Dictionary-encoding the numeric columns (Arrow's default) hashed every value of the list
+    columns (a slate's candidate ids and user features, repeated on each of its slots): it
+    cost a third of the write for files no smaller, since zstd already folds the repeats.
+    """
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", use_dictionary=strings)
     return bytes(sink.getvalue().to_pybytes())

@@ -1,4 +1,7 @@
-"""Kafka backend for the event stream (kafka-python); the only module that imports ``kafka``.
+"""Kafka backend for the event stream: the only module that imports a Kafka client.
+
+Producers and topic administration use kafka-python; the event source uses confluent-kafka
+(librdkafka), whose C fetcher is several times faster at reading a backlog.
 
 The source never joins a consumer group: it assigns itself every partition of its topics and
 positions itself from offsets the caller supplies (the online updater keeps them in the user
@@ -14,9 +17,10 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError as ConsumerError
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -27,7 +31,7 @@ from recsys.stream.events import (
     EventDecodeError,
     EventPublishError,
     EventStreamError,
-    decode_event,
+    decode_events,
     encode_dead_letter,
     encode_event,
     topic_for,
@@ -200,6 +204,11 @@ class KafkaEventSource:
     passed over like any other, so they are covered once a later record is committed.
     Partitions are discovered once, at construction. A position outside the log (older than
     retention, or past the end after a broker lost data) resets to the earliest record.
+
+    The consumer is librdkafka's (confluent-kafka): its own thread fetches ahead into a local
+    queue and unpacks record batches in C, a few microseconds a record, where kafka-python's
+    pure-Python fetcher cost more than decoding the events. The group id it needs is never
+    used: no subscribe, no commit, so no group is ever joined.
     """
 
     def __init__(
@@ -214,6 +223,7 @@ class KafkaEventSource:
         watermark_delay_s: float = 0.5,
         shard: tuple[int, int] | None = None,
         dead_letters: DeadLetterHandler | None = None,
+        prefetch_kbytes: int = 32_768,
     ) -> None:
         if not topics:
             raise ValueError("an event source needs at least one topic")
@@ -224,16 +234,28 @@ class KafkaEventSource:
         topics = list(dict.fromkeys(topics))
         if create_topics:
             ensure_topics(bootstrap, topics, partitions_if_created)
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id="recsys-event-source",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # The broker holds an empty fetch this long; keep it below typical poll timeouts
-            # so poll(timeout_s=0.2) returns new records promptly.
-            fetch_max_wait_ms=fetch_max_wait_ms,
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "client.id": "recsys-event-source",
+                # Required by librdkafka for any consumer; never joined (assign, no commits).
+                "group.id": "recsys-event-source",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                # What kafka-python read: every record the leader has, not only committed
+                # transactions (the producers here are not transactional).
+                "isolation.level": "read_uncommitted",
+                # The broker holds an empty fetch this long; keep it below typical poll
+                # timeouts so poll(timeout_s=0.2) returns new records promptly.
+                "fetch.wait.max.ms": fetch_max_wait_ms,
+                # Read-ahead buffered in this process (all partitions together).
+                "queued.max.messages.kbytes": prefetch_kbytes,
+            },
+            logger=_log,
         )
+        self._bootstrap = bootstrap
+        self._query: Consumer | None = None  # for end_offsets(), built on first use
         self.decode_errors = 0
         # How far behind "now" a caught-up partition's watermark is put: covers the age of
         # the high-water mark from the last fetch and events stamped but not yet published.
@@ -241,11 +263,21 @@ class KafkaEventSource:
         self._polled_at = 0.0
         try:
             self._assigned = self._discover(topics, metadata_timeout_s)
-            self._consumer.assign(self._assigned)
-            self._consumer.seek_to_beginning(*self._assigned)
         except BaseException:
             self._consumer.close()
             raise
+        self._keys = {(tp.topic, tp.partition): partition_key(tp.topic, tp.partition)
+                      for tp in self._assigned}  # fmt: skip
+        self._tp_of = {key: tp for tp, key in self._keys.items()}
+        # Next offset to read per partition, as this source knows it (None: "the beginning",
+        # not resolved yet). librdkafka's own position() only knows consumed partitions.
+        self._next: dict[tuple[str, int], int | None] = dict.fromkeys(self._keys)
+        # (log start, high-water mark) of the last fetch, per partition fetched so far.
+        self._marks: dict[tuple[str, int], tuple[int, int]] = {}
+        # Assignment to apply before the next read: seek() only records it, so a source that
+        # is positioned right after construction never prefetches from the wrong place.
+        self._pending_assign = True
+        self._error_logged_at = 0.0
 
     def _discover(self, topics: Sequence[str], timeout_s: float) -> list[TopicPartition]:
         # Metadata for a just-created topic can take a moment to show up.
@@ -253,7 +285,7 @@ class KafkaEventSource:
         assigned: list[TopicPartition] = []
         for topic in topics:
             while True:
-                found = self._consumer.partitions_for_topic(topic)
+                found = self._partitions_of(topic, max(deadline - time.monotonic(), 0.1))
                 if found:
                     mine = [
                         p for p in sorted(found)
@@ -271,86 +303,180 @@ class KafkaEventSource:
                 time.sleep(0.05)
         return assigned
 
+    def _partitions_of(self, topic: str, timeout_s: float) -> list[int]:
+        try:
+            meta = self._consumer.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:
+            _log.debug("no metadata for %s yet: %s", topic, exc)
+            return []
+        found = meta.topics.get(topic)
+        if found is None or found.error is not None:
+            return []
+        return list(found.partitions)
+
     def partitions(self) -> list[str]:
         """Every assigned partition as ``"topic:partition"``."""
-        return [partition_key(tp.topic, tp.partition) for tp in self._assigned]
+        return list(self._keys.values())
 
     def seek(self, offsets: Mapping[str, int]) -> None:
         """Resume listed partitions at their next offset; the others restart at the beginning.
 
         Keys for partitions this source does not read are ignored.
         """
-        for tp in self._assigned:
-            offset = offsets.get(partition_key(tp.topic, tp.partition))
-            if offset is None:
-                self._consumer.seek_to_beginning(tp)
-            elif offset < 0:
-                raise ValueError(f"offset for {tp.topic}:{tp.partition} must be >= 0")
-            else:
-                self._consumer.seek(tp, offset)
+        positions: dict[tuple[str, int], int | None] = {}
+        for tp_key, key in self._keys.items():
+            offset = offsets.get(key)
+            if offset is not None and offset < 0:
+                raise ValueError(f"offset for {tp_key[0]}:{tp_key[1]} must be >= 0")
+            positions[tp_key] = None if offset is None else int(offset)
+        self._next = positions
+        self._pending_assign = True
+
+    def _assign(self) -> None:
+        # (Re-)assigning drops whatever librdkafka prefetched from the old positions.
+        self._consumer.assign(
+            [
+                TopicPartition(t, p, OFFSET_BEGINNING if offset is None else offset)
+                for (t, p), offset in self._next.items()
+            ]
+        )
+        self._pending_assign = False
 
     def poll(self, max_records: int, timeout_s: float) -> list[EventRecord]:
         """Up to ``max_records`` decoded records, waiting at most ``timeout_s`` for the first."""
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
+        if self._pending_assign:
+            self._assign()
         deadline = time.monotonic() + max(timeout_s, 0.0)
         self._polled_at = time.time()
+        consumer = self._consumer
         while True:
-            remaining_ms = max(int((deadline - time.monotonic()) * 1000), 0)
-            batch: dict[Any, list[Any]] = self._consumer.poll(
-                timeout_ms=remaining_ms, max_records=max_records
-            )
-            raw_count = sum(len(msgs) for msgs in batch.values())
-            records = self._decode(batch)
-            # A batch of nothing but poison is not "no data": keep waiting while time remains.
-            if records or raw_count == 0 or time.monotonic() >= deadline:
+            # librdkafka's consume() waits for a *full* batch until its timeout; the contract
+            # is "wait for the first record only": take what is queued, else block on one.
+            messages = consumer.consume(max_records, 0)
+            if not messages:
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    first = consumer.poll(remaining)
+                    if first is not None:
+                        messages = [first]
+                        if max_records > 1:
+                            messages += consumer.consume(max_records - 1, 0)
+            records = self._decode(messages)
+            self._refresh_marks()
+            # A batch of nothing but poison (or client errors) is not "no data": keep waiting
+            # while time remains.
+            if records or not messages or time.monotonic() >= deadline:
                 return records
 
-    def _decode(self, batch: Mapping[Any, Sequence[Any]]) -> list[EventRecord]:
+    def _refresh_marks(self) -> None:
+        """Copy librdkafka's log start and high-water mark of the last fetch of each partition
+        (local, no request). Read here, on the polling thread, because the client serializes
+        them with a poll in progress: :meth:`lag` from a metrics thread would wait for it."""
+        watermarks = self._consumer.get_watermark_offsets
+        marks = self._marks
+        for tp in self._assigned:
+            low, high = watermarks(tp, cached=True)
+            if high >= 0:
+                marks[(tp.topic, tp.partition)] = (max(int(low), 0), int(high))
+
+    def _decode(self, messages: Sequence[Message]) -> list[EventRecord]:
+        """Records of the data messages that decode (errors logged, poison dead-lettered)."""
+        data: list[tuple[str, int, Message]] = []
+        keys = self._keys
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                self._broker_error(error)
+                continue
+            key = keys.get((msg.topic(), msg.partition()))  # type: ignore[arg-type]
+            offset = msg.offset()
+            if key is None or offset is None:  # not ours (cannot happen when assigned)
+                continue
+            data.append((key, offset, msg))
+        if not data:
+            return []
+        nexts = self._next
         records: list[EventRecord] = []
-        for tp, messages in batch.items():
-            key = partition_key(tp.topic, tp.partition)
-            for msg in messages:
-                try:
-                    event = decode_event(msg.value)
-                except EventDecodeError as exc:
-                    self.decode_errors += 1
-                    _log.warning("skipping undecodable record %s@%d: %s", key, msg.offset, exc)
-                    if self._dead_letters is not None:
-                        payload = msg.value if isinstance(msg.value, bytes) else b""
-                        self._dead_letters(DeadLetter(key, int(msg.offset), str(exc), payload))
-                    continue
-                records.append(EventRecord(key, int(msg.offset), event))
+        append = records.append
+        events = decode_events([msg.value() for _, _, msg in data])
+        for (key, offset, msg), event in zip(data, events, strict=True):
+            nexts[self._tp_of[key]] = offset + 1
+            if isinstance(event, EventDecodeError):
+                self.decode_errors += 1
+                _log.warning("skipping undecodable record %s@%d: %s", key, offset, event)
+                if self._dead_letters is not None:
+                    value = msg.value()
+                    payload = value if isinstance(value, bytes) else b""
+                    self._dead_letters(DeadLetter(key, offset, str(event), payload))
+                continue
+            append(EventRecord(key, offset, event))
         return records
+
+    def _broker_error(self, error: ConsumerError) -> None:
+        """Errors the consumer reports between records: fatal ones raise, the rest (broker
+        down, retrying) are logged, at most once a second, while librdkafka keeps trying."""
+        if error.fatal():
+            raise EventStreamError(f"the Kafka consumer failed: {error}")
+        if error.code() == ConsumerError._PARTITION_EOF:
+            return
+        now = time.monotonic()
+        if now - self._error_logged_at >= 1.0:
+            self._error_logged_at = now
+            _log.warning("Kafka consumer: %s", error)
+
+    def _position(self, tp: tuple[str, int], low: int) -> int:
+        position = self._next[tp]
+        return low if position is None else position  # None: "the beginning", the log start
 
     def caught_up(self) -> dict[str, float]:
         """Partitions whose position reached the high-water mark of the last fetch, with a
         watermark ``watermark_delay_s`` before the last poll started."""
-        out: dict[str, float] = {}
-        for tp in self._assigned:
-            high = self._consumer.highwater(tp)
-            if high is not None and self._consumer.position(tp) >= high:
-                key = partition_key(tp.topic, tp.partition)
-                out[key] = self._polled_at - self._watermark_delay_s
-        return out
+        if self._pending_assign:
+            return {}
+        at = self._polled_at - self._watermark_delay_s
+        return {
+            self._keys[tp]: at
+            for tp, (low, high) in list(self._marks.items())
+            if self._position(tp, low) >= high
+        }
 
     def end_offsets(self) -> dict[str, int]:
-        """The next offset the broker would give in each assigned partition (asks it now)."""
-        ends = self._consumer.end_offsets(self._assigned)
-        return {partition_key(tp.topic, tp.partition): int(ends[tp]) for tp in self._assigned}
+        """The next offset the broker would give in each assigned partition (asks it now).
+
+        Through a second, idle client: the reading one serializes such calls with its polls,
+        so from another thread they could wait for as long as that thread keeps polling."""
+        if self._query is None:
+            self._query = Consumer(
+                {"bootstrap.servers": self._bootstrap, "group.id": "recsys-event-source",
+                 "client.id": "recsys-event-source-query",
+                 "isolation.level": "read_uncommitted"},
+                logger=_log,
+            )  # fmt: skip
+        out: dict[str, int] = {}
+        for tp in self._assigned:
+            try:
+                _, high = self._query.get_watermark_offsets(tp, timeout=10.0)
+            except KafkaException as exc:
+                raise EventStreamError(
+                    f"no end offset for {tp.topic}:{tp.partition}: {exc}"
+                ) from exc
+            out[self._keys[(tp.topic, tp.partition)]] = int(high)
+        return out
 
     def lag(self) -> dict[str, int]:
         """Records between this source's position and the high-water mark of its last fetch,
         per partition (partitions not fetched yet are left out)."""
-        out: dict[str, int] = {}
-        for tp in self._assigned:
-            high = self._consumer.highwater(tp)
-            if high is not None:
-                out[partition_key(tp.topic, tp.partition)] = max(
-                    int(high) - int(self._consumer.position(tp)), 0
-                )
-        return out
+        if self._pending_assign:
+            return {}
+        return {
+            self._keys[tp]: max(high - self._position(tp, low), 0)
+            for tp, (low, high) in list(self._marks.items())
+        }
 
     def close(self) -> None:
         """Close the consumer (no offsets are committed to Kafka; the store keeps them)."""
+        if self._query is not None:
+            self._query.close()
         self._consumer.close()

@@ -19,7 +19,7 @@ from recsys.stream.events import (
     DeadLetter,
     DeadLetterHandler,
     EventDecodeError,
-    decode_event,
+    decode_events,
     encode_dead_letter,
     encode_event,
     topic_for,
@@ -273,15 +273,14 @@ class InMemoryEventSource:
 
     def _decode(self, raw: list[tuple[str, int, bytes]]) -> list[EventRecord]:
         records: list[EventRecord] = []
-        for topic, offset, data in raw:
+        decoded = decode_events([data for _, _, data in raw])
+        for (topic, offset, data), event in zip(raw, decoded, strict=True):
             self._positions[topic] = offset + 1
-            try:
-                event = decode_event(data)
-            except EventDecodeError as exc:
+            if isinstance(event, EventDecodeError):
                 self.decode_errors += 1
-                _log.warning("skipping undecodable record %s@%d: %s", topic, offset, exc)
+                _log.warning("skipping undecodable record %s@%d: %s", topic, offset, event)
                 if self._dead_letters is not None:
-                    self._dead_letters(DeadLetter(partition_key(topic), offset, str(exc), data))
+                    self._dead_letters(DeadLetter(partition_key(topic), offset, str(event), data))
                 continue
             records.append(EventRecord(partition_key(topic), offset, event))
         return records

@@ -91,6 +91,7 @@ class OnlineUpdater:
         self._watermark = Watermark()
         self._committed: dict[str, int] = {}
         self._stop = threading.Event()
+        self._read = 0  # records the last poll returned
         self._thread: threading.Thread | None = None
 
     @property
@@ -111,6 +112,7 @@ class OnlineUpdater:
                 self._watermark.reset()
                 self._needs_seek = False
             records = self.source.poll(max_records, timeout_s)
+            self._read = len(records)
             if not records and not self._watermark.held:
                 return 0
             applied = self._apply(records)
@@ -184,8 +186,11 @@ class OnlineUpdater:
             try:
                 self.run_once(max_records, timeout_s)
                 backoff_s = 0.1
-                if self.waiting:
-                    stop.wait(0.01)  # waiting for the watermark: do not spin on the broker
+                if self.waiting and not self._read:
+                    # Only the watermark can release what is held, and the broker had nothing
+                    # new: do not spin on it. (Sleeping whenever records are held cost a
+                    # backlog a third of its rate: one topic is nearly always read ahead.)
+                    stop.wait(0.01)
             except Exception:
                 _log.exception("online updater batch failed; retrying in %.1fs", backoff_s)
                 if stop.wait(backoff_s):

@@ -111,3 +111,51 @@ def test_oversized_event_is_refused_with_a_clear_error(
 def test_source_needs_topics(kafka_broker: EmbeddedBroker) -> None:
     with pytest.raises(ValueError, match="topic"):
         KafkaEventSource(kafka_broker.bootstrap, [])
+
+
+def test_lag_and_end_offsets_answer_while_another_thread_polls(
+    kafka_broker: EmbeddedBroker, unique_name: str
+) -> None:
+    """A metrics thread asks for lag while the consumer thread polls: the client serializes
+    its own calls with a poll, so the source must answer without it (and without waiting)."""
+    import threading
+    import time
+
+    settings = StreamSettings(
+        impressions_topic=f"{unique_name}-imp", feedback_topic=f"{unique_name}-fb"
+    )
+    sink = KafkaEventSink(kafka_broker.bootstrap, settings)
+    source = KafkaEventSource(
+        kafka_broker.bootstrap, [settings.impressions_topic, settings.feedback_topic]
+    )
+    stop = threading.Event()
+    read: list[object] = []
+
+    def consume() -> None:
+        while not stop.is_set():
+            read.extend(source.poll(100, 1.0))
+
+    for i in range(5):
+        sink.publish(feedback("r", "u", i))
+    sink.flush()
+    thread = threading.Thread(target=consume)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while len(read) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(read) == 5
+        start = time.monotonic()
+        lag = source.lag()
+        caught_up = source.caught_up()
+        ends = source.end_offsets()
+        assert time.monotonic() - start < 0.5
+        fb = f"{settings.feedback_topic}:0"
+        assert lag[fb] == 0
+        assert fb in caught_up
+        assert ends[fb] >= 1
+    finally:
+        stop.set()
+        thread.join(5.0)
+        source.close()
+        sink.close()

@@ -208,6 +208,96 @@ def test_items_must_be_a_list_of_objects() -> None:
         decode_event(_bytes(obj))
 
 
+# JSON tokens a producer (or an attacker) might put in any field: every type, the edges of
+# each range, non-finite numbers, strings that are and are not base64.
+_TOKENS = [
+    "null", "true", "false", "0", "1", "-1", "1.0", "0.5", "-0.0", "1e-320", "2147483648",
+    "9223372036854775807", "9223372036854775808", "18446744073709551616", "1e300", "1e999",
+    "-1e999", "NaN", "Infinity", "4294967295.5", '""', '"x"', '"click"', '"AAAA"', '"AAA="',
+    '"AAAAAAAA"', '"/////w=="', '"//////8="', '"AACAfw=="', '"%%%"', "[]", "{}", "[1]",
+    '[{"item_id":1}]',
+]  # fmt: skip
+_IMPRESSION_KEYS = [
+    "v", "type", "request_id", "user_id", "ts", "model_version", "policy", "session_id",
+    "items", "shadow", "candidates", "features",
+]  # fmt: skip
+_FEEDBACK_KEYS = [
+    "v", "type", "request_id", "user_id", "item_id", "event", "value", "ts", "server_ts"
+]  # fmt: skip
+_ITEM_KEYS = ["item_id", "position", "score", "propensity"]
+
+
+def _full_impression() -> ImpressionEvent:
+    from dataclasses import replace
+
+    from recsys.types import ShadowSlate
+
+    base = impression("r1", "u1", [4, 7, 9], ts=1712345678.5)
+    shadow = ShadowSlate("other", "v0", impression("r1", "u1", [9, 4]).items)
+    return replace(base, shadow=shadow, candidates=(4, 7, 9, 12), features=(0.25, -1.5, 3.0))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["impression", "feedback"]),
+    where=st.sampled_from(["top", "item", "shadow-item"]),
+    key_index=st.integers(min_value=0, max_value=20),
+    token=st.sampled_from([*_TOKENS, "<delete>"]),
+)
+def test_the_fast_decoder_agrees_with_the_strict_one(
+    kind: str, where: str, key_index: int, token: str
+) -> None:
+    """msgspec's layer never accepts what the strict decoder refuses, and builds the very
+    same event (types included: ``repr`` tells ``1`` from ``1.0``) for what both accept."""
+    from recsys.stream.events import _decode_strict, decode_events
+
+    if kind == "feedback":
+        obj = _payload(FeedbackEvent("r1", "u1", 7, EventType.DWELL, 3.5, 17.0, server_ts=18.0))
+        where = "top"
+        keys = _FEEDBACK_KEYS
+    else:
+        obj = _payload(_full_impression())
+        keys = _IMPRESSION_KEYS if where == "top" else _ITEM_KEYS
+    target = {"top": obj, "item": obj.get("items", [{}])[0]}.get(where)
+    if target is None:
+        target = obj["shadow"]["items"][1]
+    key = keys[key_index % len(keys)]
+    if token == "<delete>":
+        target.pop(key, None)
+    else:
+        target[key] = "@@TOKEN@@"
+    data = json.dumps(obj).replace('"@@TOKEN@@"', token).encode()
+    (fast,) = decode_events([data])
+    try:
+        strict: object = _decode_strict(data)
+    except EventDecodeError as exc:
+        strict = exc
+    if isinstance(strict, EventDecodeError):
+        assert isinstance(fast, EventDecodeError)
+        assert str(fast) == str(strict)
+    else:
+        assert repr(fast) == repr(strict)
+
+
+def test_a_batch_keeps_each_payloads_place_and_isolates_poison() -> None:
+    from recsys.stream.events import decode_events
+
+    good = [_full_impression(), feedback("r1", "u1", 7), impression("r2", "u2", [1])]
+    bad = _payload(impression("r3", "u3", [1, 2]))
+    bad["items"][1]["propensity"] = 2.0
+    negative = _payload(_full_impression())
+    negative["candidates"] = "/////w=="  # one int32: -1
+    payloads = [
+        encode_event(good[0]), b"{", encode_event(good[1]), _bytes(bad), None,
+        _bytes(negative), encode_event(good[2]),
+    ]  # fmt: skip
+    out = decode_events(payloads)
+    assert [out[0], out[2], out[6]] == good
+    assert [type(out[i]) for i in (1, 3, 4, 5)] == [EventDecodeError] * 4
+    assert "items[1].propensity" in str(out[3])
+    assert "non-negative item ids" in str(out[5])
+
+
 def test_decode_error_is_a_value_error() -> None:
     assert issubclass(EventDecodeError, ValueError)
 

@@ -444,8 +444,15 @@ def test_the_traffic_exercises_every_case(
 
 
 @pytest.mark.parametrize(
-    ("max_records", "topics"),
-    [(1, ("imp", "fb")), (3, ("fb", "imp")), (17, ("imp", "fb")), (64, ("fb", "imp"))],
+    ("max_records", "topics", "write_behind"),
+    [
+        (1, ("imp", "fb"), False),
+        (3, ("fb", "imp"), False),
+        (17, ("imp", "fb"), False),
+        (64, ("fb", "imp"), False),
+        (3, ("imp", "fb"), True),
+        (64, ("fb", "imp"), True),
+    ],
 )
 def test_any_batching_gives_the_same_rows(
     traffic: list[Event],
@@ -453,10 +460,11 @@ def test_any_batching_gives_the_same_rows(
     tmp_path: Path,
     max_records: int,
     topics: tuple[str, str],
+    write_behind: bool,
 ) -> None:
     log = InMemoryEventLog(CFG)
     _publish(log, traffic)
-    joiner = Joiner(_source(log, topics), str(tmp_path), PROP)
+    joiner = Joiner(_source(log, topics), str(tmp_path), PROP, write_behind=write_behind)
     _drain(joiner, max_records)
     assert joiner.stats.segments > 3
     assert (outcome(JoinedDataset(str(tmp_path))), event_counters(joiner.stats)) == reference
@@ -545,15 +553,19 @@ def test_a_crash_between_side_files_and_the_commit_leaves_nothing_visible(
     assert (outcome(crashing), event_counters(joiner.stats)) == reference
 
 
+@pytest.mark.parametrize("write_behind", [False, True])
 def test_a_failed_commit_rewinds_the_same_joiner(
     traffic: list[Event],
     reference: tuple[dict[str, Any], dict[str, int]],
     tmp_path: Path,
+    write_behind: bool,
 ) -> None:
+    """A failed write (in the background too: it fails the next call) rewinds the same
+    object to the newest durable segment, and the rows come out the same."""
     log = InMemoryEventLog(CFG)
     _publish(log, traffic)
     crashing = _CrashingDataset(str(tmp_path), fail_commits={2, 4, 9})
-    joiner = Joiner(_source(log), crashing, PROP)
+    joiner = Joiner(_source(log), crashing, PROP, write_behind=write_behind)
     crashes = 0
     for _ in range(10_000):
         try:
@@ -577,15 +589,17 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("write_behind", [False, True])
 def test_run_loop_survives_failing_commits_and_commits_on_stop(
     traffic: list[Event],
     reference: tuple[dict[str, Any], dict[str, int]],
     tmp_path: Path,
+    write_behind: bool,
 ) -> None:
     log = InMemoryEventLog(CFG)
     _publish(log, traffic)
     crashing = _CrashingDataset(str(tmp_path), fail_commits={1, 3})
-    joiner = Joiner(_source(log), crashing, PROP)
+    joiner = Joiner(_source(log), crashing, PROP, write_behind=write_behind)
     stop = threading.Event()
     thread = joiner.start_in_thread(stop, max_records=11, timeout_s=0.01)
     try:
