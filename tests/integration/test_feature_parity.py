@@ -41,6 +41,11 @@ pytestmark = pytest.mark.integration
 CATALOG = CatalogSettings(num_items=300, num_users=64, num_topics=6, seed=3)
 SIM = SimulatorSettings(num_candidates=12, slate_size=4)
 _examples = itertools.count()
+# Server times of successive examples never go back: the examples share the topics, and the
+# updater orders a partition by its running maximum server time (a server's clock only moves
+# forward), so an example starting before the previous one ended would be folded out of
+# order. A day in the past, so every watermark has passed them; 30 s apart (steps <= 25).
+_T_BASE = time.time() - 86_400.0
 
 
 class _Service:
@@ -151,7 +156,8 @@ def _wire_events(
 def test_simulator_updater_and_server_compute_identical_features(
     service: _Service, seed: int, n_users: int, steps: int, orphans: bool
 ) -> None:
-    prefix = f"x{next(_examples)}"
+    example = next(_examples)
+    prefix = f"x{example}"
     world = make_world(CATALOG).select_users(np.arange(n_users, dtype=np.int64))
     users = SimulatedUsers(
         world,
@@ -162,7 +168,7 @@ def test_simulator_updater_and_server_compute_identical_features(
         items=_observable(world),
     )
     rng = np.random.default_rng(seed)
-    t0 = time.time() - 7200.0  # server times in the past: every watermark has passed them
+    t0 = _T_BASE + 30.0 * example
     rows = np.arange(n_users, dtype=np.int64)
     for t in range(steps):
         life, session = users.core.upcoming_sessions(rows)
