@@ -61,11 +61,8 @@ class _Service:
         )
         ensure_topics(broker.bootstrap, [self.stream.impressions_topic, self.stream.feedback_topic])
         self.sink = KafkaEventSink(broker.bootstrap, self.stream)
-        self.source = KafkaEventSource(
-            broker.bootstrap, [self.stream.impressions_topic, self.stream.feedback_topic]
-        )
+        self.bootstrap = broker.bootstrap
         self.store = RedisUserStateStore.from_url(redis.url, key_prefix=name)
-        self.updater = OnlineUpdater(self.source, self.store, "parity", self.fold)
         self.server = Recommender(
             store=RedisUserStateStore.from_url(redis.url, key_prefix=name),
             candidates=UniformCandidates(world.item_is_ad),
@@ -86,14 +83,25 @@ class _Service:
 
     def drain(self, timeout_s: float = 60.0) -> None:
         """Run the updater until every published event is committed."""
+        # A fresh consumer per example, started after the events are in the broker (it resumes
+        # from the offsets the store holds). A consumer that stayed up could take a partition's
+        # cached end offset from a fetch before this example's flush for "caught up", and this
+        # test's server times lie a day in the past, far behind any watermark delay that
+        # covers that staleness for events stamped at real server time.
+        source = KafkaEventSource(
+            self.bootstrap, [self.stream.impressions_topic, self.stream.feedback_topic]
+        )
+        updater = OnlineUpdater(source, self.store, "parity", self.fold)
         deadline = time.monotonic() + timeout_s
-        while sum(self.store.offsets("parity").values()) < self.published:
-            if time.monotonic() > deadline:
-                raise AssertionError("the updater did not catch up with the published events")
-            self.updater.run_once(max_records=500, timeout_s=0.2)
+        try:
+            while sum(self.store.offsets("parity").values()) < self.published:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the updater did not catch up with the published events")
+                updater.run_once(max_records=500, timeout_s=0.2)
+        finally:
+            source.close()
 
     def close(self) -> None:
-        self.source.close()
         self.sink.close()
         self.store.close()
 
