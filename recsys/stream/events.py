@@ -238,7 +238,7 @@ def decode_events(payloads: Sequence[object]) -> list[Event | EventDecodeError]:
         except Exception:  # msgspec errors, TypeError for non-bytes, UnicodeDecodeError
             out[i] = _strict(data)
             continue
-        if type(wire) is _FeedbackWire:
+        if isinstance(wire, _FeedbackWire):
             out[i] = FeedbackEvent(
                 wire.request_id,
                 wire.user_id,
@@ -248,9 +248,11 @@ def decode_events(payloads: Sequence[object]) -> list[Event | EventDecodeError]:
                 wire.ts,
                 None if wire.server_ts is msgspec.UNSET else wire.server_ts,
             )
-        else:
+        elif isinstance(wire, _ImpressionWire):
             at.append(i)
             wires.append(wire)
+        else:  # pragma: no cover - decode returns one of the two tagged structs
+            out[i] = _strict(data)
     if wires:
         bad = _flag_impressions(wires)
         candidates = _tuples(wires, "candidates", _I4, bad)
