@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import time
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -36,6 +35,7 @@ import numpy.typing as npt
 import torch
 
 from recsys.config import ArtifactSettings, Settings
+from recsys.doc_blocks import ci_text, ratio_text, replace_block
 from recsys.live import LIVE_POLICIES, LiveEvaluation, evaluate_live
 from recsys.pipeline import catalog_config
 from recsys.policy.evaluation.simulator import mean_ci, paired_ratio, run_policy_lives
@@ -110,14 +110,6 @@ def must_show(results: Mapping[str, Any], best: str) -> dict[str, Any]:
     }
 
 
-def _ci(m: Mapping[str, float], digits: int = 1) -> str:
-    return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
-
-
-def _ratio(r: Mapping[str, float]) -> str:
-    return f"{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-
-
 def _flags(flags: Mapping[str, bool]) -> str:
     return ", ".join(f"{name} {flag}" for name, flag in flags.items())
 
@@ -141,9 +133,9 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
         batched = results["batched_in_process"][name]
         ratio = results["ratios"].get(f"{name}/myopic")
         lines.append(
-            f"| {name} | {_ci(p['return'])} | {_ratio(ratio) if ratio else '1'} "
-            f"| {_ci(paired['in_process_return'])} "
-            f"| {paired['identical_lives']}/{paired['users']} | {_ci(batched['return'])} "
+            f"| {name} | {ci_text(p['return'])} | {ratio_text(ratio) if ratio else '1'} "
+            f"| {ci_text(paired['in_process_return'])} "
+            f"| {paired['identical_lives']}/{paired['users']} | {ci_text(batched['return'])} "
             f"| {p['clicks']['mean']:.1f} | {p['revenue']['mean']:.2f} "
             f"| {p['not_visible_on_first_try']}/{p['state_waits']} "
             f"| {p['recommend_p50_ms']:.0f} / {p['recommend_p99_ms']:.0f} |"
@@ -152,7 +144,7 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"- Best RL policy ({must['best_rl']}, chosen on validation users) over myopic, live: "
-        f"**{_ratio(r)}** (target >= {r['target']}: {r['meets_ratio']}; paired CI above 1: "
+        f"**{ratio_text(r)}** (target >= {r['target']}: {r['meets_ratio']}; paired CI above 1: "
         f"{r['ci_above_one']}).",
         "- Live return inside the in-process CI of the same checkpoint on the same users and "
         f"seeds: {_flags(must['live_inside_paired_in_process_ci'])}; inside the batched "
@@ -164,12 +156,7 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
 
 def write_doc(results: Mapping[str, Any]) -> None:
     """Replace the block between the markers of docs/policy.md."""
-    text = DOC.read_text()
-    block = f"{BEGIN}\n{render_doc_block(results)}\n{END}"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block")
-    DOC.write_text(pattern.sub(lambda _: block, text))
+    replace_block(DOC, BEGIN, END, render_doc_block(results))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

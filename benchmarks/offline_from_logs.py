@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +55,8 @@ from recsys.artifacts import latest_version
 from recsys.candidates.persistence import RETRIEVAL_ARTIFACT
 from recsys.config import ArtifactSettings, PolicySettings, Settings
 from recsys.data.logged import read_logged_feedback, write_logged_feedback
-from recsys.live import LiveEvaluation
+from recsys.doc_blocks import ci_text, ratio_text, replace_block
+from recsys.live import LiveEvaluation, run_live
 from recsys.pipeline import catalog_config
 from recsys.policy.evaluation.ope_file import evaluate_ope_file
 from recsys.policy.evaluation.simulator import (
@@ -153,22 +153,23 @@ def serve_and_log(
         try:
             with Progress(console=console) as bar:
                 task = bar.add_task("logging users over HTTP", total=cfg.log_users)
-                return drive_and_join(
+                traffic = partial(
+                    run_live,
                     url,
-                    serving,
-                    dataset,
-                    world=run.world,
-                    env_factory=run.env,
-                    store=store,
-                    fold=run.fold,
+                    run.world,
+                    run.env,
+                    store,
+                    run.fold,
                     users=users,
                     max_steps=cfg.log_max_steps,
                     seed=cfg.eval_seed + 1,
                     slate_size=run.sim_settings.slate_size,
                     num_candidates=run.sim_settings.num_candidates,
                     concurrency=cfg.concurrency,
+                    label="log",
                     progress=partial(bar.advance, task),
                 )
+                return drive_and_join(serving, dataset, run.fold, traffic)
         finally:
             signals.hold()
 
@@ -416,14 +417,6 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _ci(m: Mapping[str, float], digits: int = 1) -> str:
-    return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
-
-
-def _ratio(r: Mapping[str, float], digits: int = 2) -> str:
-    return f"{r['ratio']:.{digits}f} [{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]"
-
-
 def render_doc_block(results: Mapping[str, Any]) -> str:
     """The Markdown figures of ``docs/offline_from_logs.md`` (from the JSON only)."""
     cfg, logs, pol = results["config"], results["logs"], results["on_policy"]
@@ -460,16 +453,17 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
     for name, p in pol.items():
         ratio = results["paired"].get(f"{name}/logger")
         lines.append(
-            f"| {p['what']} | {_ci(p['return'])} | {_ratio(ratio['ratio']) if ratio else '1'} "
-            f"| {_ratio(p['clicks_per_slate'], 3)} | {p['clicks']['mean']:.1f} "
+            f"| {p['what']} | {ci_text(p['return'])} "
+            f"| {ratio_text(ratio['ratio']) if ratio else '1'} "
+            f"| {ratio_text(p['clicks_per_slate'], 3)} | {p['clicks']['mean']:.1f} "
             f"| {p['steps']['mean']:.1f} |"
         )
     d = results["paired"]["new_greedy/logger"]["difference"]
     b = results["paired"]["new_greedy/base_greedy"]
     lines += [
         "",
-        f"- New policy (greedy) minus logger, per user: **{_ci(d)}** LTV minutes; over the "
-        f"greedy myopic base: {_ratio(b['ratio'])}.",
+        f"- New policy (greedy) minus logger, per user: **{ci_text(d)}** LTV minutes; over the "
+        f"greedy myopic base: {ratio_text(b['ratio'])}.",
         "",
         "Off-policy, `recsys evaluate ope --logs HELDOUT --policy CHECKPOINT` on the held-out "
         f"logs ({logs['heldout_slates']:,} slates), clicks per slate, against the on-policy "
@@ -487,7 +481,7 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
         for name in OPE_ESTIMATORS:
             e = check[name]
             lines.append(
-                f"| {label} | {_ratio(v, 3)} | {name} | {e['value']:.3f} [{e['ci_low']:.3f}, "
+                f"| {label} | {ratio_text(v, 3)} | {name} | {e['value']:.3f} [{e['ci_low']:.3f}, "
                 f"{e['ci_high']:.3f}] | {e['ess']:.1f} of {logs['heldout_slates']:,} "
                 f"| {e['on_policy_inside_ope_ci']} |"
             )
@@ -512,12 +506,7 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
 
 def write_doc(results: Mapping[str, Any]) -> None:
     """Replace the block between the markers of docs/offline_from_logs.md."""
-    text = DOC.read_text()
-    block = f"{BEGIN}\n{render_doc_block(results)}\n{END}"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block")
-    DOC.write_text(pattern.sub(lambda _: block, text))
+    replace_block(DOC, BEGIN, END, render_doc_block(results))
 
 
 def reproduce_logger(heldout: Path, base: Path, epsilon: float) -> dict[str, Any]:

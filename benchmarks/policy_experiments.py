@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +48,7 @@ import torch
 
 from recsys.config import CandidateSettings, CatalogSettings, SimulatorSettings
 from recsys.data.synthetic import make_world
+from recsys.doc_blocks import replace_block
 from recsys.pipeline import (
     SIM_POLICY_NAMES,
     SimulatorSetup,
@@ -733,11 +733,7 @@ def write_outputs(results: dict[str, Any]) -> None:
     """Figure and docs block from the results (the JSON is the source of truth)."""
     plot_learning_curves(results, FIGURE)
     if DOC.is_file():
-        text = DOC.read_text()
-        block = f"{BEGIN}\n{render_doc_block(results)}\n{END}"
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-        if pattern.search(text):
-            DOC.write_text(pattern.sub(lambda _: block, text))
+        replace_block(DOC, BEGIN, END, render_doc_block(results), required=False)
 
 
 def quick_config() -> ExperimentConfig:

@@ -19,15 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from recsys.config import Settings
-from recsys.data.synthetic import SyntheticWorld
 from recsys.features import EventFold
-from recsys.live import LiveStats, run_live
+from recsys.live import LiveStats
 from recsys.policy.evaluation.simulator import PolicyEvaluation
-from recsys.protocols import UserStateStore
-from recsys.simulator.env import SlateEnv
 from recsys.stream import JoinConfig, Joiner, build_event_source
 from recsys.stream.joiner import JoinStats
 
@@ -77,48 +73,23 @@ class ServedLogs:
 
 
 def drive_and_join(
-    url: str,
     settings: Settings,
     dataset: Path,
-    *,
-    world: SyntheticWorld,
-    env_factory: Callable[[SyntheticWorld, int], SlateEnv],
-    store: UserStateStore,
     fold: EventFold,
-    users: npt.ArrayLike,
-    max_steps: int,
-    seed: int,
-    slate_size: int,
-    num_candidates: int,
-    concurrency: int = 16,
-    label: str = "log",
+    traffic: Callable[[], tuple[PolicyEvaluation, LiveStats]],
+    *,
     wait_s: float = 2.0,
-    progress: Callable[[int], None] | None = None,
     timeout_s: float = 120.0,
 ) -> ServedLogs:
-    """Drive ``users`` through the service at ``url`` (:func:`recsys.live.run_live`, one
-    life each of at most ``max_steps`` slates), then join the impressions and feedback on
+    """Run ``traffic`` (a :func:`recsys.live.run_live` call with its arguments bound, e.g.
+    by :func:`functools.partial`), then join the impressions and feedback on
     ``settings.stream``'s topics into ``dataset`` (a joined dataset: ``dataset/rows/...``).
 
     The topics should hold only this traffic (a fresh broker, or topics of its own): the
     joiner waits for exactly the events these clients caused. ``is_ad`` of the joined rows
-    comes from the fold's catalog.
+    comes from ``fold``'s catalog.
     """
-    evaluation, clients = run_live(
-        url,
-        world,
-        env_factory,
-        store,
-        fold,
-        users=users,
-        max_steps=max_steps,
-        seed=seed,
-        slate_size=slate_size,
-        num_candidates=num_candidates,
-        concurrency=concurrency,
-        label=label,
-        progress=progress,
-    )
+    evaluation, clients = traffic()
     if clients.failures:
         raise RuntimeError("serving the logged traffic failed: " + "; ".join(clients.failures))
     source = build_event_source(settings.stream)

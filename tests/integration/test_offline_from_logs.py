@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from recsys.cli import app
 from recsys.config import Settings, SimulatorSettings
 from recsys.data.logged import read_logged_feedback
 from recsys.data.synthetic import SyntheticWorld
+from recsys.live import run_live
 from recsys.policy.training.checkpoint import load_policy_checkpoint
 from recsys.served_logs import drive_and_join
 from recsys.services import start_updater
@@ -83,14 +85,14 @@ def test_logs_of_the_served_policy_train_a_policy_that_ope_evaluates(
 
     with ExitStack() as stack:
         store = start_updater(stack, settings)  # the app's own topics into its Redis prefix
-        served = drive_and_join(
+        fold = build_fold(settings)
+        traffic = partial(
+            run_live,
             offline_app.url,
-            settings,
-            tmp_path / "joined",
-            world=offline_app.world,
-            env_factory=env,
-            store=store,
-            fold=build_fold(settings),
+            offline_app.world,
+            env,
+            store,
+            fold,
             users=np.arange(USERS),
             max_steps=STEPS,
             seed=1,
@@ -99,6 +101,7 @@ def test_logs_of_the_served_policy_train_a_policy_that_ope_evaluates(
             concurrency=4,
             label="offline",
         )
+        served = drive_and_join(settings, tmp_path / "joined", fold, traffic)
     requests = len(served.clients.recommend_latencies_s)
     assert served.join.impressions == requests > USERS
     assert served.join.joined_feedback == served.clients.feedback_posts

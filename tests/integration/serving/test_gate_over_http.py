@@ -29,7 +29,6 @@ version serving at the start or the promoted one, never the refused one.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,19 +40,18 @@ import pytest
 
 from recsys.config import AuthSettings, Settings, SimulatorSettings
 from recsys.data.logged import LoggedFeedback
-from recsys.policy.batch import SlateObs
 from recsys.policy.gate import GateConfig
 from recsys.policy.online import OnlineConfig
-from recsys.policy.training.checkpoint import PolicyCheckpoint, load_policy_checkpoint
-from recsys.policy.training.envs import SimulatedUsers
-from recsys.policy.training.sessions import LoggerDecision, record_sessions
+from recsys.policy.training.checkpoint import load_policy_checkpoint
+from recsys.policy.training.sessions import record_sessions
 from recsys.recording import RecordingConfig, recording_users, session_feedback
 from recsys.simulator import SimulatorSpec
 from recsys.stream.joined_dataset import JoinedDataset
 from recsys.stream.learner_loop import LearnerLoop
-from recsys.types import IntArray
 from tests.conftest import ServingStack, copy_trained, side_app_settings
+from tests.integration.serving.traffic import RecommendTraffic
 from tests.unit.policy.online_world import publish_negated
+from tests.unit.policy.served_world import ServedLogger
 
 pytestmark = pytest.mark.integration
 
@@ -93,25 +91,6 @@ def gate_app(
         serve.delete(APP)
 
 
-class _Served:
-    """The serving checkpoint as the simulator's logging policy: its own exploring sampler
-    (``policy.exploration`` is ``policy``), on the observation it is served with."""
-
-    name = "served"
-
-    def __init__(self, ckpt: PolicyCheckpoint) -> None:
-        assert ckpt.features is not None
-        self.policy, self.features = ckpt.policy, ckpt.features
-
-    def decide(
-        self, users: SimulatedUsers, rows: IntArray, obs: SlateObs, rng: np.random.Generator
-    ) -> LoggerDecision:
-        seen = self.features.obs(obs.user_features, obs.candidate_ids)
-        action = self.policy.act(seen, users.slate_size, rng, explore=True)
-        unknown = np.full_like(action.propensities, np.nan)  # served logs have no marginals
-        return LoggerDecision(action.slates, action.propensities, unknown)
-
-
 def _served_logs(settings: Settings, serving: Path) -> LoggedFeedback:
     """``USERS`` users of the app's world served ``STEPS`` slates each by ``serving``."""
     ckpt = load_policy_checkpoint(serving)
@@ -121,46 +100,8 @@ def _served_logs(settings: Settings, serving: Path) -> LoggedFeedback:
     env = SimulatorSpec(settings.catalog, simulator).build_env(num_users=USERS)
     cfg = RecordingConfig(steps=STEPS, slate_size=ckpt.slate_size, seed=3)
     users = recording_users(env, cfg)
-    log = record_sessions(users, _Served(ckpt), max_steps=STEPS, seed=3, one_life=False)
+    log = record_sessions(users, ServedLogger(ckpt), max_steps=STEPS, seed=3, one_life=False)
     return session_feedback(log, users, policy="slateq", request_prefix="gate")
-
-
-class _Traffic:
-    """``/recommend`` in a loop from a background thread, recording every answer."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.statuses: list[int] = []
-        self.versions: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30.0) as http:
-            i = 0
-            while not self._stop.is_set():
-                resp = http.post("/recommend", json={"user_id": f"gate-{i % 11}", "slate_size": 5})
-                self.statuses.append(resp.status_code)
-                if resp.status_code == 200:
-                    self.versions.append(resp.json()["model_version"])
-                i += 1
-                self._stop.wait(0.05)
-
-    def __enter__(self) -> _Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(30.0)
-
-    def wait_for(self, version: str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.versions and self.versions[-1] == version:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"still serving {self.versions[-1:]} after {timeout_s}s")
 
 
 def test_the_gate_refuses_a_degraded_candidate_and_promotes_one_within_the_margin_over_http(
@@ -187,7 +128,7 @@ def test_the_gate_refuses_a_degraded_candidate_and_promotes_one_within_the_margi
         reward_lr=1e-7,
     )
     gate = GateConfig(margin=0.05)
-    with _Traffic(gate_app.url) as traffic:
+    with RecommendTraffic(gate_app.url, "gate", 11, 5, pause_s=0.05) as traffic:
         traffic.wait_for(f"slateq@{first.name}")
         commit(range(1, 5))
         staging = tmp_path / "staging"
