@@ -416,46 +416,10 @@ def _reject_constant(name: str) -> float:
     raise EventDecodeError(f"non-finite number {name} in event")
 
 
-_INT_TYPES = {int}
-_NUMBER_TYPES = {int, float}
-
-
-def _decode_items_fast(raw_items: list[Any]) -> tuple[SlateItem, ...] | None:
-    """The items of a well-formed slate, checked column by column at C speed; ``None`` when
-    anything is off, so the caller re-checks item by item for an exact error message."""
-    try:
-        ids = [r["item_id"] for r in raw_items]
-        pos = [r["position"] for r in raw_items]
-        scores = [r["score"] for r in raw_items]
-        props = [r["propensity"] for r in raw_items]
-    except (KeyError, TypeError):
-        return None
-    # ``type(x) is int`` excludes bool; floats in id columns and strings anywhere fail here.
-    if not (set(map(type, ids)) | set(map(type, pos))) <= _INT_TYPES:
-        return None
-    if not (set(map(type, scores)) | set(map(type, props))) <= _NUMBER_TYPES:
-        return None
-    if ids and (
-        min(ids) < 0 or max(ids) >= _INT64_LIMIT or min(pos) < 0 or max(pos) >= _INT64_LIMIT
-    ):
-        return None
-    if props and not (min(props) > 0.0 and max(props) <= 1.0):
-        return None
-    try:  # NaN/inf cannot come from JSON, but an int too large for a double can
-        if not all(map(math.isfinite, scores)):
-            return None
-    except OverflowError:
-        return None
-    return tuple(map(SlateItem, ids, pos, map(float, scores), map(float, props)))
-
-
 def _decode_items(obj: dict[str, Any], prefix: str = "") -> tuple[SlateItem, ...]:
     raw_items = obj.get("items")
     if not isinstance(raw_items, list):
         raise EventDecodeError(f"impression field '{prefix}items' must be a list")
-    fast = _decode_items_fast(raw_items)
-    if fast is not None:
-        return fast
     items: list[SlateItem] = []
     for i, raw in enumerate(raw_items):
         if not isinstance(raw, dict):
