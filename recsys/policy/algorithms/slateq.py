@@ -32,6 +32,23 @@ what it actually learns about the future.
 Acting: the optimiser's slate, explored epsilon-greedily around it (exact propensities), or
 Boltzmann/Plackett-Luce over the item scores ``v_i (Qbar_i - Qbar_⊥)``; both honour the ad
 load of the sampler (its ``max_ads`` cap and ``min_ads`` floor), as does the optimiser.
+Acting always scores every candidate.
+
+An update's cost does not grow with the number of candidates. The TD and regression losses
+only need the consumed item, so only its features go through the networks; SARSA's target
+only the next slate's. Q-learning's ``max_{A'}`` is the exception: it searches the next
+state's candidates, and an env that offers its whole catalog as candidates would make every
+update score the catalog. With ``target_candidates = K`` (default 64) and more than ``K``
+candidates in ``next_obs``, the max is taken over ``K`` of them: the slate actually served
+next (``next_action``, when the transition has it), enough organic items and ads that a
+slate within the ad load exists, and a uniform sample of the other valid candidates, drawn
+from a generator the policy owns (seeded by ``seed``, so runs repeat). The sampled max is
+biased down (it is a max over a subset), which is acceptable: it lies between the value of
+the slate actually served next (SARSA's on-policy target, for an exact optimiser) and the
+full max, so it errs on the conservative side as Double Q-learning's target does, against
+the max's own upward bias on noisy estimates, and the gap shrinks as ``K`` grows. With at
+most ``K`` candidates (the project's experiments serve 50) nothing is sampled and the target
+is exactly the full one.
 """
 
 from __future__ import annotations
@@ -80,6 +97,11 @@ class SlateQConfig:
     choice_lr: float = 1e-2
     #: Split ``Qbar = R + C``: regression for the immediate reward, TD for the continuation.
     immediate_head: bool = False
+    #: Q-learning's target maximises over at most this many of the next state's candidates
+    #: (the next slate served, a feasible ad load, a uniform sample of the rest), so an
+    #: update costs the same on a 1,000- or 10,000-item candidate set; ``None``: all of them.
+    #: Must be at least the slate size. At 64, candidate sets of up to 64 are not sampled.
+    target_candidates: int | None = 64
     sampler: SlateSampler = field(default_factory=lambda: SlateSampler("epsilon", epsilon=0.1))
 
     def __post_init__(self) -> None:
@@ -89,6 +111,10 @@ class SlateQConfig:
             raise ValueError(f"td must be q_learning or sarsa, got {self.td!r}")
         if not 0.0 <= self.tau <= 1.0 or self.target_update_interval < 1:
             raise ValueError("tau must lie in [0, 1] and target_update_interval be >= 1")
+        if self.target_candidates is not None and self.target_candidates < 1:
+            raise ValueError(
+                f"target_candidates must be >= 1 or None (all), got {self.target_candidates}"
+            )
 
 
 class SlateQPolicy:
@@ -133,6 +159,9 @@ class SlateQPolicy:
             self.choice_model.parameters(), lr=self.config.choice_lr
         )
         self.updates = 0
+        #: Draws the Q-learning target's candidate sample (``target_candidates``); its own
+        #: stream, so sampling neither depends on nor disturbs torch's global generator.
+        self.target_generator = torch.Generator().manual_seed(seed)
 
     # ---- values ---------------------------------------------------------------------------
 
@@ -184,16 +213,18 @@ class SlateQPolicy:
 
     def _optimize(
         self,
-        obs: SlateObs,
         user: torch.Tensor,
         items: torch.Tensor,
         slate_size: int,
         target: bool,
+        valid: torch.Tensor | None,
+        is_ad: torch.Tensor | None,
         values: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(best slates [B, S], slate values [B])`` under the configured optimiser.
 
-        ``values`` (``q, q0, v, v0``) are item values and attractions the caller already
+        ``valid`` and ``is_ad`` (``[B, C]`` bool or ``None``) are the candidates' mask and ad
+        flags. ``values`` (``q, q0, v, v0``) are item values and attractions the caller already
         computed for these users and items, so acting runs each network once.
         """
         with torch.no_grad():
@@ -209,10 +240,8 @@ class SlateQPolicy:
                 slate_size,
                 self.config.optimizer,
                 q_null=q0,
-                valid=None
-                if obs.candidate_mask is None
-                else to_tensor(obs.candidate_mask, torch.bool),
-                is_ad=None if obs.is_ad is None else to_tensor(obs.is_ad, torch.bool),
+                valid=valid,
+                is_ad=is_ad,
                 max_ads=self.config.sampler.max_ads,
                 min_ads=self.config.sampler.min_ads,
             )
@@ -238,7 +267,10 @@ class SlateQPolicy:
             item_scores = (v * (q - q0[:, None]).double()).numpy()
         if explore and self.config.sampler.kind == "boltzmann":
             return item_scores, item_scores
-        slates, _ = self._optimize(obs, user, items, slate_size, False, (q, q0, v, v0))
+        valid, is_ad = _flags(obs)
+        slates, _ = self._optimize(
+            user, items, slate_size, False, valid, is_ad, values=(q, q0, v, v0)
+        )
         return optimiser_first_priority(item_scores, obs, slates.numpy()), item_scores
 
     def set_sampler(self, sampler: SlateSampler) -> None:
@@ -263,8 +295,12 @@ class SlateQPolicy:
     def update(self, rollout: Sequence[Transition]) -> Mapping[str, float]:
         """One TD step on the consumed items of a batch of transitions (order is ignored).
 
-        Returns ``td_loss``, ``q_mean`` (of the trained values), ``target_mean`` and, when the
-        choice model is trained too, its ``choice_nll``.
+        Only the consumed item's features go through the value networks (the loss reads no
+        other), the choice model sees the served slate, and the target at most
+        ``target_candidates`` of the next candidates: the cost grows with the batch and the
+        slate, not with the number of candidates. Returns ``td_loss``, ``q_mean`` (of the
+        trained values), ``target_mean`` and, when the choice model is trained too, its
+        ``choice_nll``.
         """
         batch = rollout[0] if len(rollout) == 1 else concat_transitions(rollout)
         cfg = self.config
@@ -274,7 +310,9 @@ class SlateQPolicy:
         b, s = slates.shape
         rows = torch.arange(b)
         clicked = choice < s
+        # A row without a click reads the no-click value; its "consumed" slot is a stand-in.
         consumed = slates[rows, choice.clamp(max=s - 1)]
+        consumed_items = gather_candidates(items, consumed[:, None])  # [B, 1, di]
 
         reward = to_tensor(batch.reward).sum(dim=1)
         with torch.no_grad():
@@ -282,17 +320,17 @@ class SlateQPolicy:
 
         if self.immediate is not None:
             # Regression for the immediate reward, TD for the continuation only.
-            c, c0 = self._continuation(user, items, target=False)
-            r, r0 = self._immediate(user, items)
-            pred_r = torch.where(clicked, r[rows, consumed], r0)
-            pred_c = torch.where(clicked, c[rows, consumed], c0)
+            c, c0 = self._continuation(user, consumed_items, target=False)
+            r, r0 = self._immediate(user, consumed_items)
+            pred_r = torch.where(clicked, r[:, 0], r0)
+            pred_c = torch.where(clicked, c[:, 0], c0)
             pred = pred_r + pred_c
             loss = nn.functional.huber_loss(
                 pred_r, reward, delta=cfg.huber_delta
             ) + nn.functional.huber_loss(pred_c, target - reward, delta=cfg.huber_delta)
         else:
-            q, q0 = self.item_values(user, items)
-            pred = torch.where(clicked, q[rows, consumed], q0)
+            q, q0 = self.item_values(user, consumed_items)
+            pred = torch.where(clicked, q[:, 0], q0)
             loss = nn.functional.huber_loss(pred, target, delta=cfg.huber_delta)
         self.optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
@@ -315,27 +353,69 @@ class SlateQPolicy:
         return metrics
 
     def _td_target(self, batch: Transition, slate_size: int) -> torch.Tensor:
-        """``gamma * (1 - done) * V'(s')``: the discounted value of the next state."""
+        """``gamma * (1 - done) * V'(s')``: the discounted value of the next state.
+
+        SARSA evaluates the next slate only; Q-learning maximises over the next candidates,
+        at most ``target_candidates`` of them (see :meth:`target_candidate_indices`).
+        """
         nxt = batch.next_obs
         user, items = to_tensor(nxt.user_features), to_tensor(nxt.item_features)
+        served = (
+            None if batch.next_action is None else to_tensor(batch.next_action.slates, torch.int64)
+        )
         if self.config.td == "sarsa":
-            if batch.next_action is None:
+            if served is None:
                 raise ValueError("SARSA targets need Transition.next_action (the next slate)")
-            next_slates = to_tensor(batch.next_action.slates, torch.int64)
-            qn, q0n = self.item_values(user, items, target=True)
-            probs = self.choice_model.slate_probabilities(
-                user, gather_candidates(items, next_slates)
-            )
-            k = next_slates.shape[1]
-            next_value = (probs[:, :k] * torch.gather(qn, 1, next_slates)).sum(1) + probs[
-                :, k
-            ] * q0n
+            next_items = gather_candidates(items, served)
+            qn, q0n = self.item_values(user, next_items, target=True)
+            probs = self.choice_model.slate_probabilities(user, next_items)
+            k = served.shape[1]
+            next_value = (probs[:, :k] * qn).sum(1) + probs[:, k] * q0n
         else:
-            _, value = self._optimize(nxt, user, items, slate_size, target=True)
+            valid, is_ad = _flags(nxt)
+            sample = self.target_candidate_indices(nxt, slate_size, served)
+            if sample is not None:
+                idx, valid = sample
+                items = gather_candidates(items, idx)
+                is_ad = None if is_ad is None else torch.gather(is_ad, 1, idx)
+            _, value = self._optimize(user, items, slate_size, True, valid, is_ad)
             next_value = value.float()
         alive = 1.0 - to_tensor(batch.done, torch.float32)
         out: torch.Tensor = self.config.gamma * alive * next_value
         return out
+
+    def target_candidate_indices(
+        self, obs: SlateObs, slate_size: int, served: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(indices [B, K], real [B, K])``: the candidates Q-learning's target maximises
+        over, and which of them exist (``real`` is the sample's validity mask); ``None``:
+        all candidates.
+
+        ``None`` when ``target_candidates`` is ``None`` or ``obs`` has at most that many
+        candidates (the target is then the exact one, and no random number is drawn).
+        Otherwise :func:`sample_target_candidates` with the policy's generator: ``served``
+        (the next slate, ``[B, S]``), a slate that fits the sampler's ad load, and a uniform
+        sample of the other valid candidates.
+        """
+        k = self.config.target_candidates
+        if k is None or obs.num_candidates <= k:
+            return None
+        if k < slate_size:
+            raise ValueError(
+                f"target_candidates ({k}) must be at least the slate size ({slate_size})"
+            )
+        valid, is_ad = _flags(obs)
+        return sample_target_candidates(
+            (obs.batch_size, obs.num_candidates),
+            k,
+            self.target_generator,
+            slate_size=slate_size,
+            valid=valid,
+            served=served,
+            is_ad=is_ad,
+            max_ads=self.config.sampler.max_ads,
+            min_ads=self.config.sampler.min_ads,
+        )
 
     def _update_target(self) -> None:
         cfg = self.config
@@ -404,3 +484,137 @@ class SlateQPolicy:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The Q-network optimiser and the choice model's."""
         return {"optimizer": self.optimizer, "choice_optimizer": self.choice_optimizer}
+
+
+def _flags(obs: SlateObs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(candidate_mask, is_ad)`` of ``obs`` as bool tensors (``None`` when absent)."""
+    valid = None if obs.candidate_mask is None else to_tensor(obs.candidate_mask, torch.bool)
+    is_ad = None if obs.is_ad is None else to_tensor(obs.is_ad, torch.bool)
+    return valid, is_ad
+
+
+def sample_target_candidates(
+    shape: tuple[int, int],
+    k: int,
+    generator: torch.Generator,
+    *,
+    slate_size: int,
+    valid: torch.Tensor | None = None,
+    served: torch.Tensor | None = None,
+    is_ad: torch.Tensor | None = None,
+    max_ads: int | None = None,
+    min_ads: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices [B, k], real [B, k])``: at most ``k`` distinct valid candidates per row.
+
+    For a slate max over a sample of ``shape = (B, C)`` candidates (``valid`` ``[B, C]``
+    masks padding; ``None``: all valid). In priority order, the first ``k`` distinct of:
+
+    1. ``served`` ``[B, S]``: the slate served next, so the target never misses it;
+    2. a slate's worth of reserve, so the optimiser can always fill a slate as it could on
+       the full row: with an ad load (``is_ad`` and a ``max_ads`` cap or ``min_ads`` floor)
+       ``max(min_ads, slate_size - organic)`` ads and ``slate_size`` organic items (as many
+       as the row has; a uniform sample could hold too few organic items under a cap);
+       without one, ``slate_size`` valid items, only when nothing was ``served``. Each
+       reserve is a run of consecutive items of its kind from a uniform random start, so
+       every item is equally likely to be in it;
+    3. ``2k`` uniform draws with replacement from the valid candidates (all of them, in
+       order, when a row has at most ``k``). Repeats are dropped, so a row with barely more
+       than ``k`` candidates may get a few fewer than ``k``.
+
+    Draws are ranks among the valid items, so without a mask no ``[B, C]`` array is built
+    and the cost is ``O(B k)`` whatever ``C``; a mask or an ad load adds a cumulative sum
+    over ``[B, C]``. ``real`` is False for padding (rows with fewer candidates than ``k``).
+    ``generator`` draws every random number.
+    """
+    batch, num_candidates = shape
+    if not 1 <= k <= num_candidates:
+        raise ValueError(f"k must lie in [1, {num_candidates}], got {k}")
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if served is not None:
+        real = torch.ones_like(served, dtype=torch.bool)
+        parts.append((served, real if valid is None else torch.gather(valid, 1, served)))
+    if is_ad is not None and (max_ads is not None or min_ads > 0):
+        every = torch.ones_like(is_ad) if valid is None else valid
+        organic, ads = every & ~is_ad, every & is_ad
+        need_organic = organic.sum(1).clamp(max=slate_size)
+        need_ads = torch.minimum(ads.sum(1), (slate_size - need_organic).clamp(min=min_ads))
+        # Ads first: then the first k always hold a slate within the ad load (k >= S).
+        parts.append(_reserve(ads, need_ads, num_candidates, generator))
+        parts.append(_reserve(organic, need_organic, num_candidates, generator))
+    elif served is None:
+        count = _count(valid, batch, num_candidates)
+        parts.append(_reserve(valid, count.clamp(max=slate_size), num_candidates, generator))
+    parts.append(_uniform_draws(valid, batch, num_candidates, k, generator))
+    indices = torch.cat([p[0] for p in parts], dim=1)
+    real = torch.cat([p[1] for p in parts], dim=1)
+    return _first_distinct(indices, real, k, num_candidates)
+
+
+def _count(mask: torch.Tensor | None, batch: int, num_candidates: int) -> torch.Tensor:
+    """True entries per row ``[B]`` (``num_candidates`` without a mask)."""
+    if mask is None:
+        return torch.full((batch,), num_candidates, dtype=torch.int64)
+    return mask.sum(1)
+
+
+def _nth(mask: torch.Tensor | None, ranks: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """Column of each row's ``ranks``-th (0-based) True entry of ``mask`` (``ranks`` itself
+    without a mask); out-of-range ranks give some in-range column (callers mask them)."""
+    if mask is None:
+        return ranks.clamp(0, num_candidates - 1)
+    cum = mask.cumsum(1)
+    return torch.searchsorted(cum, ranks + 1).clamp(max=num_candidates - 1)
+
+
+def _reserve(
+    mask: torch.Tensor | None,
+    need: torch.Tensor,
+    num_candidates: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``need[b]`` distinct True entries of each row: consecutive ranks from a uniform
+    random start, wrapping around (every entry equally likely, none twice)."""
+    width = int(need.max()) if need.numel() else 0
+    batch = need.shape[0]
+    count = _count(mask, batch, num_candidates).clamp(min=1)
+    start = (torch.rand(batch, generator=generator, dtype=torch.float64) * count).long()
+    ranks = (start[:, None] + torch.arange(width)) % count[:, None]
+    return _nth(mask, ranks, num_candidates), torch.arange(width) < need[:, None]
+
+
+def _uniform_draws(
+    mask: torch.Tensor | None,
+    batch: int,
+    num_candidates: int,
+    k: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``2k`` uniform draws with replacement among each row's True entries; a row with at
+    most ``k`` gets all of them, in order (``real`` marks the entries that exist)."""
+    draws = 2 * k
+    count = _count(mask, batch, num_candidates)
+    u = torch.rand(batch, draws, generator=generator, dtype=torch.float64)
+    ranks = (u * count[:, None]).long().clamp(max=(count - 1).clamp(min=0)[:, None])
+    few = count <= k
+    in_order = torch.arange(draws).expand(batch, draws)
+    ranks = torch.where(few[:, None], in_order, ranks)
+    real = torch.where(few[:, None], in_order < count[:, None], (count > 0)[:, None])
+    return _nth(mask, ranks, num_candidates), real
+
+
+def _first_distinct(
+    indices: torch.Tensor, real: torch.Tensor, k: int, num_candidates: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` distinct real entries of each row ``[B, W]`` (``W >= k``), in any
+    order, and whether each is real (a row with fewer pads with unreal ones)."""
+    batch, width = indices.shape
+    position = torch.arange(width).expand(batch, width)
+    key = torch.where(real, indices, num_candidates + position)  # unreal never collide
+    ordered, order = torch.sort(key, dim=1, stable=True)  # ties keep their first position
+    repeat = torch.zeros_like(real)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    keep = real & ~torch.zeros_like(real).scatter_(1, order, repeat)
+    first = torch.where(keep, width - position, 0)
+    chosen = torch.topk(first, k, dim=1, sorted=False).indices
+    return torch.gather(indices, 1, chosen), torch.gather(keep, 1, chosen)

@@ -21,6 +21,12 @@ signals named as :data:`~recsys.policy.batch.SIGNAL_NAMES`; absent ones are 0), 
 of :class:`~recsys.policy.training.envs.EnvStep`. (Namedtuples work too.) :class:`ArraySlateEnv`
 applies the same conversion in process, to try such an env where its dependencies allow.
 
+An env whose items never change may declare them once as an ``item_table`` attribute
+(``[num_items, di]``, row ``i`` for catalog id ``i``; :mod:`~recsys.policy.training.item_table`):
+the child sends it with its ``ready`` message, and its observations then carry
+``candidate_ids`` and no ``item_features``, which this side gathers from the table. Sending
+both is refused as ambiguous.
+
 Failures are :class:`BridgeError` naming the env, with the child's traceback or the end of
 its stderr: an interpreter that cannot start, a module that cannot be imported or a factory
 that raises (:class:`BridgeStartError`, also a
@@ -59,7 +65,12 @@ from recsys.policy.batch import NUM_SIGNALS, SIGNAL_NAMES, SlateObs, SlateRespon
 from recsys.policy.training import bridge_child as wire
 from recsys.policy.training.custom_env import CustomEnvError
 from recsys.policy.training.envs import EnvStep
-from recsys.types import IntArray, RecsysError
+from recsys.policy.training.item_table import (
+    ITEM_TABLE_ATTR,
+    check_item_table,
+    gather_item_features,
+)
+from recsys.types import FloatArray, IntArray, RecsysError
 
 __all__ = [
     "CHILD_SCRIPT",
@@ -128,16 +139,29 @@ def _reject_unknown(fields: Mapping[str, Any], where: str, expected: Sequence[st
         )
 
 
-def obs_from_arrays(arrays: ArrayMap, batch_size: int, where: str = "") -> SlateObs:
+def obs_from_arrays(
+    arrays: ArrayMap,
+    batch_size: int,
+    where: str = "",
+    item_table: FloatArray | None = None,
+) -> SlateObs:
     """A :class:`~recsys.policy.batch.SlateObs` from an observation's named arrays (checked).
 
     ``candidate_ids`` default to the candidate indices, masks to "all valid" and "no ads".
+    With an ``item_table`` (a checked one, the env's) the observation holds ``candidate_ids``
+    instead of ``item_features``, which are gathered from the table.
     """
     fields = dict(arrays)
     b = batch_size
-    for name in ("user_features", "item_features"):
-        if name not in fields:
-            raise MalformedReplyError(f"{where}{name} is missing (an observation needs it)")
+    if "user_features" not in fields:
+        raise MalformedReplyError(f"{where}user_features is missing (an observation needs it)")
+    if item_table is not None:
+        return _table_obs(fields, b, where, item_table)
+    if "item_features" not in fields:
+        raise MalformedReplyError(
+            f"{where}item_features is missing (an observation needs it, unless the env "
+            f"declares an {ITEM_TABLE_ATTR} and sends candidate_ids)"
+        )
     user = np.asarray(fields["user_features"])
     items = np.asarray(fields["item_features"])
     if user.ndim != 2 or items.ndim != 3:
@@ -159,10 +183,53 @@ def obs_from_arrays(arrays: ArrayMap, batch_size: int, where: str = "") -> Slate
     return SlateObs(uf, itf, ids, mask, ads)
 
 
-def step_from_arrays(arrays: ArrayMap, batch_size: int, slate_size: int) -> EnvStep:
+def _table_obs(
+    fields: dict[str, npt.NDArray[Any]], b: int, where: str, item_table: FloatArray
+) -> SlateObs:
+    """:func:`obs_from_arrays` of an env with an item table: ids in, features gathered."""
+    if "item_features" in fields:
+        raise MalformedReplyError(
+            f"{where}item_features sent by an env that declared an {ITEM_TABLE_ATTR}: which "
+            "one is meant is ambiguous; send candidate_ids only, or declare no table"
+        )
+    if "candidate_ids" not in fields:
+        raise MalformedReplyError(
+            f"{where}candidate_ids is missing (an env with an {ITEM_TABLE_ATTR} sends the "
+            "candidates' catalog ids)"
+        )
+    user = np.asarray(fields["user_features"])
+    ids_raw = np.asarray(fields["candidate_ids"])
+    if user.ndim != 2 or ids_raw.ndim != 2:
+        raise MalformedReplyError(
+            f"{where}user_features must be [B, du] and candidate_ids [B, C], got shapes "
+            f"{list(user.shape)} and {list(ids_raw.shape)}"
+        )
+    if ids_raw.dtype.kind not in "iu":
+        raise MalformedReplyError(
+            f"{where}candidate_ids must be integer catalog ids, got dtype {ids_raw.dtype}"
+        )
+    c = int(ids_raw.shape[1])
+    uf = _field(fields, "user_features", (b, int(user.shape[1])), np.float32, where)
+    ids = _field(fields, "candidate_ids", (b, c), np.int64, where)
+    mask = _field(fields, "candidate_mask", (b, c), np.bool_, where)
+    ads = _field(fields, "is_ad", (b, c), np.bool_, where)
+    assert uf is not None  # present, checked above
+    assert ids is not None
+    _reject_unknown({where + k: v for k, v in fields.items()}, "", _OBS_FIELDS)
+    try:
+        itf = gather_item_features(item_table, ids, mask, f"{where}candidate_ids")
+    except ValueError as exc:
+        raise MalformedReplyError(str(exc)) from None
+    return SlateObs(uf, itf, ids, mask, ads)
+
+
+def step_from_arrays(
+    arrays: ArrayMap, batch_size: int, slate_size: int, item_table: FloatArray | None = None
+) -> EnvStep:
     """An :class:`~recsys.policy.training.envs.EnvStep` from a step's named arrays (checked):
     ``next_obs.*``, ``done``, optionally ``response.<signal>``, ``reward`` or ``env_reward``,
-    ``hidden_reward``, ``valid``, ``truncated``."""
+    ``hidden_reward``, ``valid``, ``truncated``; ``item_table`` as for
+    :func:`obs_from_arrays`."""
     b, s = batch_size, slate_size
     fields = dict(arrays)
     obs = {
@@ -172,7 +239,7 @@ def step_from_arrays(arrays: ArrayMap, batch_size: int, slate_size: int) -> EnvS
     }
     if not obs:
         raise MalformedReplyError("a step must return next_obs (a dict like reset's)")
-    next_obs = obs_from_arrays(obs, b, "next_obs.")
+    next_obs = obs_from_arrays(obs, b, "next_obs.", item_table)
     signals = np.zeros((b, s, NUM_SIGNALS), dtype=np.float32)
     for k, name in enumerate(SIGNAL_NAMES):
         value = _field(fields, f"response.{name}", (b, s), np.float32)
@@ -202,23 +269,27 @@ def step_from_arrays(arrays: ArrayMap, batch_size: int, slate_size: int) -> EnvS
 class ArraySlateEnv:
     """An env written for the bridge (dicts of arrays), in this process, as a
     :class:`~recsys.policy.training.envs.BatchSlateEnv`: the same flattening and checks as
-    :class:`ProcessEnv`, without the process (to test such an env where it imports)."""
+    :class:`ProcessEnv`, without the process (to test such an env where it imports),
+    including its ``item_table`` if it declares one."""
 
     def __init__(self, env: Any) -> None:
         self.env = env
         self.batch_size = int(env.batch_size)
         self.slate_size = int(env.slate_size)
+        table = getattr(env, ITEM_TABLE_ATTR, None)
+        #: The env's static item table (read-only float32), or ``None``.
+        self.item_table = None if table is None else check_item_table(table)
 
     def reset(self, seed: int | None = None) -> SlateObs:
         """Reset the wrapped env and convert its observation."""
         arrays = {k: v.copy() for k, v in wire.flatten(self.env.reset(seed))}
-        return obs_from_arrays(arrays, self.batch_size)
+        return obs_from_arrays(arrays, self.batch_size, item_table=self.item_table)
 
     def step(self, slates: IntArray) -> EnvStep:
         """Step the wrapped env with a copy of ``slates`` and convert its reply."""
         raw = self.env.step(np.array(slates, dtype=np.int64))
         arrays = {k: v.copy() for k, v in wire.flatten(raw)}
-        return step_from_arrays(arrays, self.batch_size, self.slate_size)
+        return step_from_arrays(arrays, self.batch_size, self.slate_size, self.item_table)
 
 
 # ---- the child process -------------------------------------------------------------------
@@ -399,7 +470,8 @@ class ProcessEnv:
     interpreter), the rest of the environment is. The child starts here and now, so
     ``batch_size`` and ``slate_size`` are known and a broken env fails at once.
     ``start_timeout_s`` bounds import and construction, ``call_timeout_s`` every ``reset``
-    and ``step``.
+    and ``step``. ``item_table`` is the env's static item table when it declares one (sent
+    once, when the child starts; ``None`` until then after unpickling).
     """
 
     def __init__(
@@ -422,6 +494,8 @@ class ProcessEnv:
         self.slate_size = 0
         #: What the child reported when it started: pid, python, executable, numpy, ...
         self.child_info: dict[str, Any] = {}
+        #: The env's static item table (read-only float32), or ``None``.
+        self.item_table: FloatArray | None = None
         self._channel: _Channel | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._broken: str | None = None
@@ -450,7 +524,7 @@ class ProcessEnv:
                 f"{self.name}: cannot start the interpreter {self.python!r}: {exc}"
             ) from None
         try:
-            header, _ = channel.receive(time.monotonic() + self.start_timeout_s)
+            header, arrays = channel.receive(time.monotonic() + self.start_timeout_s)
         except _ChannelError as exc:
             if exc.kind == "timeout":
                 message = f"did not start within {self.start_timeout_s:g} s"
@@ -478,7 +552,14 @@ class ProcessEnv:
                 f"{self.name}: restarted with (batch_size, slate_size) = {sizes}, was "
                 f"{(self.batch_size, self.slate_size)}"
             )
+        table = arrays.get(ITEM_TABLE_ATTR)
+        try:
+            item_table = None if table is None else check_item_table(table)
+        except ValueError as exc:
+            channel.shutdown(1.0)
+            raise BridgeStartError(f"{self.name}: {exc}") from None
         self.batch_size, self.slate_size = sizes
+        self.item_table = item_table
         self.child_info = {k: v for k, v in header.items() if k != "op"}
         self._channel = channel
         self._finalizer = weakref.finalize(self, channel.shutdown)
@@ -539,7 +620,7 @@ class ProcessEnv:
         seed = None if seed is None else int(seed)
         out = self._call("reset", "obs", {"op": "reset", "seed": seed})
         try:
-            return obs_from_arrays(out, self.batch_size)
+            return obs_from_arrays(out, self.batch_size, item_table=self.item_table)
         except MalformedReplyError as exc:
             raise BridgeError(f"{self.name}: reset answered {exc}") from None
 
@@ -552,7 +633,7 @@ class ProcessEnv:
             )
         out = self._call("step", "step", {"op": "step"}, [("slates", arr)])
         try:
-            return step_from_arrays(out, self.batch_size, self.slate_size)
+            return step_from_arrays(out, self.batch_size, self.slate_size, self.item_table)
         except MalformedReplyError as exc:
             raise BridgeError(f"{self.name}: step answered {exc}") from None
 
@@ -584,6 +665,7 @@ class ProcessEnv:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.child_info = {}
+        self.item_table = None
         self._channel = None
         self._finalizer = None
         self._broken = None

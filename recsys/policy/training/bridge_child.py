@@ -17,8 +17,9 @@ payload is the arrays' C-order bytes, in that order. Nothing is ever pickled: a 
 produce plain numeric arrays and JSON values.
 
 - The child starts by importing ``module``, calling ``factory(worker_index)`` and answering
-  ``{"op": "ready", "batch_size", "slate_size", "pid", "python", "numpy", ...}``, or ``{"op":
-  "error", "stage", "error"}`` (then it exits).
+  ``{"op": "ready", "batch_size", "slate_size", "pid", "python", "numpy", ...}``, with the
+  env's ``item_table`` array when it declares one (protocol 2: sent once, so observations
+  need only candidate ids), or ``{"op": "error", "stage", "error"}`` (then it exits).
 - ``{"op": "reset", "seed"}`` → ``{"op": "obs"}`` with the observation's arrays;
   ``{"op": "step"}`` with array ``slates`` ``[B, S]`` → ``{"op": "step"}`` with the step's
   arrays; ``{"op": "close"}`` → ``{"op": "closed"}``, then the child exits. An exception in
@@ -46,8 +47,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from io import BufferedReader, BufferedWriter
 
-#: Wire-format version, checked by the parent on ``ready``.
-PROTOCOL = 1
+#: Wire-format version, checked by the parent on ``ready`` (2: ``ready`` may carry the env's
+#: ``item_table``).
+PROTOCOL = 2
 #: Largest header accepted (it holds only names, dtypes, shapes and a few scalars).
 MAX_HEADER_BYTES = 1 << 20
 #: Most dimensions an array may have.
@@ -345,13 +347,15 @@ def main(argv: Sequence[str]) -> int:
             "batch_size": int(env.batch_size),
             "slate_size": int(env.slate_size),
         }
+        table = getattr(env, "item_table", None)
+        arrays = [] if table is None else [("item_table", as_plain_array("item_table", table))]
     except _StartError as exc:
         write_message(proto_out, _error_reply(exc, exc.stage))
         return 1
     except Exception as exc:  # e.g. a batch_size that is not an int
         write_message(proto_out, _error_reply(exc, "env"))
         return 1
-    write_message(proto_out, ready)
+    write_message(proto_out, ready, arrays)
     try:
         serve(env, proto_in, proto_out)
     except (BrokenPipeError, ProtocolError) as exc:

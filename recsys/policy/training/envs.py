@@ -15,8 +15,9 @@ Adapters:
   event-derived state, candidates from a retriever, item features from a static table plus
   user-item cross features), the whole population stepped in place.
 - :class:`GymSlateEnv`: any Gymnasium ``Env`` or ``VectorEnv`` whose observation is a dict with
-  user features and per-candidate item features and whose action is a slate of candidate
-  indices (RecSim-style, e.g. ``recsys/SlateEnv-v0``).
+  user features and per-candidate item features (or candidate ids into a static item table
+  the env declares once, :mod:`~recsys.policy.training.item_table`) and whose action is a
+  slate of candidate indices (RecSim-style, e.g. ``recsys/SlateEnv-v0``).
 - :class:`TinyEnvAdapter`: the known-optimum :class:`~recsys.policy.testing.TinySlateEnv`.
 
 A custom environment only has to implement the Protocol (see ``docs/policy.md``).
@@ -42,6 +43,11 @@ from recsys.features import (
 from recsys.policy.batch import NUM_SIGNALS, SIGNAL_NAMES, SlateObs, SlateResponse
 from recsys.policy.observation import FEATURE_KINDS, FeatureKind
 from recsys.policy.testing import TinySlateEnv
+from recsys.policy.training.item_table import (
+    ITEM_TABLE_ATTR,
+    check_item_table,
+    gather_item_features,
+)
 from recsys.protocols import HistoryCandidateSource
 from recsys.simulator.candidates import CandidateSampler, UniformCandidateSampler
 from recsys.simulator.env import SlateEnv
@@ -428,6 +434,42 @@ class TinyEnvAdapter:
 
 # ---- Gymnasium ---------------------------------------------------------------------------
 
+
+def declared_item_table(env: Any) -> Any | None:
+    """The ``item_table`` a Gymnasium env declares (``None`` when it declares none).
+
+    A single env's attribute, looked up through its wrappers; a vector env's own attribute,
+    else its sub-envs' (fetched once, at construction), which must all be equal.
+    """
+    import gymnasium
+
+    if isinstance(env, gymnasium.vector.VectorEnv):
+        own = getattr(env, ITEM_TABLE_ATTR, None)
+        if own is not None:
+            return own
+        try:
+            tables = tuple(env.get_attr(ITEM_TABLE_ATTR))
+        except AttributeError:
+            return None
+        if not tables or all(t is None for t in tables):
+            return None
+        first = np.asarray(tables[0])
+        for k, other in enumerate(tables[1:], start=1):
+            if other is not tables[0] and not np.array_equal(first, np.asarray(other)):
+                raise ValueError(
+                    f"GymSlateEnv: sub-env {k}'s item_table differs from sub-env 0's; a vector "
+                    "env's sub-envs must share one catalog"
+                )
+        return tables[0]
+    get = getattr(env, "get_wrapper_attr", None)
+    if get is None:
+        return getattr(env, ITEM_TABLE_ATTR, None)
+    try:
+        return get(ITEM_TABLE_ATTR)
+    except AttributeError:
+        return None
+
+
 SignalsFn = Callable[[Mapping[str, Any], int, int], FloatArray]
 """``(info, batch_size, slate_size) -> [B, S, 6]`` per-slot signals from a step's info."""
 
@@ -468,6 +510,15 @@ class GymSlateEnv:
     episode ends (so ``next_obs`` is the new episode's first observation); a vector env's own
     autoreset is used, and with next-step autoreset the reset step's row is marked invalid.
 
+    A static item table replaces ``items_key``: ``item_table`` (``[num_items, F_i]``, row ``i``
+    for catalog id ``i``), given here or declared by the env as its ``item_table`` attribute
+    (a vector env's own, else its sub-envs', which must agree), is checked once, and each
+    observation then needs only ``ids_key`` (``[C]`` catalog ids): the features are
+    ``item_table[ids]``, gathered per step (padding ids under ``mask_key`` may be anything,
+    their features are zeros). The argument wins over the attribute. An observation that
+    still holds ``items_key`` as well is refused as ambiguous (pass ``items_key=None`` to read
+    the table and ignore that key); one with neither is an error naming both ways.
+
     Time limits: with a vector env's next-step autoreset (Gymnasium's default) a truncated
     episode is reported as ``truncated``, not ``done``: the observation of that step is the
     episode's real last one, so its value is bootstrapped. A single env, and a vector env with
@@ -481,12 +532,13 @@ class GymSlateEnv:
         *,
         slate_size: int | None = None,
         user_key: str = "user",
-        items_key: str = "candidates",
+        items_key: str | None = "candidates",
         ids_key: str | None = "candidate_ids",
         mask_key: str | None = None,
         ads_key: str | None = None,
         signals_fn: SignalsFn = recsys_info_signals,
         hidden_reward_fn: Callable[[Mapping[str, Any]], npt.ArrayLike] | None = None,
+        item_table: npt.ArrayLike | None = None,
     ) -> None:
         import gymnasium
 
@@ -497,6 +549,16 @@ class GymSlateEnv:
         inferred = int(np.prod(space.shape)) if space.shape else 1
         self.slate_size = int(slate_size or inferred)
         self.keys = (user_key, items_key, ids_key, mask_key, ads_key)
+        table = item_table if item_table is not None else declared_item_table(env)
+        #: The static item table ``[num_items, F_i]`` (read-only float32), or ``None``.
+        self.item_table: FloatArray | None = (
+            None if table is None else check_item_table(table, "GymSlateEnv item_table")
+        )
+        if self.item_table is not None and ids_key is None:
+            raise ValueError(
+                "GymSlateEnv: an item table needs candidate ids in the observation; "
+                "ids_key must name them"
+            )
         self.signals_fn = signals_fn
         self.hidden_reward_fn = hidden_reward_fn
         mode = getattr(env, "metadata", {}).get("autoreset_mode")
@@ -505,24 +567,68 @@ class GymSlateEnv:
         self._seeded = False
 
     def _obs(self, raw: Mapping[str, Any]) -> SlateObs:
-        user_key, items_key, ids_key, mask_key, ads_key = self.keys
+        user_key, items_key, ids_key = self.keys[:3]
         user = np.asarray(raw[user_key], dtype=np.float32)
+        if not self.vector:
+            user = user[None]
+        if self.item_table is not None:
+            return self._table_obs(raw, user)
+        if items_key is None or items_key not in raw:
+            raise ValueError(
+                f"GymSlateEnv: the observation (keys {sorted(raw)}) has no item features "
+                f"{items_key!r} and the env declares no item_table; send per-candidate "
+                f"features under items_key, or declare an item_table and send ids_key"
+            )
         items = np.asarray(raw[items_key], dtype=np.float32)
         if not self.vector:
-            user, items = user[None], items[None]
+            items = items[None]
         b, c = items.shape[:2]
         ids = (
             np.broadcast_to(np.arange(c, dtype=np.int64), (b, c)).copy()
             if ids_key is None or ids_key not in raw
             else np.asarray(raw[ids_key], dtype=np.int64).reshape(b, c)
         )
+        return SlateObs(user, items, ids, *self._flags(raw, b, c))
+
+    def _flags(
+        self, raw: Mapping[str, Any], b: int, c: int
+    ) -> tuple[BoolArray | None, BoolArray | None]:
+        """``(candidate_mask, is_ad)`` of an observation, ``None`` where absent."""
 
         def optional(key: str | None) -> BoolArray | None:
             if key is None or key not in raw:
                 return None
             return np.asarray(raw[key], dtype=np.bool_).reshape(b, c)
 
-        return SlateObs(user, items, ids, optional(mask_key), optional(ads_key))
+        return optional(self.keys[3]), optional(self.keys[4])
+
+    def _table_obs(self, raw: Mapping[str, Any], user: FloatArray) -> SlateObs:
+        """An observation of candidate ids: features gathered from the item table."""
+        assert self.item_table is not None
+        items_key, ids_key = self.keys[1:3]
+        if items_key is not None and items_key in raw:
+            raise ValueError(
+                f"GymSlateEnv: the observation holds item features {items_key!r} and the env "
+                f"has an item_table: which one is meant is ambiguous. Pass items_key=None to "
+                f"use the table (the observation's {items_key!r} is then ignored), or drop "
+                f"the table"
+            )
+        if ids_key is None or ids_key not in raw:
+            raise ValueError(
+                f"GymSlateEnv: the env has an item_table, so the observation (keys "
+                f"{sorted(raw)}) must hold candidate ids {ids_key!r}"
+            )
+        ids = np.asarray(raw[ids_key])
+        if ids.ndim != (2 if self.vector else 1):
+            want = "[n, C]" if self.vector else "[C]"
+            raise ValueError(
+                f"GymSlateEnv: {ids_key!r} must be {want} catalog ids, got shape {list(ids.shape)}"
+            )
+        ids = ids.reshape(self.batch_size, -1)
+        b, c = ids.shape
+        mask, ads = self._flags(raw, b, c)
+        items = gather_item_features(self.item_table, ids, mask, f"observation {ids_key!r}")
+        return SlateObs(user, items, ids.astype(np.int64, copy=False), mask, ads)
 
     def reset(self, seed: int | None = None) -> SlateObs:
         """Reset every sub-env (seeded when ``seed`` is given)."""

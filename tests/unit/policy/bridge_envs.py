@@ -1,7 +1,8 @@
 """Environments for the process-bridge tests, written the way a team's own simulator would be:
 numpy only (1.x or 2.x, on Python >= 3.7), no recsys, no torch, no gymnasium,
 plain dicts of arrays. :class:`TwoTopicArrays` and :func:`make_env` are docs/policy.md's
-example; the other factories misbehave in the ways the bridge must report clearly.
+example; :class:`CatalogArrays` declares a static item table instead of sending features;
+the other factories misbehave in the ways the bridge must report clearly.
 """
 
 from __future__ import annotations
@@ -152,3 +153,81 @@ class ObjectArrayEnv(TwoTopicArrays):
 def make_object_array_env(worker_index: int) -> ObjectArrayEnv:
     """4 users whose steps carry an object array."""
     return ObjectArrayEnv(4)
+
+
+class CatalogArrays(TwoTopicArrays):
+    """:class:`TwoTopicArrays` over a 40-item catalog with a static ``item_table`` (item ``i``
+    has topic ``i % 2``): observations carry 6 ``candidate_ids`` per user and no features.
+    ``send_features`` sends the features every step instead (and declares no table)."""
+
+    def __init__(self, users: int = 16, send_features: bool = False) -> None:
+        super().__init__(users)
+        table = np.eye(2, dtype=np.float32)[np.arange(40) % 2]
+        self.table = table
+        if not send_features:
+            self.item_table = table
+        self.send_features = send_features
+        self.ids = np.zeros((users, 6), dtype=np.int64)
+
+    def _observe(self) -> dict[str, Any]:
+        b = self.batch_size
+        self.topic = self.rng.randint(2, size=b)
+        self.ids = np.array([self.rng.permutation(40)[:6] for _ in range(b)])
+        self.items = self.table[self.ids]
+        obs = {"user_features": np.eye(2, dtype=np.float32)[self.topic], "candidate_ids": self.ids}
+        if self.send_features:
+            obs["item_features"] = self.items
+        return obs
+
+
+def make_catalog_env(worker_index: int) -> CatalogArrays:
+    """16 users, item features from the table sent once."""
+    return CatalogArrays(16)
+
+
+def make_catalog_features_env(worker_index: int) -> CatalogArrays:
+    """The same env sending its features every step."""
+    return CatalogArrays(16, send_features=True)
+
+
+class AmbiguousCatalogArrays(CatalogArrays):
+    """Declares a table and sends features too."""
+
+    def _observe(self) -> dict[str, Any]:
+        obs = super()._observe()
+        obs["item_features"] = self.items
+        return obs
+
+
+def make_ambiguous_catalog_env(worker_index: int) -> AmbiguousCatalogArrays:
+    """4 users, a table and features in every observation."""
+    return AmbiguousCatalogArrays(4)
+
+
+class NanTableArrays(CatalogArrays):
+    """Its item table has a NaN."""
+
+    def __init__(self, users: int = 4) -> None:
+        super().__init__(users)
+        self.item_table = self.table.copy()
+        self.item_table[7, 1] = np.nan
+
+
+def make_nan_table_env(worker_index: int) -> NanTableArrays:
+    """4 users, a broken table."""
+    return NanTableArrays(4)
+
+
+class OutOfRangeIdsArrays(CatalogArrays):
+    """Sends a candidate id past the end of its 40-item table."""
+
+    def _observe(self) -> dict[str, Any]:
+        obs = super()._observe()
+        obs["candidate_ids"] = obs["candidate_ids"].copy()
+        obs["candidate_ids"][0, 0] = 40
+        return obs
+
+
+def make_out_of_range_env(worker_index: int) -> OutOfRangeIdsArrays:
+    """4 users, an id out of range."""
+    return OutOfRangeIdsArrays(4)

@@ -333,6 +333,56 @@ def test_array_names_and_shapes_are_checked() -> None:
         step_from_arrays(both, 2, 2)
 
 
+def test_an_item_table_crosses_once_and_observations_carry_ids_only() -> None:
+    """The env's ``item_table`` comes with ``ready``; its observations are ids, and they
+    equal the same env sending its features every step, bridged or in process."""
+    with _bridged("make_catalog_env") as env, _bridged("make_catalog_features_env") as old:
+        assert env.item_table is not None
+        assert old.item_table is None
+        np.testing.assert_array_equal(env.item_table, np.eye(2)[np.arange(40) % 2])
+        assert not env.item_table.flags.writeable
+        local = ArraySlateEnv(bridge_envs.make_catalog_env(0))
+        rng = np.random.default_rng(0)
+        got, want, same = env.reset(seed=5), old.reset(seed=5), local.reset(seed=5)
+        for _ in range(12):
+            for a in (want, same):
+                np.testing.assert_array_equal(got.item_features, a.item_features)
+                np.testing.assert_array_equal(got.candidate_ids, a.candidate_ids)
+                np.testing.assert_array_equal(got.user_features, a.user_features)
+            assert got.item_features.shape == (16, 6, 2)
+            slates = _slates(rng, 16)
+            got, want, same = (e.step(slates).next_obs for e in (env, old, local))
+
+
+@pytest.mark.parametrize(
+    ("factory", "error", "message"),
+    [
+        ("make_nan_table_env", BridgeStartError, r"item_table has 1 non-finite values"),
+        ("make_ambiguous_catalog_env", BridgeError, "item_features sent by an env that declared"),
+        ("make_out_of_range_env", BridgeError, "candidate_ids holds id 40 .* has 40 items"),
+    ],
+)
+def test_item_table_mistakes_are_clear_errors(
+    factory: str, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message), _bridged(factory) as env:
+        env.reset(seed=0)
+
+
+def test_an_observation_of_ids_needs_a_table_and_the_ids() -> None:
+    table = np.eye(3, dtype=np.float32)
+    obs = {"user_features": np.zeros((2, 4)), "candidate_ids": np.array([[0, 2], [1, 1]])}
+    np.testing.assert_array_equal(
+        obs_from_arrays(obs, 2, item_table=table).item_features, table[obs["candidate_ids"]]
+    )
+    with pytest.raises(ValueError, match=r"item_features is missing .* declares an item_table"):
+        obs_from_arrays(obs, 2)
+    with pytest.raises(ValueError, match="candidate_ids is missing"):
+        obs_from_arrays({"user_features": np.zeros((2, 4))}, 2, item_table=table)
+    with pytest.raises(ValueError, match="integer catalog ids"):
+        obs_from_arrays({**obs, "candidate_ids": np.zeros((2, 2))}, 2, item_table=table)
+
+
 #: A stand-in for a team's old simulator with the old gym API (docs/policy.md's example wraps it).
 LEGACY_SIM = """
 import numpy as np

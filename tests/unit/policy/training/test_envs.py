@@ -1,5 +1,5 @@
 """Env adapters: the project simulator seen through events, Gymnasium envs (project and
-custom), the tiny MDP."""
+custom, with per-step item features or a static item table), the tiny MDP."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from dataclasses import replace
 import gymnasium
 import numpy as np
 import pytest
+import torch
 
 from recsys.config import CatalogSettings, SimulatorSettings
 from recsys.data import SyntheticWorld, make_world
 from recsys.features import EventFold, ItemFeaturizer, StateArray, UserFeaturizer, session_key
 from recsys.pipeline import SimulatorSetup, make_fold, world_item_table
+from recsys.policy import SlateQPolicy
+from recsys.policy.batch import SlateObs
 from recsys.policy.observation import FeatureKind
 from recsys.policy.testing import TinySlateEnv
 from recsys.policy.training.config import PolicyTrainConfig
@@ -30,7 +33,13 @@ from recsys.policy.training.trainer import train_policy
 from recsys.simulator import SLATE_ENV_ID, SlateVectorEnv
 from recsys.simulator.results import StepResult
 from recsys.types import Event, EventType, FeedbackEvent, ImpressionEvent, SlateItem
-from tests.unit.policy.custom_envs import make_env
+from tests.unit.policy.custom_envs import (
+    CatalogTopicEnv,
+    catalog_table,
+    make_catalog_env,
+    make_env,
+    make_whole_catalog_env,
+)
 
 SIM = SimulatorSettings(num_candidates=12, slate_size=3, max_episode_steps=30)
 TOPICS = 5
@@ -368,3 +377,132 @@ def test_tiny_adapter_reports_planted_reward() -> None:
     assert step.env_reward is not None
     assert step.hidden_reward is not None
     np.testing.assert_allclose(step.env_reward.sum(axis=1), step.hidden_reward)
+
+
+# ---- a static item table -------------------------------------------------------------------
+
+
+def _catalog_vec(
+    send_features: bool = False, declare_table: bool = True
+) -> gymnasium.vector.SyncVectorEnv:
+    """4 users of a 40-item :class:`CatalogTopicEnv`."""
+    return gymnasium.vector.SyncVectorEnv(
+        [lambda: CatalogTopicEnv(40, 8, send_features, declare_table) for _ in range(4)]
+    )
+
+
+def _assert_same_obs(a: SlateObs, b: SlateObs) -> None:
+    for name in SlateObs._fields:
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None:
+            assert y is None, name
+        else:
+            assert x.dtype == y.dtype, name
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def test_an_item_table_gives_the_observations_of_features_sent_every_step() -> None:
+    vec = _catalog_vec()
+    with_table = GymSlateEnv(vec, user_key="user", ids_key="candidate_ids")
+    assert with_table.item_table is not None
+    assert np.shares_memory(with_table.item_table, vec.envs[0].unwrapped.item_table)
+    every_step = GymSlateEnv(
+        _catalog_vec(send_features=True, declare_table=False), user_key="user", items_key="items"
+    )
+    assert every_step.item_table is None
+    _assert_same_obs(with_table.reset(seed=3), every_step.reset(seed=3))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        slates = np.stack([rng.permutation(8)[:2] for _ in range(4)])
+        a, b = with_table.step(slates), every_step.step(slates)
+        _assert_same_obs(a.next_obs, b.next_obs)
+        assert a.env_reward is not None
+        assert b.env_reward is not None
+        np.testing.assert_array_equal(a.env_reward, b.env_reward)
+        np.testing.assert_array_equal(a.done, b.done)
+    obs = with_table.reset(seed=4)
+    assert obs.item_features.shape == (4, 8, 3)
+    np.testing.assert_array_equal(obs.item_features, catalog_table(40)[obs.candidate_ids])
+
+
+def test_a_single_env_declares_its_table_through_its_wrappers() -> None:
+    env = GymSlateEnv(
+        gymnasium.wrappers.TimeLimit(CatalogTopicEnv(), 50),
+        user_key="user",
+        ids_key="candidate_ids",
+    )
+    obs = env.reset(seed=0)
+    assert obs.item_features.shape == (1, 8, 3)
+    np.testing.assert_array_equal(obs.item_features[0], catalog_table(40)[obs.candidate_ids[0]])
+    step = env.step(np.array([[0, 1]]))
+    assert step.next_obs.candidate_ids.shape == (1, 8)
+
+
+def test_the_table_argument_wins_over_the_attribute_and_items_key_none_reads_it() -> None:
+    table = catalog_table(40) * 2.0
+    env = GymSlateEnv(_catalog_vec(), user_key="user", item_table=table)
+    obs = env.reset(seed=0)
+    np.testing.assert_array_equal(obs.item_features, table[obs.candidate_ids])
+    # Features and a table: items_key=None says "the table", and the features are ignored.
+    both = GymSlateEnv(_catalog_vec(send_features=True), user_key="user", items_key=None)
+    obs = both.reset(seed=0)
+    np.testing.assert_array_equal(obs.item_features, catalog_table(40)[obs.candidate_ids])
+
+
+def test_item_table_mistakes_are_clear_errors() -> None:
+    ambiguous = GymSlateEnv(_catalog_vec(send_features=True), user_key="user", items_key="items")
+    with pytest.raises(ValueError, match="holds item features 'items' and the env has an item"):
+        ambiguous.reset(seed=0)
+    neither = make_env(0)
+    neither.keys = ("user", "features", None, None, None)
+    with pytest.raises(ValueError, match="no item features 'features' and the env declares no"):
+        neither.reset(seed=0)
+    with pytest.raises(ValueError, match="ids_key must name them"):
+        GymSlateEnv(_catalog_vec(), user_key="user", ids_key=None)
+    with pytest.raises(ValueError, match=r"item_table must be \[num_items, item_dim\]"):
+        GymSlateEnv(_catalog_vec(), user_key="user", item_table=np.zeros(40, np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        GymSlateEnv(_catalog_vec(), user_key="user", item_table=np.full((40, 3), np.nan))
+    short = GymSlateEnv(_catalog_vec(), user_key="user", item_table=catalog_table(10))
+    with pytest.raises(ValueError, match=r"'candidate_ids' holds id \d+ .* has 10 items"):
+        short.reset(seed=0)
+
+    def other_catalog() -> CatalogTopicEnv:
+        env = CatalogTopicEnv()
+        env.item_table = env.table + 1.0
+        return env
+
+    mixed = gymnasium.vector.SyncVectorEnv([CatalogTopicEnv, other_catalog])
+    with pytest.raises(ValueError, match="sub-env 1's item_table differs from sub-env 0's"):
+        GymSlateEnv(mixed, user_key="user")
+
+
+def test_a_catalog_env_trains_through_its_item_table_with_a_sampled_target() -> None:
+    """Every step offers the whole 100-item catalog: more candidates than SlateQ's default
+    ``target_candidates`` (64), so its Q-learning target maximises over a sample."""
+    config = replace(
+        SMALL,
+        reward="env",
+        iterations=25,
+        steps_per_iteration=4,
+        batch_size=64,
+        epsilon=0.2,
+        updates_per_iteration=5,
+        lr=1e-2,
+        gamma=0.5,
+        hidden=(16,),
+    )
+    result = train_policy(config, env_factory=make_whole_catalog_env)
+    policy = result.policy
+    assert isinstance(policy, SlateQPolicy)
+    assert policy.config.target_candidates == 64
+    untouched = torch.Generator().manual_seed(config.seed).get_state()
+    assert not torch.equal(policy.target_generator.get_state(), untouched)  # it sampled
+    env = make_whole_catalog_env(0)
+    obs = env.reset(seed=123)
+    assert obs.num_candidates == 100
+    action = policy.act(obs, 2, np.random.default_rng(0), explore=False)
+    topic = obs.user_features.argmax(axis=1)
+    shown = np.take_along_axis(obs.candidate_ids % 2, action.slates, axis=1)
+    assert (shown == topic[:, None]).any(axis=1).mean() > 0.9
+    assert make_catalog_env(0).reset(seed=0).item_features.shape == (16, 8, 3)
