@@ -18,18 +18,30 @@ gradient of one logged item ``a`` with return ``R`` is (Chen et al. eq. 6/13)
 ``beta`` is unknown in general (many logging systems), so it is learned (sec. 4.2): a second
 softmax head over the same user state, trained by maximum likelihood on the logged items,
 with its gradient blocked from the shared state so it cannot distort the policy's
-representation. Returns are discounted sums of slate rewards over a time-ordered rollout;
-each slotted item receives its step's return (the paper's credit) or, with
-``per_slot_credit``, its own slot reward plus the discounted future.
+representation.
+
+Credit (``returns``). ``"rollout"`` (the paper's): discounted sums of slate rewards over the
+time-ordered rollout, minus the batch mean. A rollout is a window of a longer life (16 steps
+of an 80-step episode), so the sum stops at the window's end as if the user had left: with a
+discount near 1 the late steps of every window look worthless, and the policy learns to
+grab the next click. ``"gae"`` (the default): a learned state value ``V(s)`` (its own small
+network over the user features, so its regression cannot distort the policy's state) makes
+the advantage ``A_t = sum_l (gamma lambda)^l delta_{t+l}`` with
+``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` (Schulman et al. 2016, generalised advantage
+estimation). At the window's end and at a time-limit truncation the sum bootstraps from
+``V(s_{t+1})`` instead of stopping; only a true episode end (``done``) stops it. The value
+regresses on the lambda-returns ``A_t + V(s_t)``. Each slotted item receives its step's
+advantage or, with ``per_slot_credit``, its own slot reward in place of the slate's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -75,6 +87,42 @@ def discounted_returns(
     return out
 
 
+Credit = Literal["rollout", "gae"]
+CREDITS: tuple[Credit, ...] = ("rollout", "gae")
+
+
+def generalized_advantages(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    dones: torch.Tensor,
+    valid: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """GAE(lambda) advantages ``[T, B]`` (Schulman et al. 2016, eq. 16), bootstrapped.
+
+    ``values[t]`` is ``V(s_t)`` and ``next_values[t]`` is ``V(s_{t+1})`` of the transition's
+    own next observation, so the last step of a rollout and a time-limit truncation (whose
+    next observation is the episode's real last one, ``done`` false) bootstrap from the
+    value; ``dones`` (true episode ends) do not. The recursion continues into ``t + 1`` only
+    when row ``t + 1`` is a real transition (``valid``): an invalid row is a vector env's
+    reset step, and the episode before it has ended (terminated or truncated). Invalid rows
+    get 0.
+    """
+    alive = 1.0 - dones.float()
+    delta = rewards + gamma * alive * next_values - values
+    cont = torch.zeros_like(rewards)
+    cont[:-1] = valid[1:].float()
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = delta[t] + gamma * lam * alive[t] * cont[t] * running
+        running = torch.where(valid[t], running, torch.zeros_like(running))
+        out[t] = running
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ReinforceConfig:
     """REINFORCE-top-K hyperparameters."""
@@ -91,7 +139,19 @@ class ReinforceConfig:
     lr: float = 3e-3
     behavior_lr: float = 3e-3
     entropy_coef: float = 0.0
-    #: Subtract the batch-mean return (variance reduction).
+    #: How an action is credited: ``"gae"`` (bootstrapped advantages from a learned value)
+    #: or ``"rollout"`` (discounted returns cut at the rollout's end; see the module doc).
+    returns: Credit = "gae"
+    #: GAE's ``lambda``: 0 is one-step TD (low variance, biased by V), 1 the Monte Carlo
+    #: return bootstrapped only at the rollout's end.
+    gae_lambda: float = 0.95
+    #: Weight of the value regression in the loss (the value has its own parameters, so it
+    #: scales only its learning rate).
+    value_coef: float = 0.5
+    #: ``"gae"``: divide the advantages by their batch standard deviation (their scale then
+    #: does not depend on the reward's unit or on how well V fits).
+    normalize_advantages: bool = True
+    #: ``"rollout"``: subtract the batch-mean return (variance reduction).
     baseline: bool = True
     per_slot_credit: bool = False
     grad_clip: float = 10.0
@@ -106,6 +166,12 @@ class ReinforceConfig:
             raise ValueError(f"weight_cap must be > 0, got {self.weight_cap}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.returns not in CREDITS:
+            raise ValueError(f"returns must be rollout or gae, got {self.returns!r}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must lie in [0, 1], got {self.gae_lambda}")
+        if not self.value_coef > 0:
+            raise ValueError(f"value_coef must be > 0, got {self.value_coef}")
 
 
 class ReinforceTopKPolicy(nn.Module):
@@ -127,9 +193,11 @@ class ReinforceTopKPolicy(nn.Module):
             self.state_encoder = mlp(user_dim, cfg.hidden, cfg.state_dim)
             self.policy_head = PairScorer(cfg.state_dim, item_dim, cfg.hidden)
             self.behavior_head = PairScorer(cfg.state_dim, item_dim, cfg.hidden)
+            self.value_net = mlp(user_dim, cfg.hidden, 1)
         groups: list[dict[str, Any]] = [
             {"params": [*self.state_encoder.parameters(), *self.policy_head.parameters()]},
             {"params": list(self.behavior_head.parameters()), "lr": cfg.behavior_lr},
+            {"params": list(self.value_net.parameters())},
         ]
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
 
@@ -147,6 +215,11 @@ class ReinforceTopKPolicy(nn.Module):
         pi = masked_logits(self.policy_head(state, items), valid)
         beta = masked_logits(self.behavior_head(state.detach(), items), valid)
         return pi, beta
+
+    def value(self, user_features: npt.ArrayLike) -> torch.Tensor:
+        """``V(s)`` ``[B]`` of the user states (the ``"gae"`` credit's baseline and bootstrap)."""
+        out: torch.Tensor = self.value_net(to_tensor(user_features)).squeeze(-1)
+        return out
 
     # ---- acting ---------------------------------------------------------------------------
 
@@ -203,19 +276,33 @@ class ReinforceTopKPolicy(nn.Module):
         k = cfg.top_k or slates_t.shape[1]
 
         mask = to_tensor(valid, torch.bool)
+        rows_t = to_tensor(rows, torch.int64)
         slot_rewards = torch.stack([to_tensor(tr.reward) for tr in rollout])  # [T, B, S]
         slot_rewards = torch.where(mask[..., None], slot_rewards, torch.zeros_like(slot_rewards))
         dones = torch.stack([to_tensor(tr.done, torch.bool) for tr in rollout])  # [T, B]
-        step_returns = discounted_returns(slot_rewards.sum(-1), dones, cfg.gamma, mask)
-        if cfg.per_slot_credit:
-            future = torch.zeros_like(step_returns)
-            future[:-1] = step_returns[1:]
-            alive = 1.0 - dones.float()
-            returns = slot_rewards + (cfg.gamma * alive * future)[..., None]
+        value_loss = torch.zeros(())
+        if cfg.returns == "gae":
+            step_adv, value_loss, lam_returns = self._gae(
+                rollout, rows_t, slot_rewards.sum(-1), dones, mask
+            )
+            slot_adv = step_adv[..., None].expand_as(slot_rewards)
+            if cfg.per_slot_credit:  # the slot's own reward in place of the slate's
+                slot_adv = slot_adv - slot_rewards.sum(-1, keepdim=True) + slot_rewards
+            advantage = slot_adv.reshape(t_len * b, -1)[rows_t]
+            returns = lam_returns.reshape(-1)[rows_t]
+            if cfg.normalize_advantages and advantage.numel() > 1:
+                advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
         else:
-            returns = step_returns[..., None].expand_as(slot_rewards)
-        returns = returns.reshape(t_len * b, -1)[to_tensor(rows, torch.int64)]
-        advantage = returns - returns.mean() if cfg.baseline else returns
+            step_returns = discounted_returns(slot_rewards.sum(-1), dones, cfg.gamma, mask)
+            if cfg.per_slot_credit:
+                future = torch.zeros_like(step_returns)
+                future[:-1] = step_returns[1:]
+                alive = 1.0 - dones.float()
+                slot_returns = slot_rewards + (cfg.gamma * alive * future)[..., None]
+            else:
+                slot_returns = step_returns[..., None].expand_as(slot_rewards)
+            returns = slot_returns.reshape(t_len * b, -1)[rows_t]
+            advantage = returns - returns.mean() if cfg.baseline else returns
 
         pi_logits, beta_logits = self.logits(obs)
         log_pi = torch.log_softmax(pi_logits, dim=1)
@@ -232,21 +319,59 @@ class ReinforceTopKPolicy(nn.Module):
         policy_loss = -(weights * lam * advantage * log_pi_a).mean()
         entropy = -(log_pi.exp() * log_pi).sum(1).mean()
         behavior_nll = -log_beta_a.mean()
-        loss = policy_loss + behavior_nll - cfg.entropy_coef * entropy
+        loss = policy_loss + behavior_nll - cfg.entropy_coef * entropy + cfg.value_coef * value_loss
 
         self.optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
-        nn.utils.clip_grad_norm_(self.parameters(), cfg.grad_clip)
+        # Clipped apart: one joint norm would let a large value-regression gradient (early,
+        # while V is far off) shrink the policy's step.
+        value_params = set(self.value_net.parameters())
+        policy_params = [p for p in self.parameters() if p not in value_params]
+        nn.utils.clip_grad_norm_(policy_params, cfg.grad_clip)
+        nn.utils.clip_grad_norm_(self.value_net.parameters(), cfg.grad_clip)
         self.optimizer.step()
         return {
             "policy_loss": float(policy_loss.detach()),
             "behavior_nll": float(behavior_nll.detach()),
             "entropy": float(entropy.detach()),
             "return_mean": float(returns.mean()),
+            "value_loss": float(value_loss.detach()),
             "weight_mean": float(weights.mean()),
             "weight_max": float(weights.max()),
             "topk_multiplier_mean": float(lam.mean()),
         }
+
+    def _gae(
+        self,
+        rollout: Sequence[Transition],
+        rows: torch.Tensor,
+        rewards: torch.Tensor,
+        dones: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Advantages ``[T, B]`` (no gradient), the value's regression loss on the
+        lambda-returns over the real rows of the rollout, and those returns ``[T, B]``."""
+        t_len, b = rewards.shape
+        user = np.concatenate([tr.obs.user_features for tr in rollout])[rows.numpy()]
+        nxt = np.concatenate([tr.next_obs.user_features for tr in rollout])[rows.numpy()]
+        v = self.value(user)
+        with torch.no_grad():
+            flat = torch.zeros(t_len * b)
+            flat_next = torch.zeros(t_len * b)
+            flat[rows] = v.detach()
+            flat_next[rows] = self.value(nxt)
+        adv = generalized_advantages(
+            rewards,
+            flat.reshape(t_len, b),
+            flat_next.reshape(t_len, b),
+            dones,
+            valid,
+            self.config.gamma,
+            self.config.gae_lambda,
+        )
+        lam_returns = adv + flat.reshape(t_len, b)
+        value_loss = torch.mean((v - lam_returns.reshape(-1)[rows]) ** 2)
+        return adv, value_loss, lam_returns
 
     def importance_weights(self, transition: Transition) -> torch.Tensor:
         """Capped ``pi / beta`` ``[B, S]`` of a transition's logged items (for diagnostics)."""
@@ -264,14 +389,19 @@ class ReinforceTopKPolicy(nn.Module):
         return {f"model/{k}": v.detach().cpu().numpy().copy() for k, v in self.state_dict().items()}
 
     def load_weights(self, tensors: Mapping[str, np.ndarray[Any, Any]]) -> None:
-        """Inverse of :meth:`weights` (same architecture; keys outside ``model/`` ignored)."""
+        """Inverse of :meth:`weights` (same architecture; keys outside ``model/`` ignored).
+
+        Weights saved before the value network existed load with a fresh one: the value
+        only shapes training, never a served slate."""
         state = {
             k.split("/", 1)[1]: torch.as_tensor(np.asarray(v))
             for k, v in tensors.items()
             if k.startswith("model/")
         }
+        if not any(k.startswith("value_net.") for k in state):
+            state.update({f"value_net.{k}": v for k, v in self.value_net.state_dict().items()})
         self.load_state_dict(state)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """The one Adam over the policy and behaviour heads."""
+        """The one Adam over the policy and behaviour heads and the value network."""
         return {"optimizer": self.optimizer}

@@ -276,7 +276,7 @@ class OnlineLearner:
             policy.config, grad_clip=min(policy.config.grad_clip, cfg.max_grad_norm)
         )
         cap_learning_rates(list(policy.optimizers().values()), cfg.max_lr)
-        self.config = replace(config, lr=min(config.lr, cfg.max_lr))
+        self.config = replace(config, lr=min(config.learning_rate, cfg.max_lr))
 
         self.reward_model = reward_model
         self._reward_fit: LearnedRewardModel | None = None

@@ -13,7 +13,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from recsys.config import CatalogSettings, SimulatorSettings
-from recsys.policy.algorithms.reinforce import ReinforceConfig, ReinforceTopKPolicy
+from recsys.policy.algorithms.reinforce import (
+    CREDITS,
+    Credit,
+    ReinforceConfig,
+    ReinforceTopKPolicy,
+)
 from recsys.policy.algorithms.slateq import SlateQConfig, SlateQPolicy
 from recsys.policy.base import SlateSampler, TrainableSlatePolicy
 from recsys.policy.choice_model import ConditionalLogitChoiceModel
@@ -46,6 +51,7 @@ SETUP_FIELDS = (
     "min_ads",
     "max_ads",
     "reward_objective",
+    "session_budget_s",
     "seed",
 )
 
@@ -70,8 +76,12 @@ class PolicyTrainConfig:
     (``epsilon`` for SlateQ's epsilon-greedy, ``temperature`` for REINFORCE's Plackett-Luce).
     Rollouts: ``workers`` (0/1 in-process, >= 2 Ray actors), ``users`` per worker,
     ``steps_per_iteration`` per worker, ``iterations``. Learner: SlateQ does
-    ``updates_per_iteration`` minibatch updates of ``batch_size`` rows from the last
-    ``replay_iterations`` iterations; REINFORCE updates on minibatches of ``batch_size`` users.
+    ``updates_per_iteration`` minibatch updates of ``batch_size`` transitions drawn uniformly
+    from a replay of the last ``replay_size`` transitions (user-steps, whatever the number of
+    users); REINFORCE updates on minibatches of ``batch_size`` users, crediting actions by
+    ``returns`` (``gae``: advantages bootstrapped from a learned value across rollout
+    boundaries and time limits, with ``gae_lambda``; ``rollout``: returns cut at the end of
+    each rollout). ``lr`` ``None`` keeps the algorithm's own default.
     Simulator (ignored with a custom ``env_factory``): catalog (``num_items``, ``num_topics``,
     ``world_seed``), ``num_candidates`` and ``slate_size``, the random-policy logs that fit the
     learned reward and item statistics (``log_users``, ``log_max_steps``).
@@ -86,14 +96,20 @@ class PolicyTrainConfig:
     users: int = 2048
     gamma: float = 0.95
     hidden: tuple[int, ...] = (64,)
-    lr: float = 1e-3
+    #: ``None``: the algorithm's own default (:class:`SlateQConfig`, :class:`ReinforceConfig`).
+    lr: float | None = None
     batch_size: int = 1024
     updates_per_iteration: int = 20
-    replay_iterations: int = 4
+    #: SlateQ's replay capacity in transitions (one user-step each), oldest evicted first.
+    replay_size: int = 40_960
     epsilon: float = 0.1
     temperature: float = 1.0
     #: REINFORCE: weight of the policy-entropy bonus (keeps the softmax from collapsing).
     entropy_coef: float = 0.0
+    #: REINFORCE: ``gae`` (bootstrapped advantages from a learned value) or ``rollout``
+    #: (returns cut at each rollout's end, the paper's).
+    returns: Credit = "gae"
+    gae_lambda: float = 0.95
     tau: float = 0.02
     #: Fixed reward multiplier; ``None`` picks ``(1 - gamma) / mean |step reward|`` of the
     #: first rollout.
@@ -123,8 +139,14 @@ class PolicyTrainConfig:
     #: those logs alone before the first rollout (warm start of Q and the choice model).
     log_replay_fraction: float = 0.25
     pretrain_updates: int = 200
+    #: The simulated users' time budget per session in seconds (``None``: the simulator's
+    #: default); a larger budget makes longer lives (the long-horizon experiments).
+    session_budget_s: float | None = None
     #: How the learned reward is fit from the logs (both are fit and reported either way).
     reward_objective: RewardObjective = "regression"
+    #: SlateQ: Q-learning's target maximises over at most this many of the next state's
+    #: candidates (``None``: all), so an update's cost does not grow with the catalog.
+    target_candidates: int | None = 64
     #: SlateQ: learn ``Qbar = R + C`` with ``R`` by regression and ``C`` by TD (see
     #: :mod:`recsys.policy.algorithms.slateq`); the untrained policy is then the myopic one.
     immediate_head: bool = False
@@ -141,7 +163,7 @@ class PolicyTrainConfig:
             "steps_per_iteration",
             "users",
             "batch_size",
-            "replay_iterations",
+            "replay_size",
             "checkpoint_every",
             "num_items",
             "num_topics",
@@ -164,8 +186,12 @@ class PolicyTrainConfig:
             raise ValueError(f"gamma must lie in [0, 1), got {self.gamma}")
         for name in ("lr", "temperature"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
+        if self.returns not in CREDITS:
+            raise ValueError(f"returns must be rollout or gae, got {self.returns!r}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must lie in [0, 1], got {self.gae_lambda}")
         if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
             raise ValueError(f"entropy_coef must be finite and >= 0, got {self.entropy_coef}")
         if not 0.0 <= self.log_replay_fraction < 1.0:
@@ -193,6 +219,17 @@ class PolicyTrainConfig:
             raise ValueError(
                 f"need slate_size ({self.slate_size}) <= num_candidates "
                 f"({self.num_candidates}) <= num_items ({self.num_items})"
+            )
+        if self.target_candidates is not None and self.target_candidates < self.slate_size:
+            raise ValueError(
+                f"target_candidates must be None or >= slate_size ({self.slate_size}), "
+                f"got {self.target_candidates}"
+            )
+        if self.session_budget_s is not None and not (
+            math.isfinite(self.session_budget_s) and self.session_budget_s > 0
+        ):
+            raise ValueError(
+                f"session_budget_s must be finite and > 0, got {self.session_budget_s}"
             )
         if self.features not in FEATURE_KINDS:
             raise ValueError(f"features must be event or latent, got {self.features!r}")
@@ -229,15 +266,30 @@ class PolicyTrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PolicyTrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused with their names."""
+        """Inverse of :meth:`to_dict`; unknown keys are refused with their names.
+
+        Configs saved before a setting was replaced still load: ``replay_iterations`` (replay
+        sized in rollout steps) is dropped for ``replay_size``'s default, and a saved
+        REINFORCE config without ``returns`` keeps the credit it was trained with
+        (``rollout``)."""
+        values = dict(data)
+        values.pop("replay_iterations", None)
+        if values.get("algo") == "reinforce" and "returns" not in values:
+            values["returns"] = "rollout"
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown policy training settings: {', '.join(unknown)}")
-        values = dict(data)
         if "hidden" in values:
             values["hidden"] = tuple(int(h) for h in values["hidden"])
         return cls(**values)
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the configured algorithm's own default."""
+        if self.lr is not None:
+            return self.lr
+        return SlateQConfig().lr if self.algo == "slateq" else ReinforceConfig().lr
 
     @property
     def actual_workers(self) -> int:
@@ -246,8 +298,14 @@ class PolicyTrainConfig:
 
     def simulator_settings(self) -> SimulatorSettings:
         """Simulator settings of this run (documented defaults except sizes)."""
+        budget = (
+            {} if self.session_budget_s is None else {"session_budget_s": self.session_budget_s}
+        )
         return SimulatorSettings(
-            seed=self.seed, num_candidates=self.num_candidates, slate_size=self.slate_size
+            seed=self.seed,
+            num_candidates=self.num_candidates,
+            slate_size=self.slate_size,
+            **budget,
         )
 
     def sampler(self, kind: str, **overrides: Any) -> SlateSampler:
@@ -274,6 +332,7 @@ def documented_config(algo: Algo) -> PolicyTrainConfig:
             updates_per_iteration=50,
             tau=0.05,
             gamma=0.8,
+            lr=1e-3,
             immediate_head=True,
         )
     if algo == "reinforce":
@@ -286,6 +345,7 @@ def documented_config(algo: Algo) -> PolicyTrainConfig:
             gamma=0.9,
             lr=3e-4,
             entropy_coef=0.01,
+            returns="rollout",
         )
     raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {algo!r}")
 
@@ -322,9 +382,10 @@ def build_policy(
                 td="q_learning",
                 optimizer="greedy",
                 hidden=config.hidden,
-                lr=config.lr,
+                lr=config.learning_rate,
                 tau=config.tau,
                 immediate_head=config.immediate_head,
+                target_candidates=config.target_candidates,
                 sampler=config.sampler("epsilon", epsilon=config.epsilon),
             ),
             seed=config.seed,
@@ -335,8 +396,10 @@ def build_policy(
         ReinforceConfig(
             gamma=config.gamma,
             hidden=config.hidden,
-            lr=config.lr,
+            lr=config.learning_rate,
             entropy_coef=config.entropy_coef,
+            returns=config.returns,
+            gae_lambda=config.gae_lambda,
             sampler=config.sampler("boltzmann", temperature=config.temperature),
         ),
         seed=config.seed,

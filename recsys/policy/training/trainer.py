@@ -11,8 +11,10 @@ to bottom):
    ``workers >= 2`` starts that many single-threaded Ray actors
    (:mod:`recsys.policy.training.rollout`), each with its own users and a policy copy.
 3. Every iteration the learner broadcasts its weights, gathers ``steps_per_iteration`` steps
-   from every worker, and learns: SlateQ from a replay of recent steps (minibatch TD
-   updates), REINFORCE on-policy from the fresh, time-ordered rollouts.
+   from every worker, and learns: SlateQ from a replay of the last ``replay_size``
+   transitions (minibatch TD updates on rows drawn uniformly), REINFORCE on-policy from the
+   fresh, time-ordered rollouts (advantages bootstrapped from its learned value past the
+   rollout's end and past time limits, unless ``returns="rollout"``).
 4. Every ``checkpoint_every`` iterations (and at the end) a versioned artifact
    ``checkpoint-<algo>`` is written (:mod:`recsys.policy.training.checkpoint`): policy weights,
    optimiser state, the reward model and how the policy observes (``features``, which makes
@@ -35,7 +37,6 @@ only when the env reports a hidden reward, signal columns only when the env send
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ from recsys.policy.training.checkpoint import (
 )
 from recsys.policy.training.config import PolicyFactory, PolicyTrainConfig
 from recsys.policy.training.envs import EnvStep
+from recsys.policy.training.replay import TransitionReplay
 from recsys.policy.training.rollout import (
     EnvFactory,
     RolloutBatch,
@@ -201,31 +203,25 @@ class LogReplay:
 
 def _learn_slateq(
     policy: TrainableSlatePolicy,
-    replay: deque[Transition],
+    replay: TransitionReplay,
     config: PolicyTrainConfig,
     rng: np.random.Generator,
     log_replay: LogReplay | None = None,
     scale: float = 1.0,
     updates: int | None = None,
 ) -> list[Mapping[str, float]]:
-    """Minibatch TD updates; each minibatch mixes rows of up to 4 random replayed steps and,
-    with ``log_replay``, a ``log_replay_fraction`` of logged rows."""
+    """Minibatch TD updates on transitions drawn uniformly from the replay and, with
+    ``log_replay``, a ``log_replay_fraction`` of logged rows (all of them while the replay is
+    still empty: the warm start)."""
     out: list[Mapping[str, float]] = []
     n_log = 0 if log_replay is None else round(config.batch_size * config.log_replay_fraction)
-    if not replay:
+    if not len(replay):
         n_log = config.batch_size
     n_online = config.batch_size - n_log
     for _ in range(config.updates_per_iteration if updates is None else updates):
         parts: list[Transition] = []
-        if n_online and replay:
-            k = min(4, len(replay))
-            picks = [replay[int(i)] for i in rng.integers(0, len(replay), k)]
-            per = max(1, n_online // k)
-            parts += [
-                _without_scores(tr.take(rng.integers(0, tr.batch_size, per)))
-                for tr in picks
-                if tr.batch_size
-            ]
+        if n_online and len(replay):
+            parts.append(_without_scores(replay.sample(n_online, rng)))
         if n_log and log_replay is not None:
             parts.append(log_replay.sample(n_log, scale, rng))
         if parts:
@@ -393,9 +389,7 @@ def train_policy(
     curve: list[dict[str, float]] = list(ckpt.curve) if ckpt is not None else []
     user_steps_total = float(curve[-1]["user_steps"]) if curve else 0.0
     wall_offset = float(curve[-1]["wall_s"]) if curve else 0.0
-    replay: deque[Transition] = deque(
-        maxlen=config.replay_iterations * config.steps_per_iteration * config.actual_workers
-    )
+    replay = TransitionReplay(config.replay_size)
     np_rng = np.random.default_rng([config.seed, start_iteration])
     checkpoints: list[Path] = []
     optional = _optional_columns(curve[-1]) if curve else None
@@ -410,11 +404,12 @@ def train_policy(
             rollouts = [[_scaled(tr, scale) for tr in b.transitions] for b in batches]
             if config.algo == "slateq":
                 for rollout in rollouts:
-                    replay.extend(tr.valid_rows() for tr in rollout)
+                    for tr in rollout:
+                        replay.add(tr)
                 if iteration == 1 and log_replay is not None and config.pretrain_updates:
                     _learn_slateq(
                         policy,
-                        deque(),
+                        TransitionReplay(1),
                         config,
                         np_rng,
                         log_replay,

@@ -34,7 +34,7 @@ TINY = PolicyTrainConfig(
     users=64,
     batch_size=256,
     updates_per_iteration=10,
-    replay_iterations=5,
+    replay_size=3200,
     epsilon=0.5,
     tau=0.05,
 )
@@ -49,8 +49,16 @@ def test_in_process_slateq_learns_the_optimal_slate() -> None:
 
 
 def test_in_process_reinforce_learns_the_optimal_slate() -> None:
+    # An entropy bonus keeps the softmax from collapsing on one item before the value
+    # baseline has learned (without it, 2 seeds in 4 settle on a suboptimal slate).
     config = replace(
-        TINY, algo="reinforce", iterations=60, steps_per_iteration=20, batch_size=64, lr=1e-2
+        TINY,
+        algo="reinforce",
+        iterations=60,
+        steps_per_iteration=20,
+        batch_size=64,
+        lr=1e-2,
+        entropy_coef=0.05,
     )
     result = train_policy(config, env_factory=_tiny_env)
     env = TinySlateEnv()

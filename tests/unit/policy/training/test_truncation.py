@@ -127,3 +127,20 @@ def test_slateq_value_does_not_collapse_at_the_time_limit() -> None:
     # A terminal time limit would give 1 at the last step and 2.95 at the first.
     assert values[-1] > 0.85 * values[0], values
     assert values[-1] > 3.5, values
+
+
+def test_reinforce_value_does_not_collapse_at_the_time_limit() -> None:
+    """REINFORCE's learned value (its GAE baseline and bootstrap) on rollouts with the reset
+    rows in place: the last step before the limit bootstraps from its real next observation."""
+    config = ReinforceConfig(gamma=GAMMA, hidden=(16,), state_dim=4, lr=1e-2)
+    policy = ReinforceTopKPolicy(LIMIT, 1, config, seed=0)
+    worker = RolloutWorker(lambda _: make_env(), lambda: policy, RewardSpec("env", 0.0))
+    for _ in range(150):
+        rollout = worker.sample(LIMIT + 1, policy.weights()).transitions
+        policy.update(rollout)
+    with torch.no_grad():
+        values = policy.value(torch.eye(LIMIT).numpy()).numpy()
+    print("V by step within the time limit:", values)
+    # A terminal time limit would give 1 at the last step; the truth is 1 / (1 - 0.8) = 5.
+    assert values[-1] > 0.85 * values[0], values
+    assert values[-1] > 3.5, values
