@@ -8,7 +8,7 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: install demo test lint format type unit integration bench reliability offline-from-logs clean
+.PHONY: install demo test lint format type unit integration bench bench-slateq-update reliability offline-from-logs clean
 
 # torch==2.13.0 goes in first: the CPU wheel is on disk, and any looser spec would pull
 # gigabytes of CUDA wheels. The project's torch range is satisfied by it, so pip keeps it.
@@ -58,6 +58,28 @@ reliability: $(STAMP)
 # benchmarks/results/offline_from_logs.json, docs/img/offline_from_logs.png and the docs block.
 offline-from-logs: $(STAMP)
 	$(BIN)/python benchmarks/offline_from_logs.py
+
+# SlateQ update time on a batch of 256 whose candidates are a 100-, 1,000- and 10,000-item
+# catalog, with the sampled Q-learning target and without (about 30 s); writes
+# benchmarks/results/slateq_update.json, exits 1 if the 1,000/100 ratio misses 1.5.
+bench-slateq-update: $(STAMP)
+	$(BIN)/python benchmarks/bench_slateq_update.py
+
+# A Ray Tune sweep of REINFORCE's gamma and budget on the project simulator (8 trials, two at
+# a time; estimated 6-7 minutes on 2 idle cores, about 11 shared; docs/policy.md, "Sweeps
+# with Ray Tune"). Writes benchmarks/results/tune_policy.json, docs/img/tune_policy.png and
+# the docs block; reuses the retriever of .recsys/experiments when the policy experiments
+# published one there.
+.PHONY: tune-policy
+tune-policy: $(STAMP)
+	$(BIN)/python benchmarks/tune_policy.py
+
+# REINFORCE with GAE against cut returns and SlateQ, on long simulated lives (about 15 minutes
+# on 2 idle cores); writes benchmarks/results/long_horizon.json, docs/img/long_horizon.png and
+# the long-horizon block of docs/policy.md.
+.PHONY: long-horizon
+long-horizon: $(STAMP)
+	$(BIN)/python benchmarks/long_horizon.py
 
 clean:
 	rm -rf $(VENV) .recsys .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,7 @@ from recsys.types import ArtifactError, RecsysError
 
 if TYPE_CHECKING:
     from recsys.demo import DemoResult
+    from recsys.policy.training.config import PolicyTrainConfig
 
 app = typer.Typer(
     name="recsys",
@@ -46,6 +47,11 @@ data_app = typer.Typer(help="Datasets in the local cache.", no_args_is_help=True
 app.add_typer(data_app, name="data")
 users_app = typer.Typer(help="Users in the user-state store.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+tune_app = typer.Typer(
+    help="Hyperparameter sweeps with Ray Tune, scored on validation users or seeds only.",
+    no_args_is_help=True,
+)
+app.add_typer(tune_app, name="tune")
 policies_app = typer.Typer(
     help="Serving arms of a running service: list, pin, unpin, roll back (admin API).",
     no_args_is_help=True,
@@ -444,6 +450,23 @@ def _train_policy_from_logs(
     typer.echo(json.dumps(result.summary(), default=float))
 
 
+def _env_config(
+    config_file: Path | None, *, algo: str, overrides: dict[str, Any], seed: int | None
+) -> PolicyTrainConfig:
+    """The ``PolicyTrainConfig`` of an ``--env`` run: ``--config``'s JSON object, the env's
+    own reward by default, the options given (``overrides``, ``seed``) winning."""
+    from recsys.policy.training.config import PolicyTrainConfig
+
+    values = json.loads(config_file.read_text()) if config_file is not None else {}
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {config_file} must hold a JSON object of config fields")
+    values.setdefault("reward", "env")
+    values.update({k: v for k, v in overrides.items() if v is not None}, algo=algo)
+    if seed is not None:
+        values["seed"] = seed
+    return PolicyTrainConfig.from_dict(values)
+
+
 def _train_env_policy(
     spec: str,
     *,
@@ -457,21 +480,13 @@ def _train_env_policy(
     address: str | None,
 ) -> None:
     """``recsys train policy --env``: train on a user's env; print the checkpoint as JSON."""
-    from recsys.policy.training.config import PolicyTrainConfig
     from recsys.policy.training.custom_env import CustomEnvError, ImportedEnvFactory
     from recsys.policy.training.trainer import train_policy
 
     if algo not in ("slateq", "reinforce"):
         raise _usage_error(f"--env trains slateq or reinforce, not {algo!r}")
     try:
-        values = json.loads(config_file.read_text()) if config_file is not None else {}
-        if not isinstance(values, dict):
-            raise ValueError(f"--config {config_file} must hold a JSON object of config fields")
-        values.setdefault("reward", "env")
-        values.update({k: v for k, v in overrides.items() if v is not None}, algo=algo)
-        if seed is not None:
-            values["seed"] = seed
-        config = PolicyTrainConfig.from_dict(values)
+        config = _env_config(config_file, algo=algo, overrides=overrides, seed=seed)
         factory = ImportedEnvFactory.resolve(spec)
     except (OSError, ValueError, TypeError) as exc:
         raise _usage_error(str(exc)) from None
@@ -506,6 +521,174 @@ def _train_env_policy(
     }
     summary = {k: None if v != v else v for k, v in summary.items()}  # NaN is not JSON
     typer.echo(json.dumps(summary, default=float))
+
+
+@tune_app.command("policy")
+def tune_policy_cmd(
+    space: Annotated[
+        Path,
+        typer.Option(
+            help="YAML or JSON file mapping PolicyTrainConfig fields to distributions: "
+            'choice, uniform, loguniform, randint, lograndint (e.g. {"gamma": {"choice": '
+            '[0.8, 0.9]}, "lr": {"loguniform": [1e-4, 3e-3]}}).'
+        ),
+    ],
+    algo: Annotated[str, typer.Option(help="slateq | reinforce")] = "slateq",
+    samples: Annotated[int, typer.Option(min=1, help="Configs drawn from the space.")] = 8,
+    env: Annotated[
+        str | None,
+        typer.Option(
+            help="Sweep on your own environment instead of the simulator: module:factory "
+            "(as for recsys train policy); scored on evaluation seeds."
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="With --env: JSON object of PolicyTrainConfig fields every trial starts from "
+            "(the simulator starts from the documented config).",
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int, typer.Option(min=1, help="Validate (and report to the scheduler) every K iterations.")
+    ] = 5,
+    grace_period: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="ASHA: iterations before a trial can be stopped (default 2 x --eval-every)."
+        ),
+    ] = None,
+    validation_users: Annotated[
+        int, typer.Option(min=2, help="Simulator: validation users (the population's last).")
+    ] = 200,
+    test_users: Annotated[
+        int, typer.Option(min=2, help="Simulator: test users the winner is evaluated on, once.")
+    ] = 1000,
+    validation_episodes: Annotated[
+        int, typer.Option(min=2, help="--env: validation episodes per report.")
+    ] = 64,
+    test_episodes: Annotated[
+        int, typer.Option(min=2, help="--env: test episodes the winner plays, once.")
+    ] = 400,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Steps per life or episode at most (default 200; --env 1000)."),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=64, help="Trials at once, one CPU each.")
+    ] = 2,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Draws the configs (and seeds --env evaluation).")
+    ] = 0,
+    include_base: Annotated[
+        bool,
+        typer.Option(
+            "--include-base/--no-include-base",
+            help="Run the starting config's own values as the first trial (one of NUM).",
+        ),
+    ] = False,
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(help="Simulator setup root (default: settings.artifacts.root)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for tune_policy.json, tune_policy.png and the winner's checkpoint "
+            "(default <artifacts>/tune-<algo>)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sweep a policy's settings with Ray Tune: NUM trials drawn from --space, each trained
+    in-process on one CPU, scored on validation users (or seeds) every --eval-every
+    iterations, the laggards stopped by ASHA. The best trial that ran its whole budget is
+    then evaluated once on the test users (or seeds). Writes every trial to JSON, a plot,
+    and the winner's checkpoint; prints the JSON (docs/policy.md, "Sweeps with Ray Tune").
+    """
+    from recsys.pipeline import SimulatorSweepTask, build_simulator_setup, catalog_config
+    from recsys.policy.evaluation import simulator as held_out
+    from recsys.policy.training.config import SETUP_FIELDS, documented_config
+    from recsys.policy.training.custom_env import CustomEnvError, ImportedEnvFactory
+    from recsys.policy.tuning import EnvSweepTask, SweepTask, check_space, load_space, tune_policy
+
+    if algo not in ("slateq", "reinforce"):
+        raise _usage_error(f"--algo must be slateq or reinforce, got {algo!r}")
+    settings = _settings(artifacts={"root": artifacts})
+    root = settings.artifacts.root
+    output = output or root / f"tune-{algo}"
+    task: SweepTask
+    try:
+        distributions = load_space(space)
+        if env is not None:
+            base = _env_config(config_file, algo=algo, overrides={}, seed=None)
+            check_space(distributions, base)
+            task = EnvSweepTask(
+                ImportedEnvFactory.resolve(env),
+                validation_episodes=validation_episodes,
+                test_episodes=test_episodes,
+                max_steps=max_steps or 1000,
+                seed=seed,
+            )
+        else:
+            if config_file is not None:
+                raise ValueError("--config applies to --env sweeps (the simulator's is documented)")
+            base = catalog_config(
+                documented_config("reinforce" if algo == "reinforce" else "slateq"),
+                settings.catalog,
+            )
+            # Before minutes of setup: the space must fit the simulator's shared setup.
+            check_space(
+                distributions, base, fixed=SETUP_FIELDS, check=lambda c: c.check_population()
+            )
+            held_out.validation_users(validation_users)
+            held_out.evaluation_users(test_users)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _usage_error(str(exc)) from None
+    try:
+        if env is None:
+            setup = build_simulator_setup(
+                base, root, candidates=settings.candidates, progress=not as_json
+            )
+            task = SimulatorSweepTask(
+                setup,
+                validation_users=validation_users,
+                test_users=test_users,
+                max_steps=max_steps or 200,
+            )
+        result = tune_policy(
+            task,
+            base,
+            distributions,
+            num_samples=samples,
+            output_dir=output,
+            eval_every=eval_every,
+            grace_period=grace_period,
+            concurrency=concurrency,
+            seed=seed,
+            include_base=include_base,
+            progress=True,
+            console=err_console,
+        )
+    except CustomEnvError as exc:
+        raise _usage_error(str(exc)) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted:[/] the sweep was stopped and Ray shut down")
+        raise typer.Exit(130) from None
+    except (ValueError, RecsysError, RuntimeError) as exc:
+        raise _fail(escape(str(exc))) from None
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    winner, test = result["winner"], result["test"]["return"]
+    params = ", ".join(f"{k}={v}" for k, v in winner["params"].items())
+    console.print(
+        f"winner {winner['trial_id']} ({escape(params)}): "
+        f"validation {winner['validation']['validation_return']:.2f}, "
+        f"test {test['mean']:.2f} [{test['ci_low']:.2f}, {test['ci_high']:.2f}]"
+    )
+    console.print(f"wrote {result['json']}, {result['png']}; checkpoint {winner['checkpoint']}")
 
 
 @evaluate_app.command("sim")

@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ from recsys.policy.training.checkpoint import (
 )
 from recsys.policy.training.config import (
     ALGOS,
+    POPULATION,
     SETUP_FIELDS,
     PolicyTrainConfig,
     documented_config,
@@ -96,6 +97,7 @@ __all__ = [
     "SIM_POLICY_NAMES",
     "SimulatorEnvFactory",
     "SimulatorSetup",
+    "SimulatorSweepTask",
     "SkeletonModels",
     "build_simulator_setup",
     "demo_config",
@@ -907,6 +909,111 @@ def evaluate_sim_policies(
     out.pop("_per_user")
     out["sources"] = sources
     return out
+
+
+# ---- sweeps on the simulator (`recsys tune policy` without --env) ---------------------------
+
+
+@dataclass(eq=False)
+class SimulatorSweepTask:
+    """The project simulator as a sweep task (:class:`recsys.policy.tuning.SweepTask`).
+
+    Trials train on the setup's training users exactly as ``recsys train policy`` does
+    (:func:`train_simulator_policy`: retriever candidates, event features, the learned
+    reward, SlateQ's log replay). Validation scores the last ``validation_users`` users of
+    the population (:func:`validation_users`), test the first ``test_users`` above the
+    training half (:func:`evaluation_users`, the docs' test users): one life each, at most
+    ``max_steps`` steps, greedy slates, seeded by ``seed``, the return in hidden lifetime
+    value, as in the experiments. The setup's fields (world, logs, retriever) are
+    :data:`SETUP_FIELDS`, fixed for every trial.
+
+    The setup is built once by the caller and shipped to every trial: pickling leaves out the
+    retriever (its FAISS index does not pickle), which the trial reloads from its artifact.
+    """
+
+    setup: SimulatorSetup
+    validation_users: int = 200
+    test_users: int = 1000
+    max_steps: int = 200
+    seed: int = 2024
+    fixed_fields: tuple[str, ...] = field(default=SETUP_FIELDS, init=False)
+
+    def __post_init__(self) -> None:
+        validation_users(self.validation_users)  # refused here, not in every trial
+        evaluation_users(self.test_users)
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        setup: SimulatorSetup = state.pop("setup")
+        state["_setup"] = {
+            f.name: getattr(setup, f.name) for f in fields(setup) if f.name != "retrieval"
+        }
+        # Absolute: Tune runs each trial in a folder of its own.
+        state["_retrieval"] = str(Path(setup.retrieval.artifact.path).resolve())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        parts = state.pop("_setup")
+        retrieval = load_retrieval(Path(state.pop("_retrieval")))
+        state["setup"] = SimulatorSetup(**parts, retrieval=retrieval)
+        self.__dict__.update(state)
+
+    def _users(self, users: IntArray) -> dict[str, Any]:
+        return {"users": [int(users[0]), int(users[-1]) + 1], "max_steps": self.max_steps}
+
+    def describe(self) -> dict[str, Any]:
+        """Where the trials train, validate and test (JSON-ready)."""
+        config = self.setup.config
+        return {
+            "env": "project simulator",
+            "training_users": [config.log_users, POPULATION // 2],
+            "validation": self._users(validation_users(self.validation_users)),
+            "test": self._users(evaluation_users(self.test_users)),
+            "seed": self.seed,
+            "retrieval": str(self.setup.retrieval.artifact.path),
+            "return_definition": "hidden lifetime value: dwell minutes over one life (until "
+            f"churn or max_steps={self.max_steps}), greedy slates",
+        }
+
+    def check(self, config: PolicyTrainConfig) -> None:
+        """Training users within the training half; the setup's own simulator."""
+        config.check_population()
+        differ = [f for f in SETUP_FIELDS if getattr(config, f) != getattr(self.setup.config, f)]
+        if differ:
+            raise ValueError(f"{', '.join(differ)} differ from the shared simulator setup's")
+
+    def train(
+        self,
+        config: PolicyTrainConfig,
+        *,
+        artifacts_root: Path,
+        on_iteration: Callable[..., None],
+    ) -> TrainResult:
+        return train_simulator_policy(
+            config, self.setup, checkpoints=artifacts_root, on_iteration=on_iteration
+        )
+
+    def _evaluate(self, policy: BatchSlatePolicy, users: IntArray) -> dict[str, Any]:
+        result = evaluate_in_simulator(
+            {"policy": policy},
+            make_users=self.setup.make_users(users),
+            max_steps=self.max_steps,
+            seed=self.seed,
+        )
+        summary: dict[str, Any] = result["policies"]["policy"]
+        return summary
+
+    def validate(self, policy: BatchSlatePolicy) -> dict[str, Any]:
+        """Mean return (and clicks, revenue, ...) on the validation users only."""
+        return self._evaluate(policy, validation_users(self.validation_users))
+
+    def test(self, policy: BatchSlatePolicy) -> dict[str, Any]:
+        """The same on the test users (a sweep calls it once, for its winner)."""
+        out = self._evaluate(policy, evaluation_users(self.test_users))
+        return {**self._users(evaluation_users(self.test_users)), **out}
 
 
 # ---- the demo ------------------------------------------------------------------------------
