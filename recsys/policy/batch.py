@@ -164,11 +164,27 @@ class SlateResponse(NamedTuple):
         """No response at all (e.g. for padding)."""
         return cls.from_signals(np.zeros((batch_size, slate_size, NUM_SIGNALS), np.float32))
 
+    def clicks(self) -> BoolArray:
+        """``[B, S]`` bool: which slots were clicked (any number per row, none included).
+
+        The full response of a multi-click user; what SlateQ's ``clicks="multi"`` mode credits
+        (each clicked slot its own reward) and the independent-click choice model is fit on.
+        """
+        out: BoolArray = np.asarray(self.click) > 0
+        return out
+
+    def num_clicks(self) -> IntArray:
+        """``[B]`` int64: clicked slots per row (0 for an ignored slate)."""
+        out: IntArray = self.clicks().sum(axis=1, dtype=np.int64)
+        return out
+
     def choice(self) -> IntArray:
         """``[B]`` int64: the first clicked slot, or ``S`` when nothing was clicked.
 
         Same convention as the simulator's choice models (the last outcome is "no click"), so a
-        conditional-logit choice model can be trained directly on it.
+        conditional-logit choice model can be trained directly on it. With several clicks in a
+        row this keeps the first (top-most) one only: it is the single-click view of the
+        response (the default SlateQ, the single-choice model); :meth:`clicks` is the whole.
         """
         clicked = np.asarray(self.click) > 0
         first = np.argmax(clicked, axis=1)

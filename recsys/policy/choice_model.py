@@ -1,22 +1,42 @@
-"""A conditional-logit user choice model with a no-click option, learned from logged slates.
+"""A logit user choice model with a no-click option, learned from logged slates.
 
 SlateQ (Ie et al. 2019) decomposes a slate's value into item values weighted by the user's
 choice probabilities, ``Q(s, A) = sum_{i in A} P(i | s, A) Qbar(s, i)``, so it needs
-``P(i | s, A)``. Under the conditional (multinomial) logit,
+``P(i | s, A)``. Every item has a utility ``v_i = f(user, item) + pos[slot(i)]`` and the
+no-click option ``v_0 = c + a^T user`` (Ie et al. eq. 3; the simulator's default response
+model has the same form). ``f`` is a :class:`~recsys.policy._nets.PairScorer` (bilinear +
+optional MLP). The position term absorbs examination bias in the logs (``pos[0] = 0`` fixes
+the scale against ``v_0``); SlateQ's slate optimisation assumes position-independent choice
+(the paper's assumption), so it uses the slot-0 utilities :meth:`item_logits`.
 
-    P(i | s, A) = exp(v_i) / (exp(v_0) + sum_{j in A} exp(v_j)),
+Two response models share those parameters (``clicks``):
 
-with item utility ``v_i = f(user, item) + pos[slot(i)]`` and no-click utility
-``v_0 = c + a^T user`` (Ie et al. eq. 3; the simulator's default response model has the same
-form). ``f`` is a :class:`~recsys.policy._nets.PairScorer` (bilinear + optional MLP). The
-position term absorbs examination bias in the logs (``pos[0] = 0`` fixes the scale against
-``v_0``); SlateQ's slate optimisation assumes position-independent choice (the paper's
-assumption), so it uses the slot-0 utilities :meth:`item_logits`.
+- ``"single"`` (the default, the paper's): at most one click per slate, a conditional
+  (multinomial) logit over the slate and no-click,
+
+      P(i | s, A) = exp(v_i) / (exp(v_0) + sum_{j in A} exp(v_j)),
+
+  fit on the first click of each row (:meth:`recsys.policy.batch.SlateResponse.choice`).
+  Items compete: a more attractive neighbour takes clicks away.
+- ``"multi"``: any number of clicks; each slotted item is clicked independently, by the same
+  logit restricted to the item and no-click,
+
+      P(click i | s, A) = exp(v_i) / (exp(v_0) + exp(v_i)) = sigmoid(v_i - v_0),
+
+  fit by the per-slot binary likelihood of the whole click mask
+  (:meth:`~recsys.policy.batch.SlateResponse.clicks`). Items do not compete, so a user who
+  clicks several items of one slate is not forced into a distribution that sums to one (the
+  single model fit on such logs sees only first clicks and reads the clicks it misses as a
+  steep position bias).
+
+Both expose the marginal click probability of each slot (:meth:`click_probabilities`), which
+is all SlateQ's decomposition needs (see :mod:`recsys.policy.algorithms.slateq`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,9 +47,17 @@ from recsys.policy._nets import PairScorer, gather_candidates, seeded, to_numpy,
 from recsys.policy.batch import Transition
 from recsys.types import FloatArray
 
+#: How many clicks a slate can get: at most one (``"single"``) or any number (``"multi"``).
+ClickModel = Literal["single", "multi"]
+CLICK_MODELS: tuple[ClickModel, ...] = ("single", "multi")
+
 
 class ConditionalLogitChoiceModel(nn.Module):
-    """``P(click slot s | user, slate)`` for slots ``0..S-1`` and "no click" (index ``S``)."""
+    """``P(click slot s | user, slate)`` for slots ``0..S-1`` and "no click" (index ``S``).
+
+    ``clicks`` picks the response model (see the module docstring); the parameters, and so
+    the ``state_dict`` keys, are the same for both.
+    """
 
     def __init__(
         self,
@@ -38,11 +66,15 @@ class ConditionalLogitChoiceModel(nn.Module):
         max_slate_size: int,
         hidden: Sequence[int] = (),
         seed: int = 0,
+        clicks: ClickModel = "single",
     ) -> None:
         super().__init__()
         if max_slate_size < 1:
             raise ValueError(f"max_slate_size must be >= 1, got {max_slate_size}")
+        if clicks not in CLICK_MODELS:
+            raise ValueError(f"clicks must be single or multi, got {clicks!r}")
         self.max_slate_size = int(max_slate_size)
+        self.clicks: ClickModel = clicks
         self.seed = seed
         with seeded(seed):
             self.utility = PairScorer(user_dim, item_dim, hidden)
@@ -71,15 +103,82 @@ class ConditionalLogitChoiceModel(nn.Module):
         return torch.cat([v, self.no_click_logit(user)[:, None]], dim=1)
 
     def slate_probabilities(self, user: torch.Tensor, slate_items: torch.Tensor) -> torch.Tensor:
-        """Choice distribution ``[B, S + 1]`` (rows sum to 1; last column = no click)."""
-        return torch.softmax(self.slate_logits(user, slate_items), dim=1)
+        """``[B, S + 1]``: per-slot click probabilities, then the probability of no click.
+
+        ``"single"``: the choice distribution (rows sum to 1). ``"multi"``: the slots'
+        marginal click probabilities (:meth:`click_probabilities`) and
+        ``prod_s (1 - P(click s))``; rows sum to the expected number of clicks plus the
+        no-click probability, not to 1.
+        """
+        if self.clicks == "single":
+            return torch.softmax(self.slate_logits(user, slate_items), dim=1)
+        p = self.click_probabilities(user, slate_items)
+        return torch.cat([p, torch.prod(1.0 - p, dim=1, keepdim=True)], dim=1)
+
+    def click_probabilities(self, user: torch.Tensor, slate_items: torch.Tensor) -> torch.Tensor:
+        """Marginal ``P(slot s clicked | s, A)`` ``[B, S]`` (positions included).
+
+        ``"single"``: the choice probabilities of the slots (they and no-click sum to 1);
+        ``"multi"``: ``sigmoid(v_s + pos[s] - v_0)``, each slot on its own.
+        """
+        logits = self.slate_logits(user, slate_items)
+        if self.clicks == "single":
+            return torch.softmax(logits, dim=1)[:, :-1]
+        return torch.sigmoid(logits[:, :-1] - logits[:, -1:])
+
+    def item_click_probabilities(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``"multi"`` only: position-free (slot-0) ``P(click i | s)`` ``[B, C]`` of every
+        candidate, the same whatever else the slate holds (what slate optimisation uses).
+
+        A single-click probability depends on the rest of the slate; use
+        :meth:`item_logits` and :meth:`no_click_logit` (attractions) for that model.
+        """
+        if self.clicks != "multi":
+            raise ValueError("item_click_probabilities needs clicks='multi'")
+        return torch.sigmoid(self.item_logits(user, items) - self.no_click_logit(user)[:, None])
 
     def nll(
         self, user: torch.Tensor, slate_items: torch.Tensor, choice: torch.Tensor
     ) -> torch.Tensor:
-        """Mean negative log-likelihood of observed choices (``S`` = no click)."""
-        logp = torch.log_softmax(self.slate_logits(user, slate_items), dim=1)
-        return -logp.gather(1, choice[:, None]).mean()
+        """Mean negative log-likelihood per row of observed responses.
+
+        ``choice`` is ``[B]`` chosen slots (``S`` = no click) or ``[B, S]`` click masks; either
+        fits either model (:meth:`responses`). ``"single"``: the log-probability of the
+        (first) choice. ``"multi"``: the sum over the row's slots of the binary
+        log-likelihoods of clicked / not clicked.
+        """
+        logits = self.slate_logits(user, slate_items)
+        target = self.responses(choice, slate_items.shape[1])
+        if self.clicks == "single":
+            logp = torch.log_softmax(logits, dim=1)
+            return -logp.gather(1, target[:, None]).mean()
+        per_slot = nn.functional.binary_cross_entropy_with_logits(
+            logits[:, :-1] - logits[:, -1:], target, reduction="none"
+        )
+        return per_slot.sum(dim=1).mean()
+
+    def responses(self, choice: torch.Tensor, slate_size: int) -> torch.Tensor:
+        """The training target of this model from ``[B]`` choices or ``[B, S]`` click masks.
+
+        ``"single"``: ``[B]`` int64 choices; a mask keeps its first click (``S`` when none),
+        the convention of :meth:`~recsys.policy.batch.SlateResponse.choice`. ``"multi"``:
+        ``[B, S]`` float32 masks; a choice becomes a one-hot row (no click: all zeros), a
+        single-click log being a valid multi-click log.
+        """
+        if choice.dim() == 2:
+            if choice.shape[1] != slate_size:
+                raise ValueError(
+                    f"click mask of {choice.shape[1]} slots for a slate of {slate_size}"
+                )
+            clicked = choice > 0
+            if self.clicks == "multi":
+                return clicked.to(torch.float32)
+            first = torch.argmax(clicked.to(torch.int64), dim=1)
+            return torch.where(clicked.any(dim=1), first, torch.full_like(first, slate_size))
+        target = choice.to(torch.int64)
+        if self.clicks == "single":
+            return target
+        return nn.functional.one_hot(target, slate_size + 1)[:, :slate_size].to(torch.float32)
 
     def predict_proba(
         self, user_features: npt.ArrayLike, slate_item_features: npt.ArrayLike
@@ -100,20 +199,28 @@ class ConditionalLogitChoiceModel(nn.Module):
         batch_size: int = 1024,
         weight_decay: float = 0.0,
     ) -> dict[str, float]:
-        """Maximum likelihood on logged slates: ``[N, du]``, ``[N, S, di]``, choices ``[N]``.
+        """Maximum likelihood on logged slates: ``[N, du]``, ``[N, S, di]`` and responses.
 
-        ``choice[n]`` is the clicked slot or ``S`` for no click
-        (:meth:`recsys.policy.batch.SlateResponse.choice`). Returns the final mean NLL.
+        ``choice`` is ``[N]``, the clicked slot or ``S`` for no click
+        (:meth:`recsys.policy.batch.SlateResponse.choice`), or ``[N, S]`` click masks
+        (:meth:`~recsys.policy.batch.SlateResponse.clicks`); see :meth:`responses` for how
+        each model reads each. Returns the final mean NLL.
         """
         u, x = to_tensor(user_features), to_tensor(slate_item_features)
-        y = to_tensor(choice, torch.int64).reshape(-1)
-        n = u.shape[0]
-        if x.shape[0] != n or y.shape[0] != n:
+        raw = np.asarray(choice)
+        n, s = u.shape[0], x.shape[1]
+        if x.shape[0] != n or raw.shape[0] != n:
             raise ValueError("user_features, slate_item_features and choice disagree on N")
         if n == 0 or epochs < 1 or batch_size < 1:
             raise ValueError("need at least one row, one epoch and batch_size >= 1")
-        if int(y.min()) < 0 or int(y.max()) > x.shape[1]:
-            raise ValueError(f"choice must lie in [0, {x.shape[1]}] ({x.shape[1]} = no click)")
+        if raw.ndim == 2:
+            if raw.shape[1] != s or not np.isin(raw, (0, 1)).all():
+                raise ValueError(f"a choice mask must be [N, {s}] of 0/1, got {raw.shape}")
+            y = to_tensor(raw, torch.float32)
+        else:
+            y = to_tensor(raw, torch.int64).reshape(-1)
+            if int(y.min()) < 0 or int(y.max()) > s:
+                raise ValueError(f"choice must lie in [0, {s}] ({s} = no click)")
         opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
         for _ in range(epochs):
@@ -129,7 +236,8 @@ class ConditionalLogitChoiceModel(nn.Module):
 
 
 def choice_data(transition: Transition) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(user [B, du], slate item features [B, S, di], choice [B])`` from a transition."""
+    """``(user [B, du], slate item features [B, S, di], choice [B])`` from a transition
+    (the first click only; :func:`click_data` keeps them all)."""
     items = to_tensor(transition.obs.item_features)
     slates = to_tensor(transition.action.slates, torch.int64)
     return (
@@ -137,3 +245,10 @@ def choice_data(transition: Transition) -> tuple[torch.Tensor, torch.Tensor, tor
         gather_candidates(items, slates),
         to_tensor(np.asarray(transition.response.choice()), torch.int64),
     )
+
+
+def click_data(transition: Transition) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(user [B, du], slate item features [B, S, di], click mask [B, S])`` from a
+    transition: every click, for the ``"multi"`` model."""
+    user, slate_items, _ = choice_data(transition)
+    return user, slate_items, to_tensor(transition.response.clicks(), torch.float32)

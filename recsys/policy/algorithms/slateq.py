@@ -19,7 +19,9 @@ is learned by TD on the consumed item only (eq. 5/6):
 averaging with rate ``tau``). The no-click value ``Qbar(s, ⊥)`` gets its own state-only head:
 in most environments an ignored slate is not worthless (the session goes on), and leaving it
 at 0 would bias slates toward anything clickable. The reward credited to the consumed item is
-the slate's total per-slot reward (SlateQ's reward-from-consumption assumption).
+the slate's total per-slot reward (SlateQ's reward-from-consumption assumption). A response
+with several clicks is read as its first (:meth:`~recsys.policy.batch.SlateResponse.choice`),
+unless ``clicks="multi"`` (below).
 
 With ``immediate_head`` the item value is split as ``Qbar(s, i) = R(s, i) + C(s, i)``: ``R`` is
 the expected immediate reward of consuming ``i``, fit by plain regression on the observed
@@ -29,26 +31,69 @@ the immediate part no longer inherits the noise of bootstrapped targets, and wit
 initialised to zero the untrained policy *is* the myopic greedy policy, so TD can only add
 what it actually learns about the future.
 
+Several clicks per slate (``clicks="multi"``). The paper's assumptions, one consumed item
+(SC) whose reward and next state depend on it alone (RTDS), become: the slotted items are
+clicked independently, with marginals ``m_i = P(click i | s, A)`` from the choice model's
+``"multi"`` mode, and the realised click set ``K`` moves the return additively, relative to
+the no-click outcome:
+
+    E[sum_slots r + gamma V(s') | s, A, K] = Qbar(s, ⊥) + sum_{i in K} (Qbar(s, i) - Qbar(s, ⊥)),
+
+``Qbar(s, i) - Qbar(s, ⊥)`` being what a click on ``i`` adds: its slot's reward and its
+effect on where the user goes next. The expectation over ``K`` is, by linearity,
+
+    Q(s, A) = Qbar(s, ⊥) + sum_{i in A} m_i (Qbar(s, i) - Qbar(s, ⊥)),
+
+which is eq. 4 itself when at most one item is clicked (then ``1 - sum_i m_i`` is the
+no-click probability), so slates are scored by one formula in both modes, at acting time, in
+Q-learning's max and in SARSA's next value; only the marginals differ. Independent ``m_i``
+do not depend on the rest of the slate, so the value is additive over items and the best
+slate is the top ``S`` by ``m_i (Qbar_i - Qbar_⊥)`` within the ad load: exact, whichever
+``optimizer`` is configured (it runs ``top_k``). The additive model is exact when clicks act
+on the reward and on the chance and kind of continuing additively (per-slot rewards, one
+session-ending item; :class:`~recsys.policy.testing.TinyMultiClickEnv`), and a first-order
+approximation otherwise (two session-ending clicks end it once, not twice).
+
+The continuation is counted once per slate, not once per click. Crediting each clicked item
+``r_i + gamma V(s')`` would score a slate that draws ``n`` clicks as ``n`` futures and pull
+the policy toward click-heavy slates; splitting ``V(s')`` equally between the clicks counts
+it once but makes a good item share the blame of a neighbour that ended the session, and its
+value depend on what it was shown with, which no ``Qbar(s, i)`` can represent. So the TD step
+fits the realised click set's value, as the paper fits ``Qbar`` of the consumed item, one row
+per transition:
+
+    Qbar(s, ⊥) + sum_{i in K} (Qbar(s, i) - Qbar(s, ⊥))  <-  sum_slots r + gamma V'(s').
+
+A no-click row (``K`` empty) and a one-click row (``K = {i}``) get exactly the paper's
+targets; how a several-click row's return divides among its items is identified across rows,
+as a regression identifies additive effects. With ``immediate_head`` each click's own reward
+is credited directly: ``R(s, i)`` regresses on the clicked slot's reward, one row per clicked
+(row, slot) pair (two clicks, two rows); ``R(s, ⊥) = 0`` (an unclicked slate earns nothing
+of its own); and ``C`` fits the click set as above towards what the clicked slots did not
+earn, ``gamma V'(s')`` once plus any reward paid in unclicked slots (0 for the project's
+rewards). The rows then add up to the same click-set value and target.
+
 Acting: the optimiser's slate, explored epsilon-greedily around it (exact propensities), or
-Boltzmann/Plackett-Luce over the item scores ``v_i (Qbar_i - Qbar_⊥)``; both honour the ad
-load of the sampler (its ``max_ads`` cap and ``min_ads`` floor), as does the optimiser.
-Acting always scores every candidate.
+Boltzmann/Plackett-Luce over the item scores ``w_i (Qbar_i - Qbar_⊥)`` (``w_i``: the
+attraction ``exp(v_i)``, or with several clicks the click probability ``m_i``); both honour
+the ad load of the sampler (its ``max_ads`` cap and ``min_ads`` floor), as does the
+optimiser. Acting always scores every candidate.
 
 An update's cost does not grow with the number of candidates. The TD and regression losses
-only need the consumed item, so only its features go through the networks; SARSA's target
-only the next slate's. Q-learning's ``max_{A'}`` is the exception: it searches the next
-state's candidates, and an env that offers its whole catalog as candidates would make every
-update score the catalog. With ``target_candidates = K`` (default 64) and more than ``K``
-candidates in ``next_obs``, the max is taken over ``K`` of them: the slate actually served
-next (``next_action``, when the transition has it), enough organic items and ads that a
-slate within the ad load exists, and a uniform sample of the other valid candidates, drawn
-from a generator the policy owns (seeded by ``seed``, so runs repeat). The sampled max is
-biased down (it is a max over a subset), which is acceptable: it lies between the value of
-the slate actually served next (SARSA's on-policy target, for an exact optimiser) and the
-full max, so it errs on the conservative side as Double Q-learning's target does, against
-the max's own upward bias on noisy estimates, and the gap shrinks as ``K`` grows. With at
-most ``K`` candidates (the project's experiments serve 50) nothing is sampled and the target
-is exactly the full one.
+only need the consumed item (with several clicks, the slate's items), so only their features
+go through the networks; SARSA's target only the next slate's. Q-learning's ``max_{A'}`` is
+the exception: it searches the next state's candidates, and an env that offers its whole
+catalog as candidates would make every update score the catalog. With
+``target_candidates = K`` (default 64) and more than ``K`` candidates in ``next_obs``, the
+max is taken over ``K`` of them: the slate actually served next (``next_action``, when the
+transition has it), enough organic items and ads that a slate within the ad load exists, and
+a uniform sample of the other valid candidates, drawn from a generator the policy owns
+(seeded by ``seed``, so runs repeat). The sampled max is biased down (it is a max over a
+subset), which is acceptable: it lies between the value of the slate actually served next
+(SARSA's on-policy target, for an exact optimiser) and the full max, so it errs on the
+conservative side as Double Q-learning's target does, against the max's own upward bias on
+noisy estimates, and the gap shrinks as ``K`` grows. With at most ``K`` candidates (the
+project's experiments serve 50) nothing is sampled and the target is exactly the full one.
 """
 
 from __future__ import annotations
@@ -72,7 +117,7 @@ from recsys.policy._nets import (
 )
 from recsys.policy.base import SlateSampler, Tensors, optimiser_first_priority
 from recsys.policy.batch import SlateAction, SlateObs, Transition, concat_transitions
-from recsys.policy.choice_model import ConditionalLogitChoiceModel
+from recsys.policy.choice_model import CLICK_MODELS, ClickModel, ConditionalLogitChoiceModel
 from recsys.policy.slate_optimization import SlateOptimizer, optimize_slates, slate_values
 
 TDVariant = Literal["q_learning", "sarsa"]
@@ -102,6 +147,10 @@ class SlateQConfig:
     #: update costs the same on a 1,000- or 10,000-item candidate set; ``None``: all of them.
     #: Must be at least the slate size. At 64, candidate sets of up to 64 are not sampled.
     target_candidates: int | None = 64
+    #: ``"single"``: at most one click per slate (the paper's SlateQ; several clicks are read
+    #: as the first). ``"multi"``: independent clicks, additive credit (module docstring);
+    #: the choice model must have the same ``clicks``.
+    clicks: ClickModel = "single"
     sampler: SlateSampler = field(default_factory=lambda: SlateSampler("epsilon", epsilon=0.1))
 
     def __post_init__(self) -> None:
@@ -115,6 +164,8 @@ class SlateQConfig:
             raise ValueError(
                 f"target_candidates must be >= 1 or None (all), got {self.target_candidates}"
             )
+        if self.clicks not in CLICK_MODELS:
+            raise ValueError(f"clicks must be single or multi, got {self.clicks!r}")
 
 
 class SlateQPolicy:
@@ -131,6 +182,11 @@ class SlateQPolicy:
         seed: int = 0,
     ) -> None:
         self.config = config or SlateQConfig()
+        if choice_model.clicks != self.config.clicks:
+            raise ValueError(
+                f"SlateQ with clicks={self.config.clicks!r} needs a choice model with the same "
+                f"clicks, got {choice_model.clicks!r}"
+            )
         self.choice_model = choice_model
         #: ``(R(s, i), R(s, ⊥))`` networks with ``immediate_head``, else None.
         self.immediate: tuple[PairScorer, nn.Sequential] | None = None
@@ -182,11 +238,18 @@ class SlateQPolicy:
     def _immediate(
         self, user: torch.Tensor, items: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(R(s, i) [B, C], R(s, ⊥) [B])`` of the immediate-reward head."""
+        """``(R(s, i) [B, C], R(s, ⊥) [B])`` of the immediate-reward head.
+
+        With ``clicks="multi"`` ``R(s, ⊥)`` is 0 by definition (``R(s, i)`` is the reward a
+        click earns in its own slot, and a slate without clicks has none); its network is kept,
+        untrained, so both modes share one checkpoint layout.
+        """
         assert self.immediate is not None
         item_net, null_net = self.immediate
         r: torch.Tensor = item_net(user, items)
         r0: torch.Tensor = null_net(user).squeeze(-1)
+        if self.config.clicks == "multi":
+            r0 = torch.zeros_like(r0)
         return r, r0
 
     def _continuation(
@@ -203,9 +266,18 @@ class SlateQPolicy:
     def attractions(
         self, user: torch.Tensor, items: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Choice-model attractions ``exp(v_i)`` ``[B, C]`` and ``exp(v_0)`` ``[B]``, shifted by
-        the row max so they never overflow (the slate value is invariant to a common scale)."""
+        """The weights ``w_i`` ``[B, C]`` of the item scores ``w_i (Qbar_i - Qbar_⊥)`` and the
+        no-click weight ``[B]``, float64.
+
+        ``"single"``: attractions ``exp(v_i)`` and ``exp(v_0)``, shifted by the row max so
+        they never overflow (the slate value is invariant to a common scale). ``"multi"``: the
+        marginal click probabilities ``sigmoid(v_i - v_0)``, and 1 (a slate's value is then
+        ``Qbar_⊥ + sum_i w_i (Qbar_i - Qbar_⊥)``, with no normaliser).
+        """
         with torch.no_grad():
+            if self.config.clicks == "multi":
+                m = self.choice_model.item_click_probabilities(user, items).double()
+                return m, torch.ones(m.shape[0], dtype=torch.float64)
             v = self.choice_model.item_logits(user, items).double()
             v0 = self.choice_model.no_click_logit(user).double()
             peak = torch.maximum(v.max(dim=1).values, v0)
@@ -225,7 +297,9 @@ class SlateQPolicy:
 
         ``valid`` and ``is_ad`` (``[B, C]`` bool or ``None``) are the candidates' mask and ad
         flags. ``values`` (``q, q0, v, v0``) are item values and attractions the caller already
-        computed for these users and items, so acting runs each network once.
+        computed for these users and items, so acting runs each network once. With
+        ``clicks="multi"`` the attractions are marginal click probabilities and every
+        ``optimizer`` is the exact top-``S`` of the additive value (module docstring).
         """
         with torch.no_grad():
             if values is None:
@@ -233,18 +307,22 @@ class SlateQPolicy:
                 v, v0 = self.attractions(user, items)
             else:
                 q, q0, v, v0 = values
+            multi = self.config.clicks == "multi"
             slates = optimize_slates(
                 v,
                 v0,
                 q,
                 slate_size,
-                self.config.optimizer,
+                # Independent clicks make the value additive: the top-S is the exact optimum.
+                "top_k" if multi else self.config.optimizer,
                 q_null=q0,
                 valid=valid,
                 is_ad=is_ad,
                 max_ads=self.config.sampler.max_ads,
                 min_ads=self.config.sampler.min_ads,
             )
+            if multi:
+                return slates, additive_slate_values(v, q.double(), slates, q0.double())
             return slates, slate_values(v, v0, q.double(), slates, q0.double())
 
     # ---- acting ---------------------------------------------------------------------------
@@ -252,7 +330,8 @@ class SlateQPolicy:
     def sampler_scores(
         self, obs: SlateObs, slate_size: int, explore: bool = True
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """``(what the sampler samples from, item scores v_i (Qbar_i - Qbar_⊥))``, ``[B, C]``.
+        """``(what the sampler samples from, item scores w_i (Qbar_i - Qbar_⊥))``, ``[B, C]``
+        (``w_i``: :meth:`attractions`).
 
         Exploring Boltzmann samples Plackett-Luce over the item scores; otherwise the sampler
         gets :func:`~recsys.policy.base.optimiser_first_priority` around the optimiser's
@@ -296,17 +375,56 @@ class SlateQPolicy:
         """One TD step on the consumed items of a batch of transitions (order is ignored).
 
         Only the consumed item's features go through the value networks (the loss reads no
-        other), the choice model sees the served slate, and the target at most
-        ``target_candidates`` of the next candidates: the cost grows with the batch and the
-        slate, not with the number of candidates. Returns ``td_loss``, ``q_mean`` (of the
-        trained values), ``target_mean`` and, when the choice model is trained too, its
-        ``choice_nll``.
+        other; with ``clicks="multi"`` the slate's, to read every click), the choice model sees
+        the served slate, and the target at most ``target_candidates`` of the next
+        candidates: the cost grows with the batch and the slate, not with the number of
+        candidates. Returns ``td_loss``, ``q_mean`` (of the trained values), ``target_mean``
+        and, when the choice model is trained too, its ``choice_nll``.
         """
         batch = rollout[0] if len(rollout) == 1 else concat_transitions(rollout)
         cfg = self.config
         user, items = to_tensor(batch.obs.user_features), to_tensor(batch.obs.item_features)
         slates = to_tensor(batch.action.slates, torch.int64)
-        choice = to_tensor(batch.response.choice(), torch.int64)
+        if cfg.clicks == "multi":
+            clicks = to_tensor(batch.response.clicks(), torch.float32)  # [B, S]
+            slate_items = gather_candidates(items, slates)  # [B, S, di]
+            loss, pred, target = self._multi_click_loss(batch, user, slate_items, clicks)
+            response = clicks
+        else:
+            choice = to_tensor(batch.response.choice(), torch.int64)
+            loss, pred, target = self._single_click_loss(batch, user, items, slates, choice)
+            response = choice
+        self.optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
+        self.optimizer.step()
+
+        metrics = {
+            "td_loss": float(loss.detach()),
+            "q_mean": float(pred.detach().mean()),
+            "target_mean": float(target.mean()),
+        }
+        if cfg.train_choice_model:
+            self.choice_optimizer.zero_grad()
+            nll = self.choice_model.nll(user, gather_candidates(items, slates), response)
+            nll.backward()  # type: ignore[no-untyped-call]
+            self.choice_optimizer.step()
+            metrics["choice_nll"] = float(nll.detach())
+        self.updates += 1
+        self._update_target()
+        return metrics
+
+    def _single_click_loss(
+        self,
+        batch: Transition,
+        user: torch.Tensor,
+        items: torch.Tensor,
+        slates: torch.Tensor,
+        choice: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, predictions [B], targets [B])`` of the paper's TD step: ``Qbar`` of the
+        (first) clicked item, or of ``⊥``, towards the slate's reward plus the next value."""
+        cfg = self.config
         b, s = slates.shape
         rows = torch.arange(b)
         clicked = choice < s
@@ -332,25 +450,50 @@ class SlateQPolicy:
             q, q0 = self.item_values(user, consumed_items)
             pred = torch.where(clicked, q[:, 0], q0)
             loss = nn.functional.huber_loss(pred, target, delta=cfg.huber_delta)
-        self.optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
-        self.optimizer.step()
+        return loss, pred, target
 
-        metrics = {
-            "td_loss": float(loss.detach()),
-            "q_mean": float(pred.detach().mean()),
-            "target_mean": float(target.mean()),
-        }
-        if cfg.train_choice_model:
-            self.choice_optimizer.zero_grad()
-            nll = self.choice_model.nll(user, gather_candidates(items, slates), choice)
-            nll.backward()  # type: ignore[no-untyped-call]
-            self.choice_optimizer.step()
-            metrics["choice_nll"] = float(nll.detach())
-        self.updates += 1
-        self._update_target()
-        return metrics
+    def _multi_click_loss(
+        self,
+        batch: Transition,
+        user: torch.Tensor,
+        slate_items: torch.Tensor,
+        clicks: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, predictions [B], targets [B])`` of the additive multi-click TD step.
+
+        Per row, the value of the realised click set ``K``,
+        ``Qbar_⊥ + sum_{i in K} (Qbar_i - Qbar_⊥)``, towards the slate's reward plus the next
+        value; with ``immediate_head``, ``R`` regresses every clicked (row, slot) pair on that
+        slot's own reward and ``C`` fits the row towards the rest (module docstring).
+        ``clicks`` is the ``[B, S]`` 0/1 mask; no row or slot goes through a Python loop.
+        """
+        cfg = self.config
+        slot_reward = to_tensor(batch.reward)  # [B, S]
+        reward = slot_reward.sum(dim=1)
+        with torch.no_grad():
+            target = reward + self._td_target(batch, slot_reward.shape[1])
+        if self.immediate is not None:
+            c, c0 = self._continuation(user, slate_items, target=False)
+            r, _ = self._immediate(user, slate_items)  # R(s, ⊥) = 0 in this mode
+            clicked = clicks > 0
+            pred_c = click_set_values(c, c0, clicks)
+            own = (slot_reward * clicks).sum(dim=1)  # what the clicked slots earned
+            # One regression row per clicked (row, slot) pair; a batch without a click has
+            # none, and its immediate loss is 0 (not the NaN of an empty mean).
+            pred_r, slot_target = r[clicked], slot_reward[clicked]
+            loss_r = (
+                nn.functional.huber_loss(pred_r, slot_target, delta=cfg.huber_delta)
+                if pred_r.numel()
+                else pred_r.sum()
+            )
+            loss_c = nn.functional.huber_loss(pred_c, target - own, delta=cfg.huber_delta)
+            loss = loss_r + loss_c
+            pred = (r * clicks).sum(dim=1) + pred_c
+        else:
+            q, q0 = self.item_values(user, slate_items)
+            pred = click_set_values(q, q0, clicks)
+            loss = nn.functional.huber_loss(pred, target, delta=cfg.huber_delta)
+        return loss, pred, target
 
     def _td_target(self, batch: Transition, slate_size: int) -> torch.Tensor:
         """``gamma * (1 - done) * V'(s')``: the discounted value of the next state.
@@ -368,9 +511,13 @@ class SlateQPolicy:
                 raise ValueError("SARSA targets need Transition.next_action (the next slate)")
             next_items = gather_candidates(items, served)
             qn, q0n = self.item_values(user, next_items, target=True)
-            probs = self.choice_model.slate_probabilities(user, next_items)
-            k = served.shape[1]
-            next_value = (probs[:, :k] * qn).sum(1) + probs[:, k] * q0n
+            if self.config.clicks == "multi":
+                clicked = self.choice_model.click_probabilities(user, next_items)
+                next_value = click_set_values(qn, q0n, clicked)
+            else:
+                probs = self.choice_model.slate_probabilities(user, next_items)
+                k = served.shape[1]
+                next_value = (probs[:, :k] * qn).sum(1) + probs[:, k] * q0n
         else:
             valid, is_ad = _flags(nxt)
             sample = self.target_candidate_indices(nxt, slate_size, served)
@@ -484,6 +631,30 @@ class SlateQPolicy:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The Q-network optimiser and the choice model's."""
         return {"optimizer": self.optimizer, "choice_optimizer": self.choice_optimizer}
+
+
+def click_set_values(q: torch.Tensor, q_null: torch.Tensor, clicks: torch.Tensor) -> torch.Tensor:
+    """``q_null + sum_s clicks[:, s] (q[:, s] - q_null)`` ``[B]``: the additive value of a
+    click set (``clicks`` ``[B, S]`` 0/1) or, for marginal click probabilities, of a slate.
+
+    ``q`` ``[B, S]`` are the slotted items' values ``Qbar(s, i)``, ``q_null`` ``[B]`` the
+    no-click value ``Qbar(s, ⊥)``. No click gives ``q_null``, one click on ``i`` gives
+    ``q[i]``: the single-click values.
+    """
+    return q_null + (clicks * (q - q_null[:, None])).sum(dim=1)
+
+
+def additive_slate_values(
+    click_probability: torch.Tensor,
+    q: torch.Tensor,
+    slates: torch.Tensor,
+    q_null: torch.Tensor,
+) -> torch.Tensor:
+    """``Q(A) = q_null + sum_{i in A} m_i (q_i - q_null)`` ``[B]`` of slates ``[B, S]`` under
+    independent clicks, from ``[B, C]`` candidates' click probabilities ``m`` and values."""
+    return click_set_values(
+        torch.gather(q, 1, slates), q_null, torch.gather(click_probability, 1, slates)
+    )
 
 
 def _flags(obs: SlateObs) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -21,7 +21,7 @@ from recsys.policy.algorithms.reinforce import (
 )
 from recsys.policy.algorithms.slateq import SlateQConfig, SlateQPolicy
 from recsys.policy.base import SlateSampler, TrainableSlatePolicy
-from recsys.policy.choice_model import ConditionalLogitChoiceModel
+from recsys.policy.choice_model import CLICK_MODELS, ClickModel, ConditionalLogitChoiceModel
 from recsys.policy.observation import FEATURE_KINDS, FeatureKind
 from recsys.policy.reward.fit import REWARD_OBJECTIVES, RewardObjective
 from recsys.policy.reward.spec import REWARD_KINDS, RewardKind
@@ -150,6 +150,13 @@ class PolicyTrainConfig:
     #: SlateQ: learn ``Qbar = R + C`` with ``R`` by regression and ``C`` by TD (see
     #: :mod:`recsys.policy.algorithms.slateq`); the untrained policy is then the myopic one.
     immediate_head: bool = False
+    #: SlateQ: ``single`` (at most one click per slate, the paper's; several clicks are read
+    #: as the first) or ``multi`` (independent clicks, each credited its own slot reward;
+    #: see :mod:`recsys.policy.algorithms.slateq`). Use ``multi`` with a multi-click env.
+    clicks: ClickModel = "single"
+    #: REINFORCE: credit each slot its own reward plus the shared future, instead of the
+    #: slate's total (several clicks per slate with per-item rewards).
+    per_slot_credit: bool = False
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -190,6 +197,8 @@ class PolicyTrainConfig:
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
         if self.returns not in CREDITS:
             raise ValueError(f"returns must be rollout or gae, got {self.returns!r}")
+        if self.clicks not in CLICK_MODELS:
+            raise ValueError(f"clicks must be single or multi, got {self.clicks!r}")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gae_lambda must lie in [0, 1], got {self.gae_lambda}")
         if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
@@ -372,7 +381,9 @@ def build_policy(
     """A fresh SlateQ (Q-learning, greedy slate optimiser, learned choice model) or
     REINFORCE-top-K policy with the configured hyperparameters."""
     if config.algo == "slateq":
-        choice = ConditionalLogitChoiceModel(user_dim, item_dim, slate_size, seed=config.seed)
+        choice = ConditionalLogitChoiceModel(
+            user_dim, item_dim, slate_size, seed=config.seed, clicks=config.clicks
+        )
         return SlateQPolicy(
             user_dim,
             item_dim,
@@ -386,6 +397,7 @@ def build_policy(
                 tau=config.tau,
                 immediate_head=config.immediate_head,
                 target_candidates=config.target_candidates,
+                clicks=config.clicks,
                 sampler=config.sampler("epsilon", epsilon=config.epsilon),
             ),
             seed=config.seed,
@@ -400,6 +412,7 @@ def build_policy(
             entropy_coef=config.entropy_coef,
             returns=config.returns,
             gae_lambda=config.gae_lambda,
+            per_slot_credit=config.per_slot_credit,
             sampler=config.sampler("boltzmann", temperature=config.temperature),
         ),
         seed=config.seed,

@@ -50,6 +50,17 @@ def test_response_round_trip_and_choice() -> None:
     np.testing.assert_array_equal(response.choice(), [1, 2, 0])  # 2 = slate size = no click
 
 
+def test_several_clicks_per_row_keep_every_click_and_the_first_as_the_choice() -> None:
+    click = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 1], [1, 1, 1]], dtype=np.float32)
+    sig = np.zeros((4, 3, 6), dtype=np.float32)
+    sig[..., 0] = click
+    response = SlateResponse.from_signals(sig)
+    np.testing.assert_array_equal(response.clicks(), click.astype(bool))
+    assert response.clicks().dtype == np.bool_
+    np.testing.assert_array_equal(response.num_clicks(), [2, 0, 2, 3])
+    np.testing.assert_array_equal(response.choice(), [0, 3, 1, 0])  # the first click; 3 = none
+
+
 def test_concat_and_take_transitions() -> None:
     env = TinySlateEnv(batch_size=4)
     transitions, _ = collect(env, RandomPolicy(), env.reset(), 3, np.random.default_rng(0))

@@ -1,8 +1,10 @@
-"""REINFORCE top-K off-policy correction: capped weights, exact lambda_K, learns the optimum."""
+"""REINFORCE top-K off-policy correction: capped weights, exact lambda_K, learns the optimum;
+per-slot credit with several clicks per slate."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from recsys.policy import (
@@ -14,11 +16,11 @@ from recsys.policy import (
     top_k_multiplier,
 )
 from recsys.policy.algorithms.reinforce import discounted_returns, generalized_advantages
-from recsys.policy.batch import Transition
-from recsys.policy.testing import TinySlateEnv, collect, greedy_slates
+from recsys.policy.batch import Transition, concat_obs
+from recsys.policy.testing import TinyMultiClickEnv, TinySlateEnv, collect, greedy_slates
 
 
-def _policy(env: TinySlateEnv, **config: object) -> ReinforceTopKPolicy:
+def _policy(env: TinySlateEnv | TinyMultiClickEnv, **config: object) -> ReinforceTopKPolicy:
     defaults: dict[str, object] = {"gamma": env.gamma, "lr": 3e-3, "hidden": (32,), "state_dim": 16}
     defaults.update(config)
     return ReinforceTopKPolicy(env.user_dim, env.item_dim, ReinforceConfig(**defaults), seed=0)  # type: ignore[arg-type]
@@ -174,3 +176,55 @@ def test_act_samples_plackett_luce_with_exact_propensities() -> None:
         logits, _ = policy.logits(obs)
     expected = policy.config.sampler.log_propensities(logits.double().numpy(), obs, action.slates)
     np.testing.assert_allclose(action.propensities, np.exp(expected), rtol=1e-5)
+
+
+def _expected_policy_loss(
+    policy: ReinforceTopKPolicy, rollout: list[Transition], advantage: torch.Tensor
+) -> float:
+    """``-mean(lambda_K * A * log pi(a))`` of on-policy data with per-slot advantages [T*B, S]."""
+    obs = concat_obs([tr.obs for tr in rollout])
+    slates = torch.tensor(np.concatenate([tr.action.slates for tr in rollout]))
+    with torch.no_grad():
+        log_pi = torch.log_softmax(policy.logits(obs)[0], dim=1).gather(1, slates)
+        lam = top_k_multiplier(log_pi.exp(), slates.shape[1])
+    return float(-(lam * advantage * log_pi).mean())
+
+
+@pytest.mark.parametrize("per_slot_credit", [False, True])
+@pytest.mark.parametrize("returns", ["gae", "rollout"])
+def test_several_clicks_credit_each_slot_its_own_reward_or_the_slates(
+    returns: str, per_slot_credit: bool
+) -> None:
+    """Per-slot rewards with several clicks per slate: ``per_slot_credit`` gives each slotted
+    item its own slot's reward plus the shared future (one-step GAE: ``gamma V(s') - V(s)``;
+    rollout: the discounted return of the steps after); the default gives every item of the
+    slate the slate's total."""
+    env = TinyMultiClickEnv(batch_size=32, seed=0)
+    policy = _policy(
+        env,
+        returns=returns,
+        per_slot_credit=per_slot_credit,
+        gae_lambda=0.0,
+        normalize_advantages=False,
+        baseline=False,
+    )
+    rollout, _ = collect(env, policy, env.reset(), 3, np.random.default_rng(0))
+    slot_reward = torch.tensor(np.stack([tr.reward for tr in rollout]))  # [T, B, S]
+    two = torch.tensor(np.stack([tr.response.num_clicks() for tr in rollout])) == 2
+    assert (two & (slot_reward[..., 0] != slot_reward[..., 1])).any()  # unequal co-clicks
+    step_reward = slot_reward.sum(-1, keepdim=True)
+    alive = 1.0 - torch.tensor(np.stack([tr.done for tr in rollout]), dtype=torch.float32)
+    with torch.no_grad():
+        if returns == "gae":
+            v = torch.stack([policy.value(tr.obs.user_features) for tr in rollout])
+            v_next = torch.stack([policy.value(tr.next_obs.user_features) for tr in rollout])
+            future = (env.gamma * alive * v_next - v)[..., None]  # shared by the slots
+        else:
+            after = discounted_returns(step_reward[..., 0], ~alive.bool(), env.gamma)
+            future = torch.zeros_like(after)
+            future[:-1] = env.gamma * alive[:-1] * after[1:]
+            future = future[..., None]
+    own = slot_reward if per_slot_credit else step_reward.expand_as(slot_reward)
+    advantage = (own + future).reshape(-1, 2)
+    expected = _expected_policy_loss(policy, rollout, advantage)
+    assert policy.update(rollout)["policy_loss"] == pytest.approx(expected, rel=1e-5)
