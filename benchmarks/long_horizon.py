@@ -178,13 +178,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colors = {"reinforce_rollout": "#7f7f7f", "reinforce_gae": "#1f77b4", "slateq": "#2ca02c"}
+    chosen = set(results["chosen_on_validation"].values()) | {"slateq"}
     for key, run_ in results["runs"].items():
         xs = [r["user_steps"] / 1e6 for r in run_["curve"]]
         ys = [r["reward_per_user_step"] for r in run_["curve"]]
-        left.plot(xs, ys, label=key)
+        style = "-" if key in chosen else ":"
+        left.plot(xs, ys, style, color=colors[key.split("@")[0]], label=key)
     left.set_xlabel("user-steps (millions)")
     left.set_ylabel("training reward per user-step")
-    left.set_title("Learning curves (exploring policies)")
+    left.set_title("Learning curves (exploring; dotted: not chosen)")
     left.legend(fontsize=8)
     pol = results["test"]["policies"]
     names = list(pol)
@@ -193,7 +196,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         [pol[n]["return"]["mean"] - pol[n]["return"]["ci_low"] for n in names],
         [pol[n]["return"]["ci_high"] - pol[n]["return"]["mean"] for n in names],
     ]
-    right.bar(names, means, yerr=err, capsize=4, color=["#999", "#1f77b4", "#2ca02c"])
+    right.bar(names, means, yerr=err, capsize=4, color=[colors[n] for n in names])
     right.set_ylabel("test return per life (LTV min), 95% CI")
     right.set_title("Long lives: test users")
     fig.tight_layout()
