@@ -704,7 +704,7 @@ def tune_policy(
     base_point = {name: base.to_dict()[name] for name in space} if include_base else None
     description = task.describe()
     started = time.perf_counter()
-    storage = Path(tempfile.mkdtemp(prefix=".ray-tune-", dir=output_dir))
+    storage = Path(tempfile.mkdtemp(prefix=".ray-tune-", dir=Path(output_dir).resolve()))
     try:
         budget_of = lambda params: sampled_config(base, params).iterations  # noqa: E731
         with (

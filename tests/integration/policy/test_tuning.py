@@ -6,6 +6,7 @@ are written, and Ray is shut down afterwards."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,18 @@ CONFIG = {
 SPACE = {"lr": {"loguniform": [1e-3, 3e-2]}, "iterations": {"choice": [2, 4]}}
 
 
-def test_a_sweep_scores_on_validation_and_tests_only_its_winner(tmp_path: Path) -> None:
+def test_a_sweep_scores_on_validation_and_tests_only_its_winner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ray
+
+    # A relative --output, as a user types it (Tune's storage wants an absolute path); the
+    # env module stays importable for the trial workers from the repository root.
+    root = Path(__file__).resolve().parents[3]
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.chdir(tmp_path)
 
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))
     (tmp_path / "space.json").write_text(json.dumps(SPACE))
@@ -39,7 +50,7 @@ def test_a_sweep_scores_on_validation_and_tests_only_its_winner(tmp_path: Path) 
     argv += ["--algo", "slateq", "--samples", "3", "--eval-every", "1", "--max-steps", "30"]
     argv += ["--validation-episodes", "16", "--test-episodes", "32"]
     argv += ["--config", str(tmp_path / "config.json"), "--space", str(tmp_path / "space.json")]
-    result = runner.invoke(app, [*argv, "--output", str(out)])
+    result = runner.invoke(app, [*argv, "--output", "sweep"])
     assert result.exit_code == 0, result.output
     assert not ray.is_initialized(), "the sweep shuts down the Ray it started"
 
