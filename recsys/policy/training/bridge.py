@@ -16,7 +16,8 @@ What the environment in the child implements (no recsys import needed): ``batch_
 ``is_ad`` ``[B, C]``; ``step(slates [B, S]) -> dict`` with ``next_obs`` (a dict like
 ``reset``'s), ``done`` ``[B]`` and optionally ``response`` (a dict of per-slot ``[B, S]``
 signals named as :data:`~recsys.policy.batch.SIGNAL_NAMES`; absent ones are 0), ``reward``
-``[B]`` (credited to the first clicked slot, else slot 0, as for a Gymnasium env) or
+``[B]`` (split over the clicked slots, else slot 0, as for a Gymnasium env:
+:func:`~recsys.policy.training.envs.credit_env_reward`) or
 ``env_reward`` ``[B, S]``, ``hidden_reward``, ``valid`` and ``truncated`` ``[B]``: the fields
 of :class:`~recsys.policy.training.envs.EnvStep`. (Namedtuples work too.) :class:`ArraySlateEnv`
 applies the same conversion in process, to try such an env where its dependencies allow.
@@ -64,7 +65,7 @@ import numpy.typing as npt
 from recsys.policy.batch import NUM_SIGNALS, SIGNAL_NAMES, SlateObs, SlateResponse
 from recsys.policy.training import bridge_child as wire
 from recsys.policy.training.custom_env import CustomEnvError
-from recsys.policy.training.envs import EnvStep
+from recsys.policy.training.envs import EnvStep, credit_env_reward
 from recsys.policy.training.item_table import (
     ITEM_TABLE_ATTR,
     check_item_table,
@@ -254,10 +255,7 @@ def step_from_arrays(
     if reward is not None:
         if env_reward is not None:
             raise MalformedReplyError("a step returns reward [B] or env_reward [B, S], not both")
-        clicked = signals[..., 0] > 0
-        slot = np.where(clicked.any(axis=1), clicked.argmax(axis=1), 0)
-        env_reward = np.zeros((b, s), dtype=np.float32)
-        env_reward[np.arange(b), slot] = reward
+        env_reward = credit_env_reward(reward, signals[..., 0])
     hidden = _field(fields, "hidden_reward", (b,), np.float32)
     valid = _field(fields, "valid", (b,), np.bool_)
     truncated = _field(fields, "truncated", (b,), np.bool_)

@@ -10,6 +10,11 @@ or returns something other than a
 module:app``, the current directory is importable (and so is every directory given as
 ``search_path``, on the workers too).
 
+A Gymnasium env's factory returns it wrapped in
+:class:`~recsys.policy.training.envs.GymSlateEnv`, whose declared per-slot signal mapping
+(``signals=``, ``reward_key=``, or the env's own ``slate_signals`` / ``slot_reward_key``)
+travels with it: every worker's env reads the same keys.
+
 ``module:factory@PYTHON`` runs the env under another interpreter (e.g. the simulator's own
 virtualenv, with its old dependencies) in a child process, behind
 :class:`~recsys.policy.training.bridge.ProcessEnv`; there the factory's env speaks plain
@@ -120,7 +125,8 @@ class ImportedEnvFactory:
             raise CustomEnvError(
                 f"{self.spec}({worker_index}) returned a {type(env).__name__}, not a slate env "
                 "(batch_size, slate_size, reset(seed), step(slates); wrap a Gymnasium env in "
-                "recsys.policy.training.envs.GymSlateEnv)"
+                "recsys.policy.training.envs.GymSlateEnv, with signals={...} naming the info "
+                "keys of its per-slot signals if it sends any)"
             )
         return env
 

@@ -17,7 +17,9 @@ Adapters:
 - :class:`GymSlateEnv`: any Gymnasium ``Env`` or ``VectorEnv`` whose observation is a dict with
   user features and per-candidate item features (or candidate ids into a static item table
   the env declares once, :mod:`~recsys.policy.training.item_table`) and whose action is a
-  slate of candidate indices (RecSim-style, e.g. ``recsys/SlateEnv-v0``).
+  slate of candidate indices (RecSim-style, e.g. ``recsys/SlateEnv-v0``). Its per-slot
+  signals and rewards come from ``info`` through a declared mapping (several clicks per
+  slate; a declared key a step lacks is an error, not a zero).
 - :class:`TinyEnvAdapter`: the known-optimum :class:`~recsys.policy.testing.TinySlateEnv`.
 
 A custom environment only has to implement the Protocol (see ``docs/policy.md``).
@@ -25,6 +27,7 @@ A custom environment only has to implement the Protocol (see ``docs/policy.md``)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -57,7 +60,10 @@ from recsys.types import CandidateBatch, CandidateFilters, FloatArray, IntArray
 BoolArray = npt.NDArray[np.bool_]
 
 __all__ = [
+    "BINARY_SIGNALS",
     "FEATURE_KINDS",
+    "SIGNALS_ATTR",
+    "SLOT_REWARD_ATTR",
     "BatchSlateEnv",
     "EnvStep",
     "FeatureKind",
@@ -66,8 +72,13 @@ __all__ = [
     "SimulatorSlateEnv",
     "TinyEnvAdapter",
     "UniformCandidates",
+    "check_signal_mapping",
+    "credit_env_reward",
     "cross_blocks",
+    "declared_attribute",
     "latent_cross_blocks",
+    "per_slot_info_keys",
+    "recsys_info_signals",
     "response_from_step_result",
     "simulated_session_keys",
 ]
@@ -83,7 +94,8 @@ class EnvStep(NamedTuple):
       knows it (the simulator's lifetime-value increment, in minutes); evaluation and the
       ``hidden`` upper-bound reward only, never a policy input.
     - ``env_reward`` ``[B, S]`` or ``None``: the environment's own reward, per slot (a
-      Gymnasium env's scalar reward is credited to the clicked slot, or slot 0).
+      Gymnasium env's per-slot reward, or its scalar reward split over the clicked slots,
+      slot 0 when none: :func:`credit_env_reward`); each row sums to the env's reward.
     - ``valid`` ``[B]`` or ``None``: rows whose transition is real; a vector env with
       next-step autoreset spends one step per finished sub-env on resetting, and that row's
       transition must not be learned from. ``None`` means all rows are valid.
@@ -434,40 +446,129 @@ class TinyEnvAdapter:
 
 # ---- Gymnasium ---------------------------------------------------------------------------
 
+#: The attribute a Gymnasium env declares its per-slot signals under: a mapping from project
+#: signal name (:data:`~recsys.policy.batch.SIGNAL_NAMES`) to the ``info`` key that holds it.
+SIGNALS_ATTR = "slate_signals"
+#: The attribute a Gymnasium env names its per-slot reward's ``info`` key under.
+SLOT_REWARD_ATTR = "slot_reward_key"
+#: Signals that are events: a mapped value counts as 1 where it is non-zero.
+BINARY_SIGNALS = frozenset({"click", "like", "conversion", "skip"})
 
-def declared_item_table(env: Any) -> Any | None:
-    """The ``item_table`` a Gymnasium env declares (``None`` when it declares none).
+logger = logging.getLogger(__name__)
+
+
+def _same_declaration(a: Any, b: Any) -> bool:
+    """Whether two sub-envs' declarations agree (arrays by value, mappings by items)."""
+    if a is b:
+        return True
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        return isinstance(a, Mapping) and isinstance(b, Mapping) and dict(a) == dict(b)
+    if a is None or b is None or isinstance(a, str) or isinstance(b, str):
+        return bool(a == b)
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def declared_attribute(env: Any, name: str) -> Any | None:
+    """What a Gymnasium env declares as its attribute ``name`` (``None``: nothing).
 
     A single env's attribute, looked up through its wrappers; a vector env's own attribute,
-    else its sub-envs' (fetched once, at construction), which must all be equal.
+    else its sub-envs' (fetched once, at construction), which must all be equal: one
+    declaration describes every row of the batch.
     """
     import gymnasium
 
     if isinstance(env, gymnasium.vector.VectorEnv):
-        own = getattr(env, ITEM_TABLE_ATTR, None)
+        own = getattr(env, name, None)
         if own is not None:
             return own
         try:
-            tables = tuple(env.get_attr(ITEM_TABLE_ATTR))
+            values = tuple(env.get_attr(name))
         except AttributeError:
             return None
-        if not tables or all(t is None for t in tables):
+        if not values or all(v is None for v in values):
             return None
-        first = np.asarray(tables[0])
-        for k, other in enumerate(tables[1:], start=1):
-            if other is not tables[0] and not np.array_equal(first, np.asarray(other)):
+        for k, other in enumerate(values[1:], start=1):
+            if not _same_declaration(values[0], other):
                 raise ValueError(
-                    f"GymSlateEnv: sub-env {k}'s item_table differs from sub-env 0's; a vector "
-                    "env's sub-envs must share one catalog"
+                    f"GymSlateEnv: sub-env {k}'s {name} differs from sub-env 0's; a vector "
+                    f"env's sub-envs must declare one {name} (for an item table: share one "
+                    "catalog)"
                 )
-        return tables[0]
+        return values[0]
     get = getattr(env, "get_wrapper_attr", None)
     if get is None:
-        return getattr(env, ITEM_TABLE_ATTR, None)
+        return getattr(env, name, None)
     try:
-        return get(ITEM_TABLE_ATTR)
+        return get(name)
     except AttributeError:
         return None
+
+
+def declared_item_table(env: Any) -> Any | None:
+    """The ``item_table`` a Gymnasium env declares (``None`` when it declares none); see
+    :func:`declared_attribute`."""
+    return declared_attribute(env, ITEM_TABLE_ATTR)
+
+
+def check_signal_mapping(signals: Any, where: str = "signals") -> dict[str, str]:
+    """A declared signal mapping, checked: project signal names to non-empty ``info`` keys.
+
+    A name that is not one of :data:`~recsys.policy.batch.SIGNAL_NAMES` is an error here,
+    when the env is built, not a signal that silently stays zero for a whole run.
+    """
+    if not isinstance(signals, Mapping):
+        raise ValueError(
+            f"GymSlateEnv {where} must map signal names to info keys, got {type(signals).__name__}"
+        )
+    unknown = sorted(str(name) for name in signals if name not in SIGNAL_NAMES)
+    if unknown:
+        raise ValueError(
+            f"GymSlateEnv {where} names unknown signal(s) {unknown}; the signals are "
+            f"{', '.join(SIGNAL_NAMES)} (map each to the info key that holds it per slot)"
+        )
+    for name, key in signals.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"GymSlateEnv {where}: signal {name!r} must map to an info key (a non-empty "
+                f"string), got {key!r}"
+            )
+    return {str(name): str(key) for name, key in signals.items()}
+
+
+def credit_env_reward(
+    reward: npt.ArrayLike, click: npt.ArrayLike, slot_rewards: npt.ArrayLike | None = None
+) -> FloatArray:
+    """An env's reward as ``env_reward`` ``[B, S]``: what each slot earned.
+
+    - ``slot_rewards`` ``[B, S]`` (the env's own per-item rewards) are credited as given. A
+      row's scalar ``reward`` ``[B]`` that they do not add up to (a per-step bonus or
+      penalty tied to no item; float32 rounding aside) leaves a remainder, credited by the
+      rule below, so every row still sums to the env's reward and an episode's return is the
+      env's own.
+    - Otherwise the scalar reward is split over the clicked slots in proportion to their
+      ``click`` ``[B, S]`` values (equal shares for 0/1 clicks: two clicks get half each;
+      one click gets it all, the one-click rule), or goes to slot 0 when nothing was clicked
+      (so it is still counted). Splitting evenly is the least informed guess; an env that
+      knows what each item earned should say so with ``slot_rewards``.
+    """
+    clicks = np.maximum(np.asarray(click, dtype=np.float32), np.float32(0.0))
+    if clicks.ndim != 2:
+        raise ValueError(f"click must be [B, S], got shape {list(clicks.shape)}")
+    b, _ = clicks.shape
+    rest = np.asarray(reward, dtype=np.float32).reshape(b)
+    if slot_rewards is None:
+        out = np.zeros(clicks.shape, dtype=np.float32)
+    else:
+        out = np.array(slot_rewards, dtype=np.float32).reshape(clicks.shape)
+        rest = rest - out.sum(axis=1, dtype=np.float64).astype(np.float32)
+        rounding = np.float32(1e-5) * np.maximum(np.abs(out).sum(axis=1), np.float32(1.0))
+        rest = np.where(np.abs(rest) <= rounding, np.float32(0.0), rest)
+    total = clicks.sum(axis=1)
+    clicked = total > 0
+    share = clicks / np.where(clicked, total, np.float32(1.0))[:, None]
+    share[~clicked, 0] = 1.0
+    out += share * rest[:, None]
+    return out
 
 
 SignalsFn = Callable[[Mapping[str, Any], int, int], FloatArray]
@@ -479,8 +580,9 @@ def recsys_info_signals(info: Mapping[str, Any], batch_size: int, slate_size: in
 
     Reads ``click_position`` and the per-user ``dwell_s``, ``like``, ``conversion``,
     ``revenue``, ``skip`` from ``info["signals"]`` (``SlateGymEnv``) or from ``info`` itself
-    (``SlateVectorEnv``), and places them in the clicked slot. Missing keys count as 0 and a
-    missing ``click_position`` as "no click", so any env works (with no signals).
+    (``SlateVectorEnv``), and places them in the clicked slot: one click per slate at most.
+    Missing keys count as 0 and a missing ``click_position`` as "no click", so any env works
+    (with no signals); :class:`GymSlateEnv` warns once when that looks like signals lost.
     """
     src: Mapping[str, Any] = info.get("signals", info)
     out = np.zeros((batch_size, slate_size, NUM_SIGNALS), dtype=np.float32)
@@ -496,6 +598,19 @@ def recsys_info_signals(info: Mapping[str, Any], batch_size: int, slate_size: in
     return out
 
 
+def per_slot_info_keys(info: Mapping[str, Any], shape: tuple[int, ...]) -> list[str]:
+    """Keys of ``info`` whose values are numeric arrays of the per-slot ``shape`` (``[B, S]``
+    for a vector env, ``[S]`` for a single one): what looks like per-slot signals."""
+    found = []
+    for key, value in info.items():
+        if str(key).startswith("_") or isinstance(value, Mapping):
+            continue
+        arr = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None
+        if arr is not None and arr.dtype.kind in "biuf" and arr.shape == shape:
+            found.append(str(key))
+    return sorted(found)
+
+
 class GymSlateEnv:
     """A Gymnasium slate env (single or vector) behind :class:`BatchSlateEnv`.
 
@@ -503,12 +618,35 @@ class GymSlateEnv:
     ``[F_u]``, or ``[n, F_u]`` for a vector env) and ``items_key`` (``[C, F_i]``: one row per
     candidate), optionally ``ids_key`` (candidate catalog ids), ``mask_key`` (valid candidates)
     and ``ads_key`` (sponsored candidates); the action is the slate as candidate indices
-    ``[S]`` (``MultiDiscrete([C] * S)``). The env's scalar reward becomes ``env_reward``,
-    credited to the clicked slot (slot 0 when nothing was clicked); ``signals_fn`` reads the
-    per-slot responses from ``info`` (default :func:`recsys_info_signals`), and
-    ``hidden_reward_fn`` (optional) the true per-step reward. A single env is reset when its
-    episode ends (so ``next_obs`` is the new episode's first observation); a vector env's own
-    autoreset is used, and with next-step autoreset the reset step's row is marked invalid.
+    ``[S]`` (``MultiDiscrete([C] * S)``). ``hidden_reward_fn`` (optional) reads the true
+    per-step reward from ``info``. A single env is reset when its episode ends (so
+    ``next_obs`` is the new episode's first observation); a vector env's own autoreset is
+    used, and with next-step autoreset the reset step's row is marked invalid.
+
+    **Signals: a declared mapping.** ``signals`` maps project signal names (``click``,
+    ``dwell_s``, ``like``, ``conversion``, ``revenue``, ``skip``) to the ``info`` keys that
+    hold them per slot: ``[S]`` for a single env, ``[n, S]`` for a vector env, so a slate can
+    have several clicks (e.g. ``signals={"click": "clicks", "dwell_s": "watch_time"}``).
+    ``reward_key`` names the ``info`` key of the env's reward per slot (``[S]`` / ``[n, S]``),
+    so each item is credited what it earned. Either may instead be declared by the env, as
+    its attributes ``slate_signals`` and ``slot_reward_key`` (a vector env's own, else its
+    sub-envs', which must agree); the arguments win. The mapping is checked here (an unknown
+    signal name is an error) and every step: a declared key that a step's ``info`` lacks
+    (or, for a Gymnasium vector env, that a sub-env did not send, its ``_key`` mask) is a
+    ``ValueError`` naming the key and the keys that were there, never a silent zero; only a
+    vector env's reset-step rows are exempt. Unmapped signals are 0; ``signals={}`` says the
+    env sends none. Binary signals count as 1 where their value is non-zero.
+
+    Without a mapping ``signals_fn`` reads them (default :func:`recsys_info_signals`: the
+    project's ``click_position`` layout, one click at most). When that default finds no
+    click while the env's reward is not zero and ``info`` holds per-slot-shaped arrays, it
+    warns once (``logging``), naming those keys: they are probably signals it cannot see.
+
+    **Reward credit** (:func:`credit_env_reward`): ``env_reward`` ``[B, S]`` is the per-slot
+    reward under ``reward_key`` (any remainder of the scalar reward it does not account for
+    follows the next rule); without one, the env's scalar reward is split over the clicked
+    slots in equal shares (slot 0 when nothing was clicked). Every row sums to the env's
+    reward.
 
     A static item table replaces ``items_key``: ``item_table`` (``[num_items, F_i]``, row ``i``
     for catalog id ``i``), given here or declared by the env as its ``item_table`` attribute
@@ -539,6 +677,8 @@ class GymSlateEnv:
         signals_fn: SignalsFn = recsys_info_signals,
         hidden_reward_fn: Callable[[Mapping[str, Any]], npt.ArrayLike] | None = None,
         item_table: npt.ArrayLike | None = None,
+        signals: Mapping[str, str] | None = None,
+        reward_key: str | None = None,
     ) -> None:
         import gymnasium
 
@@ -559,12 +699,30 @@ class GymSlateEnv:
                 "GymSlateEnv: an item table needs candidate ids in the observation; "
                 "ids_key must name them"
             )
+        declared = signals if signals is not None else declared_attribute(env, SIGNALS_ATTR)
+        #: The declared mapping signal name -> info key, or ``None`` (``signals_fn`` reads).
+        self.signals: dict[str, str] | None = (
+            None if declared is None else check_signal_mapping(declared)
+        )
+        if self.signals is not None and signals_fn is not recsys_info_signals:
+            raise ValueError(
+                "GymSlateEnv: give a signals mapping or a signals_fn, not both (the mapping "
+                "reads the signals itself)"
+            )
+        key = reward_key if reward_key is not None else declared_attribute(env, SLOT_REWARD_ATTR)
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ValueError(f"GymSlateEnv reward_key must be an info key, got {key!r}")
+        #: The info key of the per-slot reward, or ``None`` (the scalar reward is split).
+        self.reward_key: str | None = key
         self.signals_fn = signals_fn
         self.hidden_reward_fn = hidden_reward_fn
         mode = getattr(env, "metadata", {}).get("autoreset_mode")
         self._next_step_autoreset = self.vector and str(mode).lower().endswith("next_step")
         self._pending_reset = np.zeros(self.batch_size, dtype=np.bool_)
         self._seeded = False
+        # The vanishing-signals check of the default reader: done once a click is read or
+        # the warning is given.
+        self._signals_checked = self.signals is not None or signals_fn is not recsys_info_signals
 
     def _obs(self, raw: Mapping[str, Any]) -> SlateObs:
         user_key, items_key, ids_key = self.keys[:3]
@@ -636,6 +794,85 @@ class GymSlateEnv:
         self._pending_reset[:] = False
         return self._obs(raw)
 
+    def _slot_values(
+        self, info: Mapping[str, Any], key: str, what: str, rows: BoolArray
+    ) -> FloatArray:
+        """``info[key]`` as per-slot float32 ``[B, S]``, checked; zeros outside ``rows``.
+
+        ``rows``: the rows whose values must be there (all but a vector env's reset-step
+        rows). A key absent while such a row exists, a sub-env that did not send it (a
+        Gymnasium vector env's ``_key`` mask), a wrong shape or a non-finite value is a
+        :class:`ValueError` naming the key.
+        """
+        b, s = self.batch_size, self.slate_size
+        out = np.zeros((b, s), dtype=np.float32)
+        if key not in info:
+            if not rows.any():
+                return out
+            raise ValueError(
+                f"GymSlateEnv: {what} is declared as info[{key!r}], but this step's info has "
+                f"no {key!r} (its keys: {sorted(map(str, info))}); a declared key must come "
+                "with every step"
+            )
+        raw = np.asarray(info[key])
+        want = (b, s) if self.vector else (s,)
+        if raw.dtype.kind not in "biuf" or raw.shape != want:
+            raise ValueError(
+                f"GymSlateEnv: info[{key!r}] ({what}) must be per-slot numbers of shape "
+                f"{list(want)}, got {raw.dtype} {list(raw.shape)}"
+            )
+        values = raw.reshape(b, s).astype(np.float32)
+        sent = info.get(f"_{key}") if self.vector else None
+        if sent is not None:
+            missing = np.flatnonzero(rows & ~np.asarray(sent, dtype=np.bool_).reshape(b))
+            if missing.size:
+                raise ValueError(
+                    f"GymSlateEnv: sub-env(s) {missing.tolist()} sent no info[{key!r}] ({what}) "
+                    "on this step; a declared key must come with every step"
+                )
+        if not np.isfinite(values[rows]).all():
+            raise ValueError(f"GymSlateEnv: info[{key!r}] ({what}) holds non-finite values")
+        out[rows] = values[rows]
+        return out
+
+    def _mapped_signals(self, info: Mapping[str, Any], rows: BoolArray) -> FloatArray:
+        """``[B, S, 6]`` signals read through the declared mapping."""
+        assert self.signals is not None
+        out = np.zeros((self.batch_size, self.slate_size, NUM_SIGNALS), dtype=np.float32)
+        for name, key in self.signals.items():
+            values = self._slot_values(info, key, f"signal {name!r}", rows)
+            if name in BINARY_SIGNALS:
+                values = (values != 0).astype(np.float32)
+            out[..., SIGNAL_NAMES.index(name)] = values
+        return out
+
+    def _check_signals_seen(
+        self, info: Mapping[str, Any], click: FloatArray, reward: FloatArray, rows: BoolArray
+    ) -> None:
+        """Warn once when the default reader sees no click at all while the env earns reward
+        and its info holds per-slot arrays: signals it cannot read, not an env without any."""
+        if click.any():
+            self._signals_checked = True
+            return
+        if not np.any(reward[rows] != 0):
+            return
+        shape = (self.batch_size, self.slate_size) if self.vector else (self.slate_size,)
+        keys = per_slot_info_keys(info, shape)
+        if not keys:
+            return
+        self._signals_checked = True
+        click_key = next((k for k in keys if "click" in k.lower()), keys[0])
+        logger.warning(
+            "GymSlateEnv: the env's reward is not zero, but the default signals reader (the "
+            "one-click info['signals']['click_position'] layout) has found no click so far, "
+            "and the step's info holds per-slot arrays it ignores: %s. Clicks and the other "
+            "signals count as 0 and the reward is credited to slot 0. Declare them, e.g. "
+            "GymSlateEnv(env, signals={'click': %r}, reward_key=...), or signals={} for an "
+            "env that sends no signals.",
+            ", ".join(repr(k) for k in keys),
+            click_key,
+        )
+
     def step(self, slates: IntArray) -> EnvStep:
         """Step with candidate-index slates ``[B, S]``."""
         action = np.asarray(slates, dtype=np.int64)
@@ -646,12 +883,22 @@ class GymSlateEnv:
         terminal = np.asarray(terminated, dtype=np.bool_).reshape(b)
         cut = np.asarray(truncated, dtype=np.bool_).reshape(b) & ~terminal
         done = terminal | cut
-        signals = self.signals_fn(info, b, s)
+        scalar = np.asarray(reward, dtype=np.float32).reshape(b)
+        # Rows that must carry the declared signals: not a vector env's reset-step rows.
+        real = ~self._pending_reset if self._next_step_autoreset else np.ones(b, np.bool_)
+        if self.signals is not None:
+            signals = self._mapped_signals(info, real)
+        else:
+            signals = np.asarray(self.signals_fn(info, b, s), dtype=np.float32)
+            if not self._signals_checked:
+                self._check_signals_seen(info, signals[..., 0], scalar, real)
         response = SlateResponse.from_signals(signals)
-        env_reward = np.zeros((b, s), dtype=np.float32)
-        clicked = signals[..., 0] > 0
-        slot = np.where(clicked.any(axis=1), clicked.argmax(axis=1), 0)
-        env_reward[np.arange(b), slot] = np.asarray(reward, dtype=np.float32).reshape(b)
+        slot = (
+            None
+            if self.reward_key is None
+            else self._slot_values(info, self.reward_key, "the per-slot reward", real)
+        )
+        env_reward = credit_env_reward(scalar, signals[..., 0], slot)
         hidden = (
             None
             if self.hidden_reward_fn is None
