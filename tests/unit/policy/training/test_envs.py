@@ -65,6 +65,21 @@ SMALL = PolicyTrainConfig(
 )
 
 
+#: A short SlateQ run on a custom env's own reward (the docs' env learns its best slate).
+CUSTOM_ENV_TRAINING = replace(
+    SMALL,
+    reward="env",
+    iterations=25,
+    steps_per_iteration=4,
+    batch_size=64,
+    epsilon=0.2,
+    updates_per_iteration=5,
+    lr=1e-2,
+    gamma=0.0,
+    hidden=(16,),
+)
+
+
 def _users(
     world: SyntheticWorld, features: FeatureKind = "event", num_ads: int = 2, seed: int = 0
 ) -> SimulatedUsers:
@@ -349,18 +364,7 @@ def test_gymnasium_vector_env_adapter_marks_autoreset_rows(world: SyntheticWorld
 def test_custom_gymnasium_env_is_learned_through_the_adapter() -> None:
     """docs/policy.md's custom env (``tests/unit/policy/custom_envs.py``)."""
     factory = make_env
-    config = replace(
-        SMALL,
-        reward="env",
-        iterations=25,
-        steps_per_iteration=4,
-        batch_size=64,
-        epsilon=0.2,
-        updates_per_iteration=5,
-        lr=1e-2,
-        gamma=0.0,
-        hidden=(16,),
-    )
+    config = CUSTOM_ENV_TRAINING
     result = train_policy(config, env_factory=factory)
     env = factory(0)
     obs = env.reset(seed=123)
@@ -480,18 +484,7 @@ def test_item_table_mistakes_are_clear_errors() -> None:
 def test_a_catalog_env_trains_through_its_item_table_with_a_sampled_target() -> None:
     """Every step offers the whole 100-item catalog: more candidates than SlateQ's default
     ``target_candidates`` (64), so its Q-learning target maximises over a sample."""
-    config = replace(
-        SMALL,
-        reward="env",
-        iterations=25,
-        steps_per_iteration=4,
-        batch_size=64,
-        epsilon=0.2,
-        updates_per_iteration=5,
-        lr=1e-2,
-        gamma=0.5,
-        hidden=(16,),
-    )
+    config = replace(CUSTOM_ENV_TRAINING, gamma=0.5)
     result = train_policy(config, env_factory=make_whole_catalog_env)
     policy = result.policy
     assert isinstance(policy, SlateQPolicy)
