@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -165,7 +166,7 @@ def run(cfg: LongHorizonConfig, root: Path, progress: bool = True) -> dict[str, 
         "test": test,
         "must_show": must_show,
         "runs": runs,
-        "machine": {"cpus": __import__("os").cpu_count()},
+        "machine": {"cpus": os.cpu_count()},
         "timing_s": time.perf_counter() - start,
     }
 

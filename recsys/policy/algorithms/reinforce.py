@@ -77,14 +77,10 @@ def discounted_returns(
     env's reset step) has ``G = 0`` and cuts the sum, so no return crosses an episode boundary
     through it, even when the episode before it was truncated without ``done``.
     """
-    out = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        running = rewards[t] + gamma * (1.0 - dones[t].float()) * running
-        if valid is not None:
-            running = torch.where(valid[t], running, torch.zeros_like(running))
-        out[t] = running
-    return out
+    zero = torch.zeros_like(rewards)
+    mask = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
+    # GAE with a zero value and lambda = 1 is exactly this sum (one recursion for both).
+    return generalized_advantages(rewards, zero, zero, dones, mask, gamma, 1.0)
 
 
 Credit = Literal["rollout", "gae"]
@@ -196,9 +192,13 @@ class ReinforceTopKPolicy(nn.Module):
             self.policy_head = PairScorer(cfg.state_dim, item_dim, cfg.hidden)
             self.behavior_head = PairScorer(cfg.state_dim, item_dim, cfg.hidden)
             self.value_net = mlp(user_dim, cfg.hidden, 1)
+        policy = [*self.state_encoder.parameters(), *self.policy_head.parameters()]
+        behavior = list(self.behavior_head.parameters())
+        # Clipped together, apart from the value network's.
+        self._policy_params = [*policy, *behavior]
         groups: list[dict[str, Any]] = [
-            {"params": [*self.state_encoder.parameters(), *self.policy_head.parameters()]},
-            {"params": list(self.behavior_head.parameters()), "lr": cfg.behavior_lr},
+            {"params": policy},
+            {"params": behavior, "lr": cfg.behavior_lr},
             {"params": list(self.value_net.parameters())},
         ]
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
@@ -285,7 +285,7 @@ class ReinforceTopKPolicy(nn.Module):
         value_loss = torch.zeros(())
         if cfg.returns == "gae":
             step_adv, value_loss, lam_returns = self._gae(
-                rollout, rows_t, slot_rewards.sum(-1), dones, mask
+                rollout, obs.user_features, rows_t, slot_rewards.sum(-1), dones, mask
             )
             slot_adv = step_adv[..., None].expand_as(slot_rewards)
             if cfg.per_slot_credit:  # the slot's own reward in place of the slate's
@@ -327,9 +327,7 @@ class ReinforceTopKPolicy(nn.Module):
         loss.backward()  # type: ignore[no-untyped-call]
         # Clipped apart: one joint norm would let a large value-regression gradient (early,
         # while V is far off) shrink the policy's step.
-        value_params = set(self.value_net.parameters())
-        policy_params = [p for p in self.parameters() if p not in value_params]
-        nn.utils.clip_grad_norm_(policy_params, cfg.grad_clip)
+        nn.utils.clip_grad_norm_(self._policy_params, cfg.grad_clip)
         nn.utils.clip_grad_norm_(self.value_net.parameters(), cfg.grad_clip)
         self.optimizer.step()
         return {
@@ -346,15 +344,16 @@ class ReinforceTopKPolicy(nn.Module):
     def _gae(
         self,
         rollout: Sequence[Transition],
+        user: npt.NDArray[np.float32],
         rows: torch.Tensor,
         rewards: torch.Tensor,
         dones: torch.Tensor,
         valid: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advantages ``[T, B]`` (no gradient), the value's regression loss on the
-        lambda-returns over the real rows of the rollout, and those returns ``[T, B]``."""
+        lambda-returns over the real rows of the rollout, and those returns ``[T, B]``.
+        ``user`` holds the user features of those rows (already gathered by the caller)."""
         t_len, b = rewards.shape
-        user = np.concatenate([tr.obs.user_features for tr in rollout])[rows.numpy()]
         nxt = np.concatenate([tr.next_obs.user_features for tr in rollout])[rows.numpy()]
         v = self.value(user)
         with torch.no_grad():
