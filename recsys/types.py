@@ -8,8 +8,9 @@ into the catalog (0..num_items-1); user ids are opaque strings on the wire.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -207,6 +208,107 @@ class SlateItem:
     propensity: float
 
 
+_N = TypeVar("_N", int, float)
+_PACKED_SIZES = {"<i4": 4, "<i8": 8, "<f4": 4, "<f8": 8}
+
+
+class PackedArray(Sequence[_N], Generic[_N]):
+    """An immutable sequence of numbers kept as little-endian bytes of one dtype.
+
+    The per-request lists of an impression (its candidate ids and user features, a hundred
+    and more numbers each) cross the event stream as packed bytes. Holding them packed, rather
+    than as a tuple of Python numbers, lets the consumers decode an impression without
+    building those objects (that was a third of the joiner's cost per event) and hand them to
+    numpy and Arrow with one ``frombuffer``. It compares equal to (and hashes like) the tuple
+    of its values, so events holding either form compare as the same event.
+    """
+
+    __slots__ = ("_data", "_dtype")
+
+    def __init__(self, data: bytes, dtype: str) -> None:
+        size = _PACKED_SIZES.get(dtype)
+        if size is None:
+            raise ValueError(f"dtype must be one of {sorted(_PACKED_SIZES)}, got {dtype!r}")
+        if len(data) % size:
+            raise ValueError(f"{len(data)} bytes are not whole {dtype} values")
+        self._data = data if type(data) is bytes else bytes(data)
+        self._dtype = dtype
+
+    @classmethod
+    def trusted(cls, data: bytes, dtype: str) -> PackedArray[Any]:
+        """Wrap ``data`` without checks: for decoders that validated a whole batch already."""
+        out: PackedArray[Any] = cls.__new__(cls)
+        out._data = data
+        out._dtype = dtype
+        return out
+
+    @classmethod
+    def of(cls, values: npt.ArrayLike, dtype: str) -> PackedArray[Any]:
+        """Pack ``values`` (any 1-D array-like) as ``dtype``."""
+        array = np.asarray(values).astype(dtype, copy=False).reshape(-1)
+        return cls(array.tobytes(), dtype)
+
+    @property
+    def data(self) -> bytes:
+        """The packed bytes."""
+        return self._data
+
+    @property
+    def dtype(self) -> str:
+        """The numpy dtype string of the values (``"<i4"``, ``"<i8"``, ``"<f4"``, ``"<f8"``)."""
+        return self._dtype
+
+    @property
+    def array(self) -> npt.NDArray[Any]:
+        """The values as a read-only numpy array over the bytes (no copy)."""
+        return np.frombuffer(self._data, dtype=self._dtype)
+
+    def __len__(self) -> int:
+        return len(self._data) // _PACKED_SIZES[self._dtype]
+
+    @overload
+    def __getitem__(self, index: int) -> _N: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[_N, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> _N | tuple[_N, ...]:
+        if isinstance(index, slice):
+            return tuple(self.array[index].tolist())
+        value: _N = self.array[index].item()
+        return value
+
+    def __iter__(self) -> Iterator[_N]:
+        return iter(self.array.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PackedArray):
+            if self._dtype == other._dtype:
+                return self._data == other._data
+            return tuple(self) == tuple(other)
+        if isinstance(other, tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"PackedArray({self.array.tolist()!r}, {self._dtype!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PackedArray, (self._data, self._dtype))
+
+
+def as_array(values: Sequence[Any], dtype: str) -> npt.NDArray[Any]:
+    """``values`` (a :class:`PackedArray` or any sequence of numbers) as a 1-D numpy array of
+    ``dtype``; packed bytes of that dtype are used as they are."""
+    if isinstance(values, PackedArray):
+        array = values.array
+        return array if array.dtype == np.dtype(dtype) else array.astype(dtype)
+    return np.asarray(values, dtype=dtype).reshape(-1)
+
+
 @dataclass(frozen=True, slots=True)
 class ShadowSlate:
     """The slate a shadow policy picked for the same request: logged beside the impression
@@ -226,7 +328,8 @@ class ImpressionEvent:
     chose from, in the order it saw them) and ``features`` (the request-time user features it
     read) make the joined log a complete record of the decision: with them a *different*
     policy can be re-run on the same request for off-policy evaluation and offline training.
-    Both are empty from writers that do not record them.
+    Both are empty from writers that do not record them. Decoded events (and the service's
+    own) hold them as :class:`PackedArray`; any sequence of numbers is accepted.
     """
 
     request_id: str
@@ -237,8 +340,8 @@ class ImpressionEvent:
     items: tuple[SlateItem, ...]
     session_id: str = ""
     shadow: ShadowSlate | None = None
-    candidates: tuple[int, ...] = ()
-    features: tuple[float, ...] = ()
+    candidates: Sequence[int] = ()
+    features: Sequence[float] = ()
 
 
 @dataclass(frozen=True, slots=True)

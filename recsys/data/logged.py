@@ -123,6 +123,12 @@ SCHEMA = pa.schema(
     ],
     metadata={_META_KEY: FORMAT_VERSION.encode()},
 )
+#: Schema metadata key a writer sets to :data:`FIRST_ROW` when it stores each slate's
+#: per-request lists (``user_features``, ``candidate_ids``) once, on the slate's first row.
+SLATE_LISTS_KEY = b"recsys.logged_feedback.slate_lists"
+FIRST_ROW = b"first_row"
+#: The per-request columns: the same on every row of a slate.
+SLATE_LISTS = ("user_features", "candidate_ids")
 _FEATURES = ("user_features", "item_features")
 #: Columns a file may lack (older writers): ``candidate_ids`` (v1) and ``reward``.
 _OPTIONAL = ("candidate_ids", "reward")
@@ -241,6 +247,7 @@ class LoggedFeedback:
         without ``reward`` (older writers) ``reward=None``; columns outside :data:`SCHEMA`
         (extra target columns, hive partition keys such as ``date``) are ignored.
         """
+        table = expand_slate_lists(table)
         names = [n for n in SCHEMA.names if n not in _OPTIONAL or n in table.column_names]
         missing = set(names) - set(table.column_names)
         if missing:
@@ -502,6 +509,53 @@ def logged_feedback_files(path: Path | str) -> list[Path]:
     if not files:
         raise LoggedFeedbackError(f"no logged-feedback files under {path}")
     return files
+
+
+def expand_slate_lists(table: pa.Table) -> pa.Table:
+    """``table`` with every row holding its slate's per-request lists (no-op on tables that
+    already do).
+
+    A writer may store a slate's ``user_features`` and ``candidate_ids`` once, on the slate's
+    first row (an empty list or null on the others), and say so with :data:`SLATE_LISTS_KEY`
+    = :data:`FIRST_ROW` in the schema metadata: the stream joiner does, since those lists
+    repeated on each of ten slots were nine tenths of a segment's values and of the cost of
+    writing it. A slate is a run of consecutive rows with the same ``request_id`` and rising
+    ``position`` (the joiner writes each slate's rows together, in slot order). Readers of
+    this module expand on read, so a :class:`LoggedFeedback` never sees the compact form; the
+    result drops the key.
+    """
+    meta = dict(table.schema.metadata or {})
+    if meta.pop(SLATE_LISTS_KEY, None) != FIRST_ROW:
+        return table
+    n = table.num_rows
+    if n:
+        rid = table.column("request_id").to_numpy(zero_copy_only=False)
+        pos = table.column("position").to_numpy(zero_copy_only=False)
+        start = np.ones(n, dtype=np.bool_)
+        start[1:] = (rid[1:] != rid[:-1]) | (pos[1:] <= pos[:-1])
+        owner = np.flatnonzero(start)[np.cumsum(start) - 1]  # each row's slate's first row
+        for name in SLATE_LISTS:
+            if name in table.column_names:
+                at = table.column_names.index(name)
+                column = _spread_lists(table.column(name).combine_chunks(), owner)
+                table = table.set_column(at, table.schema.field(name), column)
+    return table.replace_schema_metadata(meta)
+
+
+def _spread_lists(column: pa.ListArray, owner: npt.NDArray[np.intp]) -> pa.ListArray:
+    """Row ``r`` of the result is row ``owner[r]`` of ``column`` (a numpy gather of the
+    values: Arrow's ``take`` on list arrays is several times slower)."""
+    offsets = column.offsets.to_numpy()
+    lengths = (offsets[1:] - offsets[:-1])[owner]
+    out = np.zeros(len(owner) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    index = np.arange(int(out[-1]), dtype=np.int64)
+    index += np.repeat(offsets[:-1][owner] - out[:-1], lengths)
+    values = column.values.take(pa.array(index))
+    mask = None
+    if column.null_count:
+        mask = pa.array(~column.is_valid().to_numpy(zero_copy_only=False)[owner])
+    return pa.ListArray.from_arrays(pa.array(out.astype(np.int32)), values, mask=mask)
 
 
 def _checked_schema(path: Path) -> pa.Schema:

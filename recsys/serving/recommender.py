@@ -39,6 +39,7 @@ from recsys.types import (
     ImpressionEvent,
     IntArray,
     InvalidRequestError,
+    PackedArray,
     ShadowSlate,
     Slate,
     SlateItem,
@@ -499,8 +500,8 @@ class Recommender:
                 items=_slate_items(slate),
                 session_id=q.session_id or "",
                 shadow=None if shadow is None else self._shadow_record(slate, shadow),
-                candidates=() if decision is None else tuple(decision.candidates.tolist()),
-                features=() if decision is None else tuple(decision.features.tolist()),
+                candidates=() if decision is None else PackedArray.of(decision.candidates, "<i8"),
+                features=() if decision is None else PackedArray.of(decision.features, "<f4"),
             )
         )  # fmt: skip
         return Recommendation(request_id, slate.version, slate, degraded, cold_start)

@@ -41,6 +41,7 @@ from recsys.types import (
     EventType,
     FeedbackEvent,
     ImpressionEvent,
+    PackedArray,
     ShadowSlate,
     SlateItem,
 )
@@ -166,16 +167,21 @@ _I4 = np.dtype("<i4")
 _F4 = np.dtype("<f4")
 
 
-def _pack(values: tuple[int, ...] | tuple[float, ...], dtype: np.dtype[Any], name: str) -> str:
-    array = np.asarray(values)
+def _pack(values: Sequence[int] | Sequence[float], dtype: np.dtype[Any], name: str) -> str:
+    if isinstance(values, PackedArray) and values.dtype == dtype.str:
+        array = values.array  # already the wire's bytes
+        packed = values.data
+    else:
+        array = np.asarray(values)
+        packed = b""
     if dtype.kind == "i" and (array.min() < 0 or array.max() > np.iinfo(dtype).max):
         raise ValueError(f"impression {name} must be item ids in [0, 2**31)")
     if dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"impression {name} must be finite")
-    return base64.b64encode(array.astype(dtype).tobytes()).decode("ascii")
+    return base64.b64encode(packed or array.astype(dtype).tobytes()).decode("ascii")
 
 
-def _unpack(obj: dict[str, Any], key: str, dtype: np.dtype[Any]) -> tuple[Any, ...]:
+def _unpack(obj: dict[str, Any], key: str, dtype: np.dtype[Any]) -> Sequence[Any]:
     if key not in obj:
         return ()
     raw = obj[key]
@@ -192,7 +198,7 @@ def _unpack(obj: dict[str, Any], key: str, dtype: np.dtype[Any]) -> tuple[Any, .
         raise EventDecodeError(f"field '{key}' must hold non-negative item ids")
     if dtype.kind == "f" and not np.isfinite(array).all():
         raise EventDecodeError(f"field '{key}' must be finite")
-    return tuple(array.tolist())
+    return PackedArray(data, dtype.str) if data else ()
 
 
 def _encode_items(items: tuple[SlateItem, ...]) -> list[dict[str, Any]]:
@@ -374,18 +380,12 @@ def _flag_arrays(wires: Sequence[_ImpressionWire], key: str, dtype: np.dtype[Any
 
 def _tuples(
     wires: Sequence[_ImpressionWire], key: str, dtype: np.dtype[Any], skip: set[int]
-) -> list[tuple[Any, ...]]:
-    """Every impression's ``key`` array as a tuple of Python numbers (empty for ``skip``):
-    one numpy conversion for the batch, then a slice per impression."""
-    blobs: list[bytes] = [b"" if k in skip else getattr(w, key) for k, w in enumerate(wires)]
-    values = np.frombuffer(b"".join(blobs), dtype=dtype).tolist()
-    out: list[tuple[Any, ...]] = []
-    start = 0
-    for blob in blobs:
-        end = start + len(blob) // dtype.itemsize
-        out.append(tuple(values[start:end]) if end > start else ())
-        start = end
-    return out
+) -> list[Sequence[Any]]:
+    """Every impression's ``key`` array as a :class:`PackedArray` over its wire bytes (empty
+    for ``skip`` and for impressions without one): no Python number is built."""
+    code, trusted = dtype.str, PackedArray.trusted  # _flag_arrays checked every blob
+    blobs: list[bytes] = [getattr(w, key) for w in wires]
+    return [trusted(b, code) if b and k not in skip else () for k, b in enumerate(blobs)]
 
 
 # --- strict layer: pure Python, precise errors ----------------------------------------------

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from recsys.data.logged import SCHEMA
+from recsys.data.logged import SCHEMA, expand_slate_lists
 
 ROWS = "rows"
 ORPHANS = "orphans"
@@ -291,7 +291,7 @@ class JoinedDataset:
     def _read(self, paths: list[str], schema: pa.Schema) -> pa.Table:
         if not paths:
             return schema.empty_table()
-        tables = [pq.read_table(p, filesystem=self.fs) for p in paths]
+        tables = [expand_slate_lists(pq.read_table(p, filesystem=self.fs)) for p in paths]
         table = pa.concat_tables(tables, promote_options="default")
         return table.replace_schema_metadata(schema.metadata)
 

@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from recsys.data.logged import SCHEMA
+from recsys.data.logged import FIRST_ROW, SCHEMA, SLATE_LISTS_KEY
 from recsys.features.fold import MAX_DWELL_S
 from recsys.protocols import EventSource
 from recsys.stream.joined_dataset import (
@@ -62,8 +62,10 @@ from recsys.types import (
     FeedbackEvent,
     FloatArray,
     ImpressionEvent,
+    PackedArray,
     Signals,
     SlateItem,
+    as_array,
     event_time,
 )
 
@@ -89,6 +91,9 @@ _U64 = np.dtype("<u8")
 _I64 = np.dtype("<i8")
 _F64 = np.dtype("<f8")
 _JSON = msgspec.json.Encoder()  # compact JSON for the checkpoint (read back with json)
+#: The rows' schema, saying that a slate's user features and candidate ids are on its first
+#: row only (readers expand them: :func:`recsys.data.logged.expand_slate_lists`).
+_COMPACT_SCHEMA = SCHEMA.with_metadata({**(SCHEMA.metadata or {}), SLATE_LISTS_KEY: FIRST_ROW})
 
 
 def stable_hash(text: str) -> int:
@@ -215,8 +220,8 @@ class _Slate:
                     e.policy,
                     e.session_id,
                     [[i.item_id, i.position, i.score, i.propensity] for i in e.items],
-                    np.asarray(e.candidates, dtype="<i8").tobytes(),
-                    np.asarray(e.features, dtype="<f4").tobytes(),
+                    as_array(e.candidates, "<i8").tobytes(),
+                    as_array(e.features, "<f4").tobytes(),
                     self.session,
                     self.step,
                     self.deadline,
@@ -237,8 +242,8 @@ class _Slate:
             policy=policy,
             items=tuple(SlateItem(int(a), int(b), float(c), float(d)) for a, b, c, d in items),
             session_id=session_id,
-            candidates=tuple(np.frombuffer(base64.b64decode(cands), "<i8").tolist()),
-            features=tuple(np.frombuffer(base64.b64decode(feats), "<f4").tolist()),
+            candidates=PackedArray(base64.b64decode(cands), "<i8"),
+            features=PackedArray(base64.b64decode(feats), "<f4"),
         )
         return cls(event, int(session), int(step), float(deadline), int(key))
 
@@ -780,10 +785,10 @@ class Joiner:
             "revenue": signals[:, _REVENUE],
             "skip": signals[:, _SKIP] > 0,
             "hidden_ltv": np.full(n, np.nan, dtype=np.float32),
-            "user_features": _ragged([e.features for e in events], np.float32, of_slate),
+            "user_features": _first_slot([e.features for e in events], np.float32, starts, n),
             "item_features": self._item_features(item_id),
-            "candidate_ids": _ragged(
-                [e.candidates for e in events], np.int64, of_slate, null_if_empty=True
+            "candidate_ids": _first_slot(
+                [e.candidates for e in events], np.int64, starts, n, null_if_empty=True
             ),
             "reward": reward,
         }
@@ -793,8 +798,7 @@ class Joiner:
             else columns[f.name]
             for f in SCHEMA
         ]
-        # ``reward`` joins the output as soon as the format has the column.
-        return pa.Table.from_arrays(arrays, schema=SCHEMA)
+        return pa.Table.from_arrays(arrays, schema=_COMPACT_SCHEMA)
 
     def _item_features(self, item_id: npt.NDArray[np.int64]) -> pa.Array:
         n = item_id.shape[0]
@@ -810,38 +814,40 @@ class Joiner:
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(mat.reshape(-1)))
 
 
-def _ragged(
+def _first_slot(
     rows: Sequence[Sequence[float] | Sequence[int]],
     dtype: type[np.generic],
-    take: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    n: int,
     *,
     null_if_empty: bool = False,
 ) -> pa.ListArray:
-    """Arrow list column whose row ``r`` is ``rows[take[r]]`` (empty sequences null if asked).
-
-    Gathers with numpy: each slate's list is repeated on each of its slots, the bulk of a
-    segment's bytes, and Arrow's ``take`` on list arrays is several times slower.
-    """
+    """Arrow list column of ``n`` rows holding ``rows[s]`` on the first row of slate ``s``
+    (row ``starts[s]``) and an empty list (null if ``null_if_empty``) on the others."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    starts = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    values = np.fromiter(chain.from_iterable(rows), dtype=dtype, count=int(starts[-1]))
-    out_lengths = lengths[take]
-    mask = pa.array(out_lengths == 0) if null_if_empty else None
-    if len(rows) and np.all(lengths == lengths[0]):
-        # The common case, one width for every slate: a row gather of a [slates, w] matrix.
-        width = int(lengths[0])
-        flat = values.reshape(len(rows), width)[take].reshape(-1)
-        offsets32 = np.arange(take.shape[0] + 1, dtype=np.int32) * np.int32(width)
-        return pa.ListArray.from_arrays(pa.array(offsets32), pa.array(flat), mask=mask)
-    offsets = np.zeros(take.shape[0] + 1, dtype=np.int64)
-    np.cumsum(out_lengths, out=offsets[1:])
-    # Source index of every output value: its row's source start, plus its rank in the row.
-    index = np.arange(int(offsets[-1]), dtype=np.int64)
-    index += np.repeat(starts[take] - offsets[:-1], out_lengths)
-    return pa.ListArray.from_arrays(
-        pa.array(offsets.astype(np.int32)), pa.array(values[index]), mask=mask
-    )
+    per_row = np.zeros(n, dtype=np.int64)
+    per_row[starts] = lengths
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(per_row, out=offsets[1:])
+    values = _concat(rows, np.dtype(dtype), int(offsets[-1]))
+    mask = pa.array(per_row == 0) if null_if_empty else None
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=mask)
+
+
+def _concat(
+    rows: Sequence[Sequence[float] | Sequence[int]], dtype: np.dtype[Any], count: int
+) -> npt.NDArray[Any]:
+    """Every row's values end to end, as ``dtype``: one ``frombuffer`` per packed dtype run
+    when the rows are packed (empty rows skipped), else one pass over the Python numbers."""
+    packed = [r for r in rows if len(r)]
+    if packed and all(isinstance(r, PackedArray) for r in packed):
+        codes = {r.dtype for r in packed}  # type: ignore[union-attr]
+        if len(codes) == 1:
+            (code,) = codes
+            data = b"".join(r.data for r in packed)  # type: ignore[union-attr]
+            return np.frombuffer(data, dtype=code).astype(dtype, copy=False)
+        return np.concatenate([as_array(r, dtype.str) for r in packed])
+    return np.fromiter(chain.from_iterable(rows), dtype=dtype, count=count)
 
 
 def _side_table(rows: Sequence[tuple[Any, ...]]) -> pa.Table:

@@ -380,3 +380,65 @@ def test_bad_directories_are_clear_errors(tmp_path: Path) -> None:
 def test_a_directory_of_empty_files_reads_as_an_empty_log(tmp_path: Path) -> None:
     write_logged_feedback(tmp_path / "rows" / "a.parquet", make_batch().take(slice(0, 0)))
     assert len(read_logged_feedback(tmp_path)) == 0
+
+
+def _first_row_only(table: pa.Table, starts: list[int]) -> pa.Table:
+    """``table`` as a compact writer stores it: the per-request lists on each slate's first
+    row (``starts``) only, empty (user features) or null (candidate ids) on the others."""
+    from recsys.data.logged import FIRST_ROW, SLATE_LISTS_KEY
+
+    keep = np.zeros(table.num_rows, dtype=bool)
+    keep[starts] = True
+    out = table
+    for name in ("user_features", "candidate_ids"):
+        rows = table.column(name).to_pylist()
+        empty = None if name == "candidate_ids" else []
+        col = pa.array([r if k else empty for r, k in zip(rows, keep, strict=True)],
+                       type=table.schema.field(name).type)  # fmt: skip
+        out = out.set_column(out.column_names.index(name), table.schema.field(name), col)
+    meta = {**(table.schema.metadata or {}), SLATE_LISTS_KEY: FIRST_ROW}
+    return out.replace_schema_metadata(meta)
+
+
+def test_lists_stored_on_each_slates_first_row_read_back_on_every_row(tmp_path: Path) -> None:
+    from recsys.data.logged import SLATE_LISTS_KEY, expand_slate_lists
+
+    slate = 4
+    ltv = np.arange(5 * slate, dtype=np.float32)  # not NaN: Table.equals says NaN != NaN
+    base = with_candidates(make_batch(n_slates=5, slate=slate, hidden_ltv=ltv))
+    # One user feature vector per slate, as a real log has (make_batch draws one per row).
+    base = replace(base, user_features=np.repeat(base.user_features[::slate], slate, axis=0))
+    full = base.to_table()
+    compact = _first_row_only(full, list(range(0, len(base), slate)))
+    assert compact.column("candidate_ids").null_count == len(base) - 5
+    expanded = expand_slate_lists(compact)
+    assert SLATE_LISTS_KEY not in (expanded.schema.metadata or {})
+    assert expanded.equals(full)
+    assert expand_slate_lists(full) is full  # nothing to do without the key
+    pq.write_table(compact, tmp_path / "log.parquet")
+    _assert_equal(read_logged_feedback(tmp_path / "log.parquet"), base)
+
+
+def test_a_slate_is_a_run_of_one_request_id_and_time_and_keeps_a_missing_list_missing() -> None:
+    from recsys.data.logged import expand_slate_lists
+
+    # Three slates of two rows: a reused request id starting at a slot again is another
+    # slate, and a slate logged without candidates stays without them (not its neighbour's).
+    table = pa.table(
+        {
+            "request_id": ["a", "a", "a", "a", "b", "b"],
+            "position": [0, 1, 0, 1, 0, 2],
+            "user_features": [[1.0], [], [2.0], [], [], []],
+            "candidate_ids": [[5, 6], None, None, None, [7, 8, 9], None],
+        },
+        schema=pa.schema(
+            [("request_id", pa.string()), ("position", pa.int16()),
+             ("user_features", pa.list_(pa.float32())), ("candidate_ids", pa.list_(pa.int64()))],
+            metadata={b"recsys.logged_feedback.slate_lists": b"first_row"},
+        ),
+    )  # fmt: skip
+    out = expand_slate_lists(table)
+    assert out.column("user_features").to_pylist() == [[1.0], [1.0], [2.0], [2.0], [], []]
+    assert out.column("candidate_ids").to_pylist() == [
+        [5, 6], [5, 6], None, None, [7, 8, 9], [7, 8, 9],
+    ]  # fmt: skip

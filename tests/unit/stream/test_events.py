@@ -308,3 +308,36 @@ def test_topic_for_routes_by_event_type() -> None:
     assert topic_for(feedback("r", "u", 1), cfg) == "fb"
     with pytest.raises(TypeError):
         topic_for("nope", cfg)  # type: ignore[arg-type]
+
+
+def test_decoded_lists_stay_packed_and_re_encode_to_the_same_bytes() -> None:
+    """Consumers never build a Python number per candidate id or feature: the decoded
+    impression holds the wire's bytes, and encoding it again writes them back unchanged."""
+    from recsys.types import PackedArray
+
+    event = _full_impression()
+    data = encode_event(event)
+    decoded = decode_event(data)
+    assert isinstance(decoded, ImpressionEvent)
+    assert isinstance(decoded.candidates, PackedArray)
+    assert decoded.candidates.dtype == "<i4"
+    assert isinstance(decoded.features, PackedArray)
+    assert decoded.features.dtype == "<f4"
+    assert decoded.candidates == event.candidates
+    assert decoded.features == event.features
+    assert encode_event(decoded) == data
+
+
+def test_packed_lists_are_checked_like_any_other_on_encode() -> None:
+    from dataclasses import replace
+
+    from recsys.types import PackedArray
+
+    event = _full_impression()
+    with pytest.raises(ValueError, match="item ids in"):
+        encode_event(replace(event, candidates=PackedArray.of([3, -1], "<i4")))
+    with pytest.raises(ValueError, match="must be finite"):
+        encode_event(replace(event, features=PackedArray.of([0.5, float("nan")], "<f4")))
+    wide = replace(event, candidates=PackedArray.of([3, 2**40], "<i8"))
+    with pytest.raises(ValueError, match="item ids in"):
+        encode_event(wide)

@@ -99,6 +99,42 @@ def _join(
 # --- the join rules -------------------------------------------------------------------------
 
 
+def test_a_segment_stores_a_slates_lists_once_and_every_reader_sees_them_on_each_row(
+    log: InMemoryEventLog, tmp_path: Path
+) -> None:
+    """The candidate ids and user features, the same on every slot of a slate, are written
+    on its first row only (nine tenths of a segment's values otherwise); the dataset's and
+    the logged-feedback reader give every row its slate's lists."""
+    from recsys.data.logged import FIRST_ROW, SLATE_LISTS_KEY
+
+    _publish(
+        log,
+        [
+            imp("r1", "alice", [3, 7, 9], 100.0, candidates=[9, 3, 7, 40], features=[0.5, -1.0]),
+            imp("r2", "bob", [4, 5], 101.0, candidates=[5, 4, 1, 2], features=[2.0, 0.25]),
+        ],
+    )
+    _, ds = _join(log, tmp_path)
+    (segment,) = [f for f in ds.files("rows") if not f.tmp]
+    raw = pq.read_table(segment.path)
+    assert (raw.schema.metadata or {})[SLATE_LISTS_KEY] == FIRST_ROW
+    assert raw.column("candidate_ids").to_pylist() == [
+        [9, 3, 7, 40], None, None, [5, 4, 1, 2], None,
+    ]  # fmt: skip
+    assert raw.column("user_features").to_pylist() == [[0.5, -1.0], [], [], [2.0, 0.25], []]
+
+    want = {"r1": ([9, 3, 7, 40], [0.5, -1.0]), "r2": ([5, 4, 1, 2], [2.0, 0.25])}
+    rows = canonical_rows(ds.read_rows())
+    assert [(r["candidate_ids"], r["user_features"]) for r in rows] == [
+        want[r["request_id"]] for r in rows
+    ]
+    assert len(rows) == 5
+    logged = read_logged_feedback(tmp_path)
+    assert logged.candidate_ids is not None
+    assert logged.candidate_ids.tolist() == [want[r][0] for r in logged.request_id]
+    assert logged.user_features.tolist() == [want[r][1] for r in logged.request_id]
+
+
 def test_a_slate_becomes_one_row_per_slot_with_its_signals(
     log: InMemoryEventLog, tmp_path: Path
 ) -> None:
