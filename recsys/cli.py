@@ -900,6 +900,23 @@ def evaluate_ope(
             "personalised logger).",
         ),
     ] = False,
+    logger: Annotated[
+        str | None,
+        typer.Option(
+            help="With --policy: the policy that logged the rows (a checkpoint, or random | "
+            "boltzmann:T), re-run for its marginal position propensities so that IIPS and "
+            "position DR run on a served log. It must reproduce every logged propensity.",
+        ),
+    ] = None,
+    logger_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="With --logger: it served epsilon-greedily with this epsilon "
+            "(RECSYS_POLICY__EPSILON); default: its checkpoint's own sampler.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
     seed: int = 0,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
@@ -929,6 +946,8 @@ def evaluate_ope(
             seed=seed,
             n_samples=samples,
             direct_method=direct_method,
+            logger=logger,
+            logger_epsilon=logger_epsilon,
         )
     except (ValueError, KeyError, OSError, LoggedFeedbackError, RecsysError) as exc:
         raise _fail(str(exc)) from None

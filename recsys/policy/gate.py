@@ -113,6 +113,7 @@ from recsys.policy.evaluation.ope_policies import (
     CrossFittedRewardModel,
     LoggedRequests,
     target_propensities,
+    with_logged_draw,
 )
 from recsys.policy.reward.model import LearnedRewardModel
 from recsys.policy.reward.spec import reward_model_from_tensors
@@ -622,8 +623,8 @@ class PromotionGate:
             # The logged slate as one more Monte Carlo draw for both policies (module
             # docstring): no weight is infinite, and a candidate that is serving gets weights
             # of exactly 1, as serving itself does.
-            cand_tp = _with_logged_draw(cand_tp, cfg.n_samples, None)
-            serv_tp = _with_logged_draw(serv_tp, cfg.n_samples, slates.propensity)
+            cand_tp = with_logged_draw(cand_tp, cfg.n_samples, None)
+            serv_tp = with_logged_draw(serv_tp, cfg.n_samples, slates.propensity)
             slates = replace(slates, position_propensity=serv_tp.position_propensity)
             source_of_mu = "serving"
         if not positional:
@@ -789,23 +790,6 @@ def _usable(logs: LoggedFeedback) -> tuple[LoggedFeedback, int]:
     declared[inverse] = logs.slate_size
     bad |= rows != declared
     return logs.take(~bad[inverse]), int(bad.sum())
-
-
-def _with_logged_draw(
-    tp: TargetPropensities, n_samples: int, fallback: Float64Array | None
-) -> TargetPropensities:
-    """``tp`` with its Monte Carlo marginals ``m`` replaced by ``(M m + c) / (M + 1)``, ``c``
-    its conditional of the logged slot given the logged prefix: the logged slate counted as
-    one more draw, Rao-Blackwellised (module docstring). Where ``c`` is 0 (serving would not
-    have logged that slot) ``fallback``, the logged propensity, stands in, so that the
-    logger's marginal of a logged slot is never 0."""
-    assert tp.position_propensity is not None
-    assert tp.propensity is not None
-    draw = (
-        tp.propensity if fallback is None else np.where(tp.propensity > 0, tp.propensity, fallback)
-    )
-    marginal = (n_samples * tp.position_propensity + draw) / (n_samples + 1)
-    return replace(tp, position_propensity=marginal)
 
 
 def _logged_by(logs: LoggedFeedback, version: str) -> tuple[LoggedFeedback, int]:

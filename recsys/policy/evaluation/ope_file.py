@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from recsys.data.logged import (
+    LoggedFeedback,
     LoggedFeedbackError,
     read_logged_feedback,
     read_logged_feedback_metadata,
@@ -21,16 +23,22 @@ from recsys.data.logged import (
 from recsys.policy.batch import SIGNAL_NAMES
 from recsys.policy.evaluation.ope import evaluate_off_policy, load_target_propensities
 from recsys.policy.evaluation.ope_policies import (
+    CheckpointTarget,
     CrossFittedRewardModel,
     LoggedRequests,
     load_target_policy,
     target_propensities,
+    with_logged_draw,
 )
 from recsys.policy.reward.model import LearnedRewardModel
 from recsys.simulator.spec import SIMULATOR_METADATA_KEY, SimulatorSpec
 from recsys.types import FloatArray
 
-__all__ = ["evaluate_ope_file"]
+__all__ = ["LOGGER_TOLERANCE", "evaluate_ope_file"]
+
+#: Largest relative difference between a logger's re-computed propensity of a logged slot
+#: and the logged one (float32 in the file) for the logger to count as the one that logged.
+LOGGER_TOLERANCE = 1e-4
 
 
 def _slot_rewards(
@@ -69,6 +77,8 @@ def evaluate_ope_file(
     seed: int = 0,
     n_samples: int = 200,
     direct_method: bool = False,
+    logger: str | None = None,
+    logger_epsilon: float | None = None,
 ) -> dict[str, Any]:
     """IPS, SNIPS, DR and/or IIPS, position DR of a target policy on a logged-feedback file or
     directory (:func:`~recsys.data.logged.read_logged_feedback`), with bootstrap CIs. The
@@ -93,6 +103,19 @@ def evaluate_ope_file(
       logged value under a personalised logger (DR stays unbiased). Without it DR uses the
       per-position baseline.
 
+    ``logger`` (with ``policy`` only): the policy that logged the rows, a spec like
+    ``policy``, acting epsilon-greedily with ``logger_epsilon`` when given (the service's
+    ``RECSYS_POLICY__EPSILON``), else with its own sampler. A served log records the
+    conditional propensities it drew with, not the marginal ones the item-position
+    estimators need; the logger re-run on the logged requests gives them (Monte Carlo, the
+    logged slate counted as one more draw for both policies, as the promotion gate does:
+    :func:`~recsys.policy.evaluation.ope_policies.with_logged_draw`). It must reproduce every
+    logged propensity (else ``ValueError``: it is not the policy that logged them), and
+    ``iips`` and ``position_dr`` then run on the log. Their weights are one ratio per slot
+    rather than a product over the slate, so they stay usable where the slate estimators'
+    effective sample size collapses; their assumption is that a slot's reward depends on
+    (context, item, position) only.
+
     ``reward`` per logged slot: ``click``, ``engagement`` (dwell minutes) or ``learned``
     (``reward_model`` on the row's signals; a checkpoint's own learned reward by default).
     Returns JSON-ready estimates (``recsys.policy.evaluation.ope.evaluate_off_policy``); raises
@@ -101,6 +124,10 @@ def evaluate_ope_file(
     probability 0 everywhere, a logging propensity an estimator needs but the log does not
     know, a log without candidate sets, or a checkpoint from another simulator.
     """
+    if logger is None and logger_epsilon is not None:
+        raise ValueError("logger_epsilon needs a logger")
+    if logger is not None and policy is None:
+        raise ValueError("a logger is re-run on the logged candidate sets: give a policy too")
     columns_given = target_column is not None or position_column is not None
     if columns_given == (policy is not None):
         raise ValueError(
@@ -137,7 +164,18 @@ def evaluate_ope_file(
         target = target_propensities(
             requests, loaded.policy, n_samples=n_samples, seed=seed, reward_model=model
         )
-        if _unknown_everywhere(logs.position_propensity):
+        if logger is not None:
+            marginals, check = _logger_marginals(
+                logger, logger_epsilon, logs, requests, simulator, n_samples, seed
+            )
+            target = with_logged_draw(target, n_samples, None)
+            logs = replace(logs, position_propensity=marginals.astype(np.float32))
+            out["logger"] = check
+            notes.append(
+                "position_propensity (the logger's marginals) recomputed by re-running "
+                f"{check['policy']} on the logged requests"
+            )
+        elif _unknown_everywhere(logs.position_propensity):
             target = replace(target, position_propensity=None, position_propensity_stderr=None)
             notes.append(
                 "the log records no position_propensity (marginal logging probabilities): "
@@ -180,3 +218,52 @@ def evaluate_ope_file(
         out["notes"] = notes
     out["estimates"] = {name: r.as_dict() for name, r in results.items()}
     return out
+
+
+def _logger_marginals(
+    spec: str,
+    epsilon: float | None,
+    logs: LoggedFeedback,
+    requests: LoggedRequests,
+    simulator: SimulatorSpec | None,
+    n_samples: int,
+    seed: int,
+) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+    """The logging policy's marginal position propensities of the logged slots, and what
+    was checked: it must give every logged slot its logged (conditional) propensity."""
+    if _unknown_everywhere(logs.propensity):
+        raise ValueError(
+            "the log records no propensity (conditional logging probabilities): a logger "
+            "cannot be checked against it"
+        )
+    loaded = load_target_policy(spec, logs, simulator=simulator)
+    policy = loaded.policy
+    if epsilon is not None:
+        if not isinstance(policy, CheckpointTarget):
+            raise ValueError(f"logger_epsilon applies to a checkpoint logger, not {spec!r}")
+        policy.sampler = replace(policy.sampler, kind="epsilon", epsilon=epsilon)
+    tp = target_propensities(requests, policy, n_samples=n_samples, seed=seed)
+    assert tp.propensity is not None
+    logged = np.asarray(logs.propensity, dtype=np.float64)
+    known = np.isfinite(logged)
+    gap = np.abs(tp.propensity[known] / logged[known] - 1.0)
+    worst = float(gap.max()) if gap.size else 0.0
+    if not worst <= LOGGER_TOLERANCE:
+        row = int(np.flatnonzero(known)[int(np.argmax(gap))])
+        raise ValueError(
+            f"the logger {spec!r}"
+            + ("" if epsilon is None else f" (epsilon-greedy {epsilon:g})")
+            + " does not reproduce the logged propensities: on row "
+            f"{row} it gives {tp.propensity[row]:.6g} where the log has {logged[row]:.6g} "
+            f"(largest relative difference {worst:.3g}); give the policy and exploration that "
+            "logged these rows"
+        )
+    drawn = with_logged_draw(tp, n_samples, np.where(known, logged, tp.propensity))
+    assert drawn.position_propensity is not None
+    check = {
+        "policy": str(loaded.spec),
+        "description": loaded.description,
+        "epsilon": epsilon,
+        "max_relative_propensity_difference": worst,
+    }
+    return np.asarray(drawn.position_propensity, dtype=np.float64), check

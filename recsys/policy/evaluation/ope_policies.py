@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -447,6 +447,26 @@ def target_propensities(
         position_propensity_stderr=stderr,
         reward_predictions=predictions,
     )
+
+
+def with_logged_draw(
+    tp: TargetPropensities, n_samples: int, fallback: Float64Array | None
+) -> TargetPropensities:
+    """``tp`` with its Monte Carlo marginals ``m`` replaced by ``(M m + c) / (M + 1)``, ``c``
+    its conditional of the logged slot given the logged prefix: the logged slate counted as
+    one more draw, Rao-Blackwellised. A Monte Carlo frequency can be 0 for a logged item
+    whose true marginal is positive (an infinite weight when it is the logger's); with the
+    draw the logger's marginal is at least ``c / (M + 1) > 0``, at a relative bias of order
+    ``1 / (M + 1)``, and a target that acts as the logger gets weights of exactly 1. Where
+    ``c`` is 0 (this policy would not have logged that slot) ``fallback``, the logged
+    propensity, stands in, so that a logger's marginal of a logged slot is never 0."""
+    assert tp.position_propensity is not None
+    assert tp.propensity is not None
+    draw = (
+        tp.propensity if fallback is None else np.where(tp.propensity > 0, tp.propensity, fallback)
+    )
+    marginal = (n_samples * tp.position_propensity + draw) / (n_samples + 1)
+    return replace(tp, position_propensity=marginal)
 
 
 def _chunk_marginals(

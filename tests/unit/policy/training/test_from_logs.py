@@ -16,7 +16,7 @@ import torch
 from recsys.artifacts import load_artifact
 from recsys.data.logged import LoggedFeedback
 from recsys.features import FeatureSpec
-from recsys.policy.evaluation.ope_file import evaluate_ope_file
+from recsys.policy.evaluation.ope_file import LOGGER_TOLERANCE, evaluate_ope_file
 from recsys.policy.training.checkpoint import load_policy_checkpoint
 from recsys.policy.training.config import SETUP_FIELDS, build_policy
 from recsys.policy.training.from_logs import (
@@ -241,3 +241,39 @@ def test_heldout_users_splits_whole_users_stably(logs: LoggedFeedback) -> None:
     assert heldout_users(logs, 1.0).all()
     with pytest.raises(ValueError, match="fraction"):
         heldout_users(logs, 1.5)
+
+
+def test_the_logger_re_run_gives_a_served_log_the_marginals_item_position_estimators_need(
+    logs: LoggedFeedback, small_policies: dict[str, Path], tmp_path: Path
+) -> None:
+    """A served log has conditional propensities only; ``logger=`` re-runs the policy that
+    logged it for its marginals, after checking it reproduces every logged propensity."""
+    dataset = write_joined(logs, tmp_path / "joined")
+    base, other = str(small_policies["slateq"]), str(small_policies["reinforce"])
+    without = evaluate_ope_file(dataset, policy=other, n_bootstrap=50, n_samples=20)
+    assert "iips" not in without["estimates"]
+    assert any("no position_propensity" in n for n in without["notes"])
+
+    out = evaluate_ope_file(dataset, policy=other, n_bootstrap=50, n_samples=20, logger=base)
+    assert out["logger"]["max_relative_propensity_difference"] <= LOGGER_TOLERANCE
+    est = out["estimates"]
+    for name in ("ips", "snips", "dr", "iips", "position_dr"):
+        assert np.isfinite(est[name]["value"]), name
+    # One ratio per slot instead of a product over the slate: more of the log counts.
+    assert est["iips"]["ess"] > est["snips"]["ess"]
+    # The logger as the target: the logged slate is a draw of both, so every weight is 1.
+    own = evaluate_ope_file(dataset, policy=base, n_bootstrap=50, n_samples=20, logger=base)
+    assert own["estimates"]["iips"]["value"] == pytest.approx(
+        own["estimates"]["logged"]["value"], abs=1e-6
+    )
+
+    with pytest.raises(ValueError, match="does not reproduce the logged propensities"):
+        evaluate_ope_file(dataset, policy=base, n_bootstrap=50, n_samples=20, logger=other)
+    with pytest.raises(ValueError, match=r"epsilon-greedy 0\.9\) does not reproduce"):
+        evaluate_ope_file(
+            dataset, policy=base, n_bootstrap=50, n_samples=20, logger=base, logger_epsilon=0.9
+        )
+    with pytest.raises(ValueError, match="logger_epsilon needs a logger"):
+        evaluate_ope_file(dataset, policy=base, logger_epsilon=0.1)
+    with pytest.raises(ValueError, match="give a policy too"):
+        evaluate_ope_file(dataset, target_column="propensity", logger=base)
