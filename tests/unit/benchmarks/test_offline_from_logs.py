@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from benchmarks.offline_from_logs import (
+    MIN_ESS,
+    OPE_ESTIMATORS,
     RESULTS,
     ExperimentConfig,
     must_show,
@@ -20,7 +22,7 @@ from benchmarks.offline_from_logs import (
 def _ope(value: float, low: float, high: float, ess: float) -> dict[str, Any]:
     est = {"value": value, "ci_low": low, "ci_high": high, "ess": ess, "n_slates": 1000}
     logged = {**est, "value": 0.84}
-    return {"estimates": {"logged": logged, "ips": est, "snips": est, "dr": est}}
+    return {"estimates": {"logged": logged, **dict.fromkeys(OPE_ESTIMATORS, est)}}
 
 
 def test_the_ope_check_compares_each_estimate_with_the_on_policy_value_both_ways() -> None:
@@ -37,6 +39,9 @@ def test_the_ope_check_compares_each_estimate_with_the_on_policy_value_both_ways
     wide = ope_check(_ope(0.95, 0.70, 1.0, 5.0), onpolicy)
     assert wide["ips"]["on_policy_inside_ope_ci"]
     assert not wide["ips"]["ope_inside_on_policy_ci"]
+    # ... and an interval resting on a few slates is not evidence, whatever it holds.
+    assert not wide["iips"]["usable"]
+    assert inside["iips"]["usable"] == (MIN_ESS <= 400.0)
 
 
 def test_logging_users_stay_in_the_training_half() -> None:
