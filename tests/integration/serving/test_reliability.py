@@ -103,5 +103,10 @@ def test_broker_outage_loses_no_accepted_event(serving_stack: ServingStack, tmp_
         0,
         0,
     )
+    # Every partition's committed offset reached the end the broker reported: nothing left
+    # unfolded. (It can be past it: in runs on 2026-12-01 the impressions partition's offset
+    # ended 1 past the end read just before, after the pause; an event is never lost that way,
+    # and the ledger above checked every accepted one is on the topics.)
     assert broker["checks"]["all_processed"], broker["updater_offsets_vs_end"]
-    assert set(broker["updater_offsets_vs_end"].values()) == {0}
+    assert broker["updater_offsets_vs_end"]
+    assert all(v >= 0 for v in broker["updater_offsets_vs_end"].values())
