@@ -477,15 +477,23 @@ class EventLedger:
         self.source = source
         self.impressions: set[str] = set()
         self.clicks: set[tuple[str, int]] = set()
+        #: Records of an impression or click already on the topic (a producer's retry of a
+        #: batch the broker had written): consumers fold them twice unless they dedupe.
+        self.duplicate_impressions = 0
+        self.duplicate_clicks = 0
 
     def read(self, timeout_s: float = 0.5) -> None:
         """Read what the topics hold now (waiting up to ``timeout_s`` for a first record)."""
         while records := self.source.poll(1000, timeout_s):
             for r in records:
                 if isinstance(r.event, ImpressionEvent):
-                    self.impressions.add(r.event.request_id)
+                    rid = r.event.request_id
+                    self.duplicate_impressions += rid in self.impressions
+                    self.impressions.add(rid)
                 elif isinstance(r.event, FeedbackEvent) and r.event.event == "click":
-                    self.clicks.add((r.event.request_id, r.event.item_id))
+                    key = (r.event.request_id, r.event.item_id)
+                    self.duplicate_clicks += key in self.clicks
+                    self.clicks.add(key)
             timeout_s = 0.0
 
     def lost(self, trace: Trace, wait_s: float = 10.0, settle_s: float = 2.0) -> dict[str, int]:
@@ -514,6 +522,9 @@ class EventLedger:
             "impressions_unlogged": sum(a.ok and not a.request_id for a in trace.answers),
             "clicks": len(want_fb),
             "clicks_lost": missing_fb,
+            # on the topics more than once so far (every scenario's, since the ledger's start)
+            "impressions_duplicated": self.duplicate_impressions,
+            "clicks_duplicated": self.duplicate_clicks,
         }
 
 
