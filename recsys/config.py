@@ -156,6 +156,13 @@ class StreamSettings(BaseModel):
     partitions: int = Field(
         1, ge=1, le=1024, description="partitions of the event topics when this creates them"
     )
+    watermark_delay_s: float = Field(
+        0.5,
+        ge=0.0,
+        le=3600.0,
+        description="how late after its server time an event may still reach the broker: a "
+        "caught-up partition holds the consumers' watermark this far behind now",
+    )
 
 
 class AuthSettings(BaseModel):

@@ -55,6 +55,7 @@ def build_event_source(
         return KafkaEventSource(
             settings.bootstrap, topics, partitions_if_created=settings.partitions,
             shard=shard, dead_letters=dead_letters,
+            watermark_delay_s=settings.watermark_delay_s,
         )  # fmt: skip
     if shard is not None and shard[1] != 1:
         raise ValueError("the in-process event log has one partition: shards need Kafka")
