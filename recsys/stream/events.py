@@ -168,17 +168,14 @@ _F4 = np.dtype("<f4")
 
 
 def _pack(values: Sequence[int] | Sequence[float], dtype: np.dtype[Any], name: str) -> str:
-    if isinstance(values, PackedArray) and values.dtype == dtype.str:
-        array = values.array  # already the wire's bytes
-        packed = values.data
-    else:
-        array = np.asarray(values)
-        packed = b""
+    array = values.array if isinstance(values, PackedArray) else np.asarray(values)
     if dtype.kind == "i" and (array.min() < 0 or array.max() > np.iinfo(dtype).max):
         raise ValueError(f"impression {name} must be item ids in [0, 2**31)")
     if dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"impression {name} must be finite")
-    return base64.b64encode(packed or array.astype(dtype).tobytes()).decode("ascii")
+    # Packed bytes already of the wire's dtype go out as they are (no copy).
+    data = values.data if isinstance(values, PackedArray) and values.dtype == dtype.str else None
+    return base64.b64encode(data or array.astype(dtype).tobytes()).decode("ascii")
 
 
 def _unpack(obj: dict[str, Any], key: str, dtype: np.dtype[Any]) -> Sequence[Any]:
@@ -261,8 +258,8 @@ def decode_events(payloads: Sequence[object]) -> list[Event | EventDecodeError]:
             out[i] = _strict(data)
     if wires:
         bad = _flag_impressions(wires)
-        candidates = _tuples(wires, "candidates", _I4, bad)
-        features = _tuples(wires, "features", _F4, bad)
+        candidates = _packed(wires, "candidates", _I4, bad)
+        features = _packed(wires, "features", _F4, bad)
         for k, (i, w) in enumerate(zip(at, wires, strict=True)):
             if k in bad:
                 out[i] = _strict(payloads[i])
@@ -378,7 +375,7 @@ def _flag_arrays(wires: Sequence[_ImpressionWire], key: str, dtype: np.dtype[Any
     return bad
 
 
-def _tuples(
+def _packed(
     wires: Sequence[_ImpressionWire], key: str, dtype: np.dtype[Any], skip: set[int]
 ) -> list[Sequence[Any]]:
     """Every impression's ``key`` array as a :class:`PackedArray` over its wire bytes (empty

@@ -839,13 +839,13 @@ def _concat(
 ) -> npt.NDArray[Any]:
     """Every row's values end to end, as ``dtype``: one ``frombuffer`` per packed dtype run
     when the rows are packed (empty rows skipped), else one pass over the Python numbers."""
-    packed = [r for r in rows if len(r)]
-    if packed and all(isinstance(r, PackedArray) for r in packed):
-        codes = {r.dtype for r in packed}  # type: ignore[union-attr]
+    filled = [r for r in rows if len(r)]
+    packed = [r for r in filled if isinstance(r, PackedArray)]
+    if packed and len(packed) == len(filled):
+        codes = {r.dtype for r in packed}
         if len(codes) == 1:
-            (code,) = codes
-            data = b"".join(r.data for r in packed)  # type: ignore[union-attr]
-            return np.frombuffer(data, dtype=code).astype(dtype, copy=False)
+            data = b"".join(r.data for r in packed)
+            return np.frombuffer(data, dtype=codes.pop()).astype(dtype, copy=False)
         return np.concatenate([as_array(r, dtype.str) for r in packed])
     return np.fromiter(chain.from_iterable(rows), dtype=dtype, count=count)
 

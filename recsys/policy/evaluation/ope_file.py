@@ -258,7 +258,8 @@ def _logger_marginals(
             f"(largest relative difference {worst:.3g}); give the policy and exploration that "
             "logged these rows"
         )
-    drawn = with_logged_draw(tp, n_samples, np.where(known, logged, tp.propensity))
+    # No fallback needed: the logger gives every logged slot its (positive) logged propensity.
+    drawn = with_logged_draw(tp, n_samples, None)
     assert drawn.position_propensity is not None
     check = {
         "policy": str(loaded.spec),
