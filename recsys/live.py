@@ -72,6 +72,27 @@ def feedback_events(result: StepResult, row: int) -> list[tuple[str, int, float 
     return events
 
 
+def feedback_posts(
+    result: StepResult, row: int, request_id: str, user_id: str
+) -> list[tuple[dict[str, Any], int, float]]:
+    """The ``POST /feedback`` bodies for row ``row`` of a simulator step, each with the column
+    of :data:`COUNTED` it adds to in the user's state and by how much (what a client then
+    waits to see folded)."""
+    out: list[tuple[dict[str, Any], int, float]] = []
+    for event, item, value in feedback_events(result, row):
+        payload: dict[str, Any] = {
+            "request_id": request_id,
+            "user_id": user_id,
+            "item_id": item,
+            "event": event,
+        }
+        if value is not None:
+            payload["value"] = value
+        k = next(i for i, (_, e) in enumerate(COUNTED) if e == event)
+        out.append((payload, k, 1.0 if value is None else value))
+    return out
+
+
 @dataclass
 class LiveStats:
     """What the clients saw, merged across client threads."""
@@ -97,7 +118,7 @@ class LiveStats:
 
 #: What a client counts per user and waits to see in the store: state field, feedback event
 #: (``None``: the slate itself). Dwell is compared with a tolerance (a float32 sum).
-_COUNTED = (
+COUNTED = (
     ("steps", None),
     ("clicks", "click"),
     ("likes", "like"),
@@ -107,7 +128,7 @@ _COUNTED = (
 )
 
 
-class _StateWatcher:
+class StateWatcher:
     """Reads users' states from the store until the updater has folded all that was posted."""
 
     def __init__(self, store: UserStateStore, codec: StateCodec, timeout_s: float) -> None:
@@ -116,12 +137,12 @@ class _StateWatcher:
         self.timeout_s = timeout_s
 
     def _shows(self, states: StateArray, expected: F64) -> bool:
-        counts = [float(states[name][0]) for name, _ in _COUNTED]
+        counts = [float(states[name][0]) for name, _ in COUNTED]
         dwell_ok = counts[-1] >= expected[-1] * (1.0 - 1e-5) - 0.05
         return dwell_ok and all(c >= e for c, e in zip(counts[:-1], expected[:-1], strict=True))
 
     def wait(self, user_id: str, expected: F64) -> tuple[bool, float]:
-        """Until the user's state shows the ``expected`` counts (:data:`_COUNTED`): every
+        """Until the user's state shows the ``expected`` counts (:data:`COUNTED`): every
         slate and every signal posted so far. ``(visible on the first look, seconds
         waited)``; raises ``TimeoutError`` after ``timeout_s``."""
         start = time.monotonic()
@@ -131,8 +152,8 @@ class _StateWatcher:
             if known[0] and self._shows(states, expected):
                 return first, time.monotonic() - start
             if time.monotonic() - start > self.timeout_s:
-                have = ", ".join(f"{n} {float(states[n][0]):g}" for n, _ in _COUNTED)
-                want = ", ".join(f"{n} {e:g}" for (n, _), e in zip(_COUNTED, expected, strict=True))
+                have = ", ".join(f"{n} {float(states[n][0]):g}" for n, _ in COUNTED)
+                want = ", ".join(f"{n} {e:g}" for (n, _), e in zip(COUNTED, expected, strict=True))
                 raise TimeoutError(
                     f"user {user_id}: state not updated within {self.timeout_s}s (expected "
                     f"{want}; store has {have})"
@@ -222,7 +243,7 @@ def run_live(
     lives = _Lives(n, progress)
     merged = LiveStats()
     lock = threading.Lock()
-    watcher = _StateWatcher(store, fold.codec, visibility_timeout_s)
+    watcher = StateWatcher(store, fold.codec, visibility_timeout_s)
     slices = [np.arange(i, n, concurrency) for i in range(min(concurrency, n))]
 
     def client(worker: int, rows: npt.NDArray[np.int64]) -> None:
@@ -230,7 +251,7 @@ def run_live(
         population = world.select_users(order[rows])
         env = env_factory(population, seed + worker)
         ids = [f"{label}-{int(order[r])}" for r in rows]
-        posted = np.zeros((rows.shape[0], len(_COUNTED)))  # per user, as _COUNTED
+        posted = np.zeros((rows.shape[0], len(COUNTED)))  # per user, as COUNTED
         alive = np.ones(rows.shape[0], dtype=np.bool_)
         try:
             with httpx.Client(base_url=base_url, timeout=30.0) as http:
@@ -268,15 +289,8 @@ def run_live(
                         if slates is not None:
                             slates[int(rows[b])].append(tuple(items[0].tolist()))
                         posted[b, 0] += 1
-                        for event, item, value in feedback_events(result, 0):
-                            payload: dict[str, Any] = {
-                                "request_id": body["request_id"],
-                                "user_id": ids[b],
-                                "item_id": item,
-                                "event": event,
-                            }
-                            if value is not None:
-                                payload["value"] = value
+                        posts = feedback_posts(result, 0, body["request_id"], ids[b])
+                        for payload, k, amount in posts:
                             fb = http.post("/feedback", json=payload)
                             if fb.status_code != 202:
                                 raise RuntimeError(
@@ -284,8 +298,7 @@ def run_live(
                                     f"{fb.text[:300]}"
                                 )
                             local.feedback_posts += 1
-                            k = next(i for i, (_, e) in enumerate(_COUNTED) if e == event)
-                            posted[b, k] += 1.0 if value is None else value
+                            posted[b, k] += amount
                         if lives.add(int(rows[b]), result):
                             alive[b] = False
                 lives.end(rows, alive)

@@ -124,6 +124,8 @@ class SlateEnv:
         self._seed(seed)
         self._state = self.user_model.initial_state(self._all_users)
         self._t = 0
+        self._shift_users: BoolArray | None = None
+        self._shift_items: FloatArray | None = None
 
     def _seed(self, seed: int | None) -> None:
         responses, candidates = np.random.SeedSequence(seed).spawn(2)
@@ -242,12 +244,43 @@ class SlateEnv:
             users, self.settings.num_candidates, self._candidate_rng
         )
 
+    # -- preference shifts -------------------------------------------------------------------
+
+    def shift_preferences(self, user_idx: npt.ArrayLike, item_appeal: npt.ArrayLike) -> None:
+        """From now on, add ``item_appeal[i]`` to the click appeal of item ``i`` for the listed
+        users (a segment whose taste changed); other users are untouched.
+
+        A change of taste that the users' click history cannot reveal, unlike drifting topic
+        interests: a model has to learn it from how the segment responds (the adaptation
+        experiment, :mod:`recsys.adaptation`). Replaces any earlier shift; the delta is
+        hidden (not among the observable features) and persists across lives.
+        """
+        users = self._users(user_idx)
+        delta = np.asarray(item_appeal, dtype=np.float32)
+        if delta.shape != (self.num_items,):
+            raise ValueError(f"item_appeal must have shape ({self.num_items},), got {delta.shape}")
+        if not np.isfinite(delta).all():
+            raise ValueError("item_appeal must be finite")
+        mask = np.zeros(self.num_users, dtype=np.bool_)
+        mask[users] = True
+        self._shift_users, self._shift_items = mask, delta
+
+    def _apply_shift(self, users: IntArray, items: IntArray, view: SlateView) -> SlateView:
+        if self._shift_users is None or self._shift_items is None:
+            return view
+        shifted = self._shift_users[users]
+        if shifted.any():
+            view.appeal[shifted] += np.take(self._shift_items, items[shifted])
+        return view
+
     # -- side-effect-free views of the hidden model (evaluation, oracles, tests) ------------
 
     def slate_view(self, user_idx: npt.ArrayLike, slates: npt.ArrayLike) -> SlateView:
         """Hidden click appeal ``[B, S]`` and its pieces (item memory, satiation), no change."""
         users, items = self._validated(user_idx, slates)
-        return self.user_model.slate_view(self._state.take(users), items)
+        return self._apply_shift(
+            users, items, self.user_model.slate_view(self._state.take(users), items)
+        )
 
     def appeal(self, user_idx: npt.ArrayLike, slates: npt.ArrayLike) -> FloatArray:
         """Hidden click appeal ``[B, S]`` of each user for each slotted item (no state change)."""
@@ -289,7 +322,7 @@ class SlateEnv:
         session = state.session.copy()
         session_step = state.session_step.copy()
 
-        view = self.user_model.slate_view(state, items)
+        view = self._apply_shift(users, items, self.user_model.slate_view(state, items))
         probs = self.choice_model.probabilities(view.appeal)
         choice = self.choice_model.sample(probs, self._rng)
         resp = self.user_model.respond_and_update(state, users, items, choice, view, self._rng)

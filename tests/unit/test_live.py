@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from recsys.features import EventFold, FeatureSpec
-from recsys.live import _COUNTED, _StateWatcher
+from recsys.live import COUNTED, StateWatcher
 from recsys.store import InMemoryUserStateStore
 from recsys.types import EventType, FeedbackEvent, ImpressionEvent, SlateItem
 
@@ -20,7 +20,7 @@ def _fold() -> EventFold:
 
 
 def _expected(**counts: float) -> np.ndarray:
-    return np.array([counts.get(name, 0.0) for name, _ in _COUNTED])
+    return np.array([counts.get(name, 0.0) for name, _ in COUNTED])
 
 
 def test_the_watcher_waits_for_every_signal_not_just_the_click() -> None:
@@ -34,7 +34,7 @@ def test_the_watcher_waits_for_every_signal_not_just_the_click() -> None:
     state = fold.codec.empty(1)
     fold.fold_events(state, [0, 0], [impression, click])
     store.commit({"u": fold.codec.encode(state)[0]}, {"f:0": 2}, "c")
-    watcher = _StateWatcher(store, fold.codec, timeout_s=0.1)
+    watcher = StateWatcher(store, fold.codec, timeout_s=0.1)
     want = _expected(steps=1, clicks=1, dwell_s=42.5)
     with pytest.raises(TimeoutError, match=r"dwell_s 42\.5.*dwell_s 0"):
         watcher.wait("u", want)
@@ -47,6 +47,6 @@ def test_the_watcher_waits_for_every_signal_not_just_the_click() -> None:
 
 def test_an_unknown_user_is_not_visible() -> None:
     fold = _fold()
-    watcher = _StateWatcher(InMemoryUserStateStore(), fold.codec, timeout_s=0.05)
+    watcher = StateWatcher(InMemoryUserStateStore(), fold.codec, timeout_s=0.05)
     with pytest.raises(TimeoutError, match="user nobody"):
         watcher.wait("nobody", _expected(steps=1))
