@@ -1,19 +1,23 @@
 """Adaptation to a preference shift over HTTP: ``python benchmarks/adaptation.py``.
 
 A segment of simulated users is driven through the running service (:mod:`recsys.adaptation`);
-after ``before_events`` feedback events its taste turns against long-form items. Three runs on
-fresh embedded stacks, same users, same seeds, the published SlateQ (``policy_experiments.py
---publish``) serving with Boltzmann exploration (Plackett-Luce over its item scores at
-``TEMPERATURE``, exact propensities):
+after ``before_events`` feedback events its taste turns against long-form items. Runs on fresh
+embedded stacks, the same users and seed within a segment, the published SlateQ
+(``policy_experiments.py --publish``) serving with Boltzmann exploration (Plackett-Luce over
+its item scores at ``TEMPERATURE``, exact propensities) unless said otherwise:
 
 - ``off``: no online learning; the starting version serves throughout.
 - ``on``: the joiner, the learner loop and the promotion gate (:data:`GATES`), hot reload of
   promoted versions, every ``learn_every_events`` feedback events.
 - ``on_default_gate``: the same with the gate's default rule (SNIIPS and position DR, margin 0,
   no weight clipping): what that rule lets through on this much traffic.
+- ``on_epsilon``: the same as ``on`` with the checkpoint's own near-greedy sampler serving
+  (epsilon 0.1): what the gate can judge without broad exploration.
+
+The first segment runs all four, the second ``off`` and ``on``.
 
 Settings were chosen on other users (population 9000-9199, seed 0) than the ones reported
-(``USERS_FROM``, seed 1).
+(segments of ``--users`` from ``USERS_FROM``, seeds 1, 2, ...).
 
 Writes ``benchmarks/results/adaptation.json`` and ``docs/img/adaptation.png``.
 """
@@ -26,6 +30,7 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from recsys.adaptation import AdaptationConfig, Experiment, run_adaptation
+from recsys.adaptation import AdaptationConfig, AdaptationRun, Experiment, run_adaptation
 from recsys.artifacts import latest_version
 from recsys.candidates.persistence import RETRIEVAL_ARTIFACT
 from recsys.config import ArtifactSettings, Settings
@@ -81,6 +86,10 @@ GATES = {
         n_bootstrap=200, exploration="boltzmann", temperature=TEMPERATURE
     ),
 }
+#: ``on_epsilon`` serves with the checkpoint's own sampler (epsilon-greedy 0.1 around its
+#: best slate) and gates each candidate as it would serve with its own sampler.
+GATES["on_epsilon"] = replace(GATES["on"], exploration=None)
+POLICY_SAMPLER = ("on_epsilon",)
 
 
 def prepare_root(source: Path, work: Path) -> Path:
@@ -139,15 +148,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run_segment(
-    cfg: AdaptationConfig, names: list[str], source: Path, work: Path, console: Console
-) -> dict[str, Any]:
-    """The runs ``names`` for one segment, each on a fresh stack and artifact root."""
-    runs: dict[str, Any] = {}
-    for name in names:
-        run_work = work / name
-        root = prepare_root(source, run_work)
-        settings = Settings(artifacts=ArtifactSettings(root=root))
+def _one_run(
+    cfg: AdaptationConfig, name: str, source: Path, run_work: Path, console: Console
+) -> AdaptationRun:
+    """One run on a fresh stack and artifact root."""
+    root = prepare_root(source, run_work)
+    settings = Settings(artifacts=ArtifactSettings(root=root))
+    if name not in POLICY_SAMPLER:
         settings = settings.model_copy(
             update={
                 "policy": settings.policy.model_copy(
@@ -155,32 +162,52 @@ def run_segment(
                 )
             }
         )
-        config = catalog_config(documented_config("slateq"), settings.catalog)
-        live = LiveEvaluation(
-            settings, config, users=2, max_steps=1, seed=0, concurrency=8, console=console
+    config = catalog_config(documented_config("slateq"), settings.catalog)
+    live = LiveEvaluation(
+        settings, config, users=2, max_steps=1, seed=0, concurrency=8, console=console
+    )
+    console.print(f"[bold]{time.strftime('%H:%M:%S')}[/] users {cfg.users[0]}+: {name}")
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"{name}: feedback events", total=None)
+        experiment = Experiment(
+            live.world,
+            live.env,
+            live.fold,
+            cfg,
+            slate_size=live.sim_settings.slate_size,
+            num_candidates=live.sim_settings.num_candidates,
+            online=ONLINE,
+            gate=GATES.get(name, GATES["on"]),
         )
-        console.print(f"[bold]{time.strftime('%H:%M:%S')}[/] users {cfg.users[0]}+: {name}")
-        with Progress(console=console) as bar:
-            task = bar.add_task(f"{name}: feedback events", total=None)
-            experiment = Experiment(
-                live.world,
-                live.env,
-                live.fold,
-                cfg,
-                slate_size=live.sim_settings.slate_size,
-                num_candidates=live.sim_settings.num_candidates,
-                online=ONLINE,
-                gate=GATES.get(name, GATES["on"]),
-            )
-            run = run_adaptation(
-                settings,
-                experiment,
-                learning=name != "off",
-                work=run_work,
-                progress=lambda k, t=task: bar.advance(t, k),
-            )
+        return run_adaptation(
+            settings,
+            experiment,
+            learning=name != "off",
+            work=run_work,
+            progress=lambda k: bar.advance(task, k),
+        )
+
+
+def run_segment(
+    cfg: AdaptationConfig, names: list[str], source: Path, work: Path, console: Console
+) -> dict[str, Any]:
+    """The runs ``names`` for one segment, each on a fresh stack and artifact root."""
+    runs: dict[str, Any] = {}
+    for name in names:
+        failures: list[str] = []
+        while True:
+            try:
+                run = _one_run(cfg, name, source, work / name, console)
+                break
+            except Exception as exc:  # a stack that failed to start (a port race in Ray's
+                # HAProxy ingress was seen once): one fresh attempt, the failure recorded
+                if failures:
+                    raise
+                failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+                console.print(f"[red]{name} failed ({failures[-1][:120]}); once more[/]")
         s = run.summary()
         s["shift_event"] = next(r.events_before for r in run.rounds if r.shifted)
+        s["failed_attempts"] = failures
         runs[name] = s
         console.print(
             f"{name}: before {s['before']['click_rate']:.3f}, last window "
@@ -200,7 +227,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--runs", default="off,on", help="runs per segment (off, on, on_default_gate)"
     )
     parser.add_argument(
-        "--first-segment-runs", default="on_default_gate", help="extra runs, first segment only"
+        "--first-segment-runs",
+        default="on_default_gate,on_epsilon",
+        help="extra runs, first segment only",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--png", type=Path, default=PNG)

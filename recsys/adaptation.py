@@ -55,6 +55,7 @@ from recsys.policy.gate import GateConfig
 from recsys.policy.online import OnlineConfig
 from recsys.protocols import UserStateStore
 from recsys.simulator.env import SlateEnv
+from recsys.stream.joined_dataset import JoinedDataset
 from recsys.types import FloatArray
 
 
@@ -279,6 +280,30 @@ def drive_segment(
     return rounds
 
 
+def greedy_long_share(
+    checkpoint: Path, dataset: JoinedDataset, long: npt.NDArray[np.bool_]
+) -> float:
+    """Share of long items in ``checkpoint``'s own best slates for the requests of the newest
+    joined segment: what the learner learnt, whether or not the gate lets it serve."""
+    import pyarrow.parquet as pq
+
+    from recsys.data.logged import LoggedFeedback
+    from recsys.policy.training.checkpoint import load_policy_checkpoint
+
+    newest = dataset.segments()[-1]
+    logs = LoggedFeedback.from_table(pq.read_table(newest.path, filesystem=dataset.fs))
+    assert logs.candidate_ids is not None
+    _, first = np.unique(logs.request_id, return_index=True)
+    candidates = logs.candidate_ids[first]
+    ckpt = load_policy_checkpoint(checkpoint)
+    if ckpt.features is None:
+        return float("nan")
+    obs = ckpt.features.obs(logs.user_features[first], candidates)
+    act = ckpt.policy.act(obs, ckpt.slate_size, np.random.default_rng(0), explore=False)
+    items = np.take_along_axis(candidates, np.asarray(act.slates), axis=1)
+    return float(long[items].mean())
+
+
 def adaptation_settings(settings: Settings, admin_key: str) -> Settings:
     """The service as the experiment runs it: replicas look for new versions every half
     second, and the driver may read which version they serve (an admin key of its own)."""
@@ -412,6 +437,9 @@ def adapt_on_service(
                         for k, c in decision.comparisons.items()
                     }
                     report["reasons"] = list(decision.reasons)
+                    report["candidate_greedy_long_share"] = greedy_long_share(
+                        decision.candidate, loop.dataset, long
+                    )
                 if report["promoted"]:
                     report["reload_s"] = wait_for_version(
                         url, admin_key, arm, loop.stats.model_version

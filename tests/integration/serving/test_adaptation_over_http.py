@@ -139,5 +139,9 @@ def test_with_learning_each_barrier_learns_gates_and_serves_the_promoted_version
     for i, b in barriers:
         if b["promoted"] and i + 1 < len(rounds):
             assert rounds[i + 1]["versions"] == [f"slateq@{b['model_version']}"], (i, b)
+    # What each candidate learnt, gated or not: its own best slates on the newest rows.
+    gated = [b for _, b in barriers if "gate" in b]
+    assert gated
+    assert all(0.0 <= b["candidate_greedy_long_share"] <= 1.0 for b in gated)
     served = {v for r in rounds for v in r["versions"]}
     assert len(served) >= 2
