@@ -185,10 +185,12 @@ class _Clients:
         body: dict[str, Any] = resp.json()
         return body
 
-    def feedback(self, payload: dict[str, Any]) -> None:
-        resp = self.http.post("/feedback", json=payload)
-        if resp.status_code != 202:
-            raise RuntimeError(f"POST /feedback: HTTP {resp.status_code} {resp.text[:300]}")
+    def feedback_all(self, payloads: list[dict[str, Any]]) -> None:
+        """Post one user's signals one after the other."""
+        for payload in payloads:
+            resp = self.http.post("/feedback", json=payload)
+            if resp.status_code != 202:
+                raise RuntimeError(f"POST /feedback: HTTP {resp.status_code} {resp.text[:300]}")
 
 
 def drive_segment(
@@ -247,14 +249,16 @@ def drive_segment(
             result = env.step(rows, slates, check=True)
             impressions += n
             posted[:, 0] += 1
-            posts: list[dict[str, Any]] = []
+            # Each user's signals in order (click, dwell, ...), as one client would send them;
+            # users in parallel.
+            per_user: list[list[dict[str, Any]]] = []
             for b in range(n):
-                for payload, k, amount in feedback_posts(
-                    result, b, bodies[b]["request_id"], ids[b]
-                ):
-                    posts.append(payload)
+                mine = feedback_posts(result, b, bodies[b]["request_id"], ids[b])
+                for _, k, amount in mine:
                     posted[b, k] += amount
-            list(clients.pool.map(clients.feedback, posts))
+                per_user.append([payload for payload, _, _ in mine])
+            list(clients.pool.map(clients.feedback_all, per_user))
+            posts = [payload for mine in per_user for payload in mine]
             clicks = int((result.observable.click_position >= 0).sum())
             rounds.append(
                 Round(

@@ -90,12 +90,15 @@ _VALUE_HEADS = re.compile(
 )
 
 
-def publish_negated(candidate: Path, staging: Path) -> Path:
+def publish_negated(candidate: Path, staging: Path, scale: float = 1.0) -> Path:
     """A deliberately degraded copy of a SlateQ candidate: the output layers of every value
-    head negated, so it ranks by minus its item values (it serves what it believes worst)."""
+    head multiplied by ``-scale``, so it ranks by minus its item values (it serves what it
+    believes worst; a ``scale`` above 1 sharpens that under Boltzmann exploration)."""
     ckpt = load_policy_checkpoint(candidate)
     weights = ckpt.policy.weights()
-    ckpt.policy.load_weights({k: -v if _VALUE_HEADS.match(k) else v for k, v in weights.items()})
+    ckpt.policy.load_weights(
+        {k: -scale * v if _VALUE_HEADS.match(k) else v for k, v in weights.items()}
+    )
     assert ckpt.features is not None
     return save_policy_checkpoint(
         staging,
