@@ -38,8 +38,14 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from recsys.adaptation import AdaptationConfig, AdaptationRun, Experiment, run_adaptation
-from recsys.artifacts import latest_version
+from recsys.adaptation import (
+    AdaptationConfig,
+    AdaptationRun,
+    Experiment,
+    boltzmann_gate,
+    run_adaptation,
+)
+from recsys.artifacts import copy_newest
 from recsys.candidates.persistence import RETRIEVAL_ARTIFACT
 from recsys.config import ArtifactSettings, Settings
 from recsys.live import LiveEvaluation
@@ -47,6 +53,7 @@ from recsys.pipeline import catalog_config
 from recsys.policy.gate import GateConfig
 from recsys.policy.online import OnlineConfig
 from recsys.policy.training.config import documented_config
+from recsys.types import ArtifactError
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "adaptation.json"
@@ -70,18 +77,9 @@ ONLINE = OnlineConfig(
     batch_size=128,
     update_reward_model=False,
 )
-#: SNIIPS with weights clipped at 20 (variance for a bias toward serving), a margin of 0.25
-#: learned-reward units (serving's value is about 1.5 per slate). Position DR is left out: on
-#: these logs its intervals were about ten times as wide as SNIIPS's, so it refused everything.
+#: The gate of ``on`` (:func:`recsys.adaptation.boltzmann_gate`), the default rule beside it.
 GATES = {
-    "on": GateConfig(
-        margin=0.25,
-        estimators=("sniips",),
-        max_weight=20.0,
-        n_bootstrap=200,
-        exploration="boltzmann",
-        temperature=TEMPERATURE,
-    ),
+    "on": boltzmann_gate(TEMPERATURE),
     "on_default_gate": GateConfig(
         n_bootstrap=200, exploration="boltzmann", temperature=TEMPERATURE
     ),
@@ -94,19 +92,14 @@ POLICY_SAMPLER = ("on_epsilon",)
 
 def prepare_root(source: Path, work: Path) -> Path:
     """A fresh artifact root holding the newest retrieval and policy-slateq of ``source``."""
-    root = work / "artifacts"
     if work.exists():
         shutil.rmtree(work)
-    for name in (RETRIEVAL_ARTIFACT, "policy-slateq"):
-        try:
-            src = latest_version(source, name)
-        except Exception as exc:
-            raise SystemExit(
-                f"{source} has no {name}: run `python benchmarks/policy_experiments.py "
-                f"--publish {source}` first ({exc})"
-            ) from None
-        shutil.copytree(src, root / name / src.name)
-    return root
+    try:
+        return copy_newest(source, work / "artifacts", (RETRIEVAL_ARTIFACT, "policy-slateq"))
+    except ArtifactError as exc:
+        raise SystemExit(
+            f"{exc}: run `python benchmarks/policy_experiments.py --publish {source}` first"
+        ) from None
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -169,16 +162,7 @@ def _one_run(
     console.print(f"[bold]{time.strftime('%H:%M:%S')}[/] users {cfg.users[0]}+: {name}")
     with Progress(console=console) as bar:
         task = bar.add_task(f"{name}: feedback events", total=None)
-        experiment = Experiment(
-            live.world,
-            live.env,
-            live.fold,
-            cfg,
-            slate_size=live.sim_settings.slate_size,
-            num_candidates=live.sim_settings.num_candidates,
-            online=ONLINE,
-            gate=GATES.get(name, GATES["on"]),
-        )
+        experiment = Experiment.served(live, cfg, ONLINE, GATES.get(name, GATES["on"]))
         return run_adaptation(
             settings,
             experiment,
@@ -195,16 +179,13 @@ def run_segment(
     runs: dict[str, Any] = {}
     for name in names:
         failures: list[str] = []
-        while True:
-            try:
-                run = _one_run(cfg, name, source, work / name, console)
-                break
-            except Exception as exc:  # a stack that failed to start (a port race in Ray's
-                # HAProxy ingress was seen once): one fresh attempt, the failure recorded
-                if failures:
-                    raise
-                failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
-                console.print(f"[red]{name} failed ({failures[-1][:120]}); once more[/]")
+        try:
+            run = _one_run(cfg, name, source, work / name, console)
+        except Exception as exc:  # a stack that failed to start (a port race in Ray's HAProxy
+            # ingress was seen once): one fresh attempt, the failure recorded
+            failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+            console.print(f"[red]{name} failed ({failures[-1][:120]}); once more[/]")
+            run = _one_run(cfg, name, source, work / name, console)
         s = run.summary()
         s["shift_event"] = next(r.events_before for r in run.rounds if r.shifted)
         s["failed_attempts"] = failures

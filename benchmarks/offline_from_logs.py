@@ -51,7 +51,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from recsys.artifacts import latest_version
+from recsys.artifacts import copy_newest, latest_version
 from recsys.candidates.persistence import RETRIEVAL_ARTIFACT
 from recsys.config import ArtifactSettings, PolicySettings, Settings
 from recsys.data.logged import read_logged_feedback, write_logged_feedback
@@ -71,6 +71,7 @@ from recsys.policy.training.from_logs import heldout_users
 from recsys.served_logs import ServedLogs, drive_and_join
 from recsys.services import StopSignals, embedded_settings, start_loop
 from recsys.serving.policies import ServedPolicy, load_served_policy
+from recsys.types import ArtifactError
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "offline_from_logs.json"
@@ -123,19 +124,14 @@ def prepare_root(source: Path, work: Path) -> Path:
     """A fresh artifact root under ``work`` holding only the newest retrieval and
     ``policy-<BASE_NAME>`` of ``source``: what the service serves, and nothing it could
     confuse with the policy trained here."""
-    root = work / "artifacts"
     if work.exists():
         shutil.rmtree(work)
-    for name in (RETRIEVAL_ARTIFACT, f"policy-{BASE_NAME}"):
-        try:
-            src = latest_version(source, name)
-        except Exception as exc:
-            raise SystemExit(
-                f"{source} has no {name}: run `python benchmarks/policy_experiments.py "
-                f"--publish {source}` first ({exc})"
-            ) from None
-        shutil.copytree(src, root / name / src.name)
-    return root
+    try:
+        return copy_newest(source, work / "artifacts", (RETRIEVAL_ARTIFACT, f"policy-{BASE_NAME}"))
+    except ArtifactError as exc:
+        raise SystemExit(
+            f"{exc}: run `python benchmarks/policy_experiments.py --publish {source}` first"
+        ) from None
 
 
 def serve_and_log(

@@ -50,7 +50,7 @@ from pydantic import SecretStr
 from recsys.config import Settings
 from recsys.data.synthetic import SyntheticWorld
 from recsys.features import EventFold
-from recsys.live import COUNTED, StateWatcher, feedback_posts
+from recsys.live import COUNTED, LiveEvaluation, StateWatcher, feedback_posts
 from recsys.policy.gate import GateConfig
 from recsys.policy.online import OnlineConfig
 from recsys.protocols import UserStateStore
@@ -221,15 +221,14 @@ def drive_segment(
     clients = _Clients(base_url, config.concurrency)
     try:
         while shifted_at is None or events - shifted_at < config.after_events:
-            if shifted_at is None and len(rounds) >= config.warmup_rounds:
-                measured = (
-                    events - rounds[config.warmup_rounds].events_before
-                    if len(rounds) > config.warmup_rounds
-                    else 0
-                )
-                if measured >= config.before_events:
-                    env.shift_preferences(rows, shift)
-                    shifted_at = events
+            warm = config.warmup_rounds
+            if (
+                shifted_at is None
+                and len(rounds) > warm
+                and events - rounds[warm].events_before >= config.before_events
+            ):
+                env.shift_preferences(rows, shift)
+                shifted_at = events
             if posted[:, 0].any():
                 list(clients.pool.map(lambda b: watcher.wait(ids[b], posted[b]), range(n)))
             life, session = env.upcoming_sessions(rows)
@@ -258,7 +257,7 @@ def drive_segment(
                     posted[b, k] += amount
                 per_user.append([payload for payload, _, _ in mine])
             list(clients.pool.map(clients.feedback_all, per_user))
-            posts = [payload for mine in per_user for payload in mine]
+            sent = sum(len(mine) for mine in per_user)
             clicks = int((result.observable.click_position >= 0).sum())
             rounds.append(
                 Round(
@@ -266,16 +265,16 @@ def drive_segment(
                     shifted=shifted_at is not None,
                     slates=n,
                     clicks=clicks,
-                    feedback_events=len(posts),
+                    feedback_events=sent,
                     events_before=events,
                     long_share=float(long[slates].mean()),
                     versions=sorted({str(body["model_version"]) for body in bodies}),
                 )
             )
-            events += len(posts)
-            since_barrier += len(posts)
+            events += sent
+            since_barrier += sent
             if progress is not None:
-                progress(len(posts))
+                progress(sent)
             if barrier is not None and since_barrier >= config.learn_every_events:
                 rounds[-1].barrier = barrier(impressions, events)
                 since_barrier = 0
@@ -324,13 +323,14 @@ def wait_for_version(
     base_url: str, admin_key: str, arm: str, version: str, timeout_s: float = 60.0
 ) -> float:
     """Until the replica serving ``arm`` reports ``version``; seconds waited."""
+    from recsys.serving.admin import AdminClient
+
     start = time.monotonic()
-    with httpx.Client(base_url=base_url, timeout=10.0) as http:
+    admin = AdminClient.connect(base_url, admin_key, timeout_s=10.0)
+    try:
         while True:
-            listing = http.get("/admin/policies", headers={"X-API-Key": admin_key}).json()
-            serving = [
-                a.get("serving_version") for a in listing.get("arms", []) if a.get("arm") == arm
-            ]
+            arms = admin.list().get("arms", [])
+            serving = [a.get("serving_version") for a in arms if a.get("arm") == arm]
             if serving and serving[0] == version:
                 return time.monotonic() - start
             if time.monotonic() - start > timeout_s:
@@ -338,6 +338,24 @@ def wait_for_version(
                     f"{arm} still serves {serving} {timeout_s:g}s after {version} was promoted"
                 )
             time.sleep(0.1)
+    finally:
+        admin.close()
+
+
+def boltzmann_gate(temperature: float) -> GateConfig:
+    """A promotion rule that can decide on one experiment's worth of Boltzmann-exploring
+    traffic: item-position SNIPS with weights clipped at 20 (variance traded for a bias toward
+    serving), a margin of 0.25 learned-reward units, the default ESS floor, candidates judged
+    as they would serve at ``temperature``. Position DR is left out: on these logs its
+    intervals were many times as wide as SNIPS's, so it refused everything."""
+    return GateConfig(
+        margin=0.25,
+        estimators=("sniips",),
+        max_weight=20.0,
+        n_bootstrap=200,
+        exploration="boltzmann",
+        temperature=temperature,
+    )
 
 
 @dataclass(frozen=True)
@@ -354,6 +372,22 @@ class Experiment:
     num_candidates: int
     online: OnlineConfig
     gate: GateConfig
+
+    @classmethod
+    def served(
+        cls, live: LiveEvaluation, config: AdaptationConfig, online: OnlineConfig, gate: GateConfig
+    ) -> Experiment:
+        """The world, simulator, event fold and request shape of ``live``'s served stack."""
+        return cls(
+            live.world,
+            live.env,
+            live.fold,
+            config,
+            slate_size=live.sim_settings.slate_size,
+            num_candidates=live.sim_settings.num_candidates,
+            online=online,
+            gate=gate,
+        )
 
 
 def adapt_on_service(

@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,16 @@ def latest_version(root: Path, name: str) -> Path:
     if not versions:
         raise ArtifactError(f"no versions of artifact {name!r} under {root}")
     return versions[-1]
+
+
+def copy_newest(source: Path, root: Path, names: Sequence[str]) -> Path:
+    """A fresh artifact root ``root`` holding only the newest version of each of ``names``
+    under ``source`` (what an experiment serves, and nothing it could confuse with what it
+    trains); raises :class:`ArtifactError` naming the first one ``source`` lacks."""
+    root = Path(root)
+    if root.exists():
+        shutil.rmtree(root)
+    for name in names:
+        src = latest_version(source, name)
+        shutil.copytree(src, root / name / src.name)
+    return root

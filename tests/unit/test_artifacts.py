@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.artifacts import MANIFEST, latest_version, load_artifact, save_artifact
+from recsys.artifacts import MANIFEST, copy_newest, latest_version, load_artifact, save_artifact
 from recsys.types import ArtifactError
 
 
@@ -67,3 +67,18 @@ def test_existing_version_is_never_overwritten(tmp_path: Path) -> None:
     save_artifact(tmp_path, "m", files={"a": b"1"}, version="v1")
     with pytest.raises(ArtifactError, match="already exists"):
         save_artifact(tmp_path, "m", files={"a": b"2"}, version="v1")
+
+
+def test_copy_newest_makes_a_fresh_root_of_only_the_newest_versions(tmp_path: Path) -> None:
+    source, root = tmp_path / "source", tmp_path / "root"
+    for name in ("policy-a", "policy-b", "retrieval"):
+        save_artifact(source, name, files={"x": b"1"}, version="v1")
+        save_artifact(source, name, files={"x": b"2"}, version="v2")
+    (root / "stale").mkdir(parents=True)
+    out = copy_newest(source, root, ["policy-a", "retrieval"])
+    assert out == root
+    assert sorted(p.name for p in root.iterdir()) == ["policy-a", "retrieval"]
+    assert [p.name for p in (root / "policy-a").iterdir()] == ["v2"]
+    assert load_artifact(root / "retrieval" / "v2").version == "v2"
+    with pytest.raises(ArtifactError, match="policy-c"):
+        copy_newest(source, root, ["policy-c"])

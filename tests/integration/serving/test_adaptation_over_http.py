@@ -78,16 +78,7 @@ def _run(
         concurrency=4,
         wait_s=0.5,
     )
-    experiment = Experiment(
-        live.world,
-        live.env,
-        live.fold,
-        cfg,
-        slate_size=live.sim_settings.slate_size,
-        num_candidates=live.sim_settings.num_candidates,
-        online=ONLINE,
-        gate=GATE,
-    )
+    experiment = Experiment.served(live, cfg, ONLINE, GATE)
     with ExitStack() as stack:
         store = start_updater(stack, settings)  # the side app's own topics into its own keys
         deploy_app(settings, f"recsys-{name}", f"/{name}")

@@ -42,11 +42,11 @@ import httpx
 import numpy as np
 import pytest
 
+from recsys.adaptation import boltzmann_gate, long_items
 from recsys.config import AuthSettings, Settings, SimulatorSettings
 from recsys.data.logged import LoggedFeedback
 from recsys.policy.base import SlateSampler
 from recsys.policy.batch import SIGNAL_NAMES
-from recsys.policy.gate import GateConfig
 from recsys.policy.online import OnlineConfig
 from recsys.policy.reward.spec import reward_model_from_tensors
 from recsys.policy.training.checkpoint import load_policy_checkpoint
@@ -67,14 +67,7 @@ APP = "recsys-gate"
 USERS, STEPS = 200, 8
 ON_POLICY_USERS, ON_POLICY_STEPS = 300, 10
 TEMPERATURE = 0.1
-GATE = GateConfig(
-    margin=0.25,
-    estimators=("sniips",),
-    max_weight=20.0,
-    n_bootstrap=200,
-    exploration="boltzmann",
-    temperature=TEMPERATURE,
-)
+GATE = boltzmann_gate(TEMPERATURE)
 
 
 @dataclass(frozen=True)
@@ -126,8 +119,8 @@ def _serve_shifted(
         num_candidates=ckpt.config.num_candidates, slate_size=ckpt.slate_size
     )
     env = SimulatorSpec(settings.catalog, simulator).build_env(num_users=users)
-    lengths = env.world.item_length_s
-    env.shift_preferences(np.arange(users), np.where(lengths > np.median(lengths), -4.0, 0.0))
+    long = long_items(env.world, 0.5)
+    env.shift_preferences(np.arange(users), np.where(long, -4.0, 0.0))
     cfg = RecordingConfig(steps=steps, slate_size=ckpt.slate_size, seed=seed)
     sim = recording_users(env, cfg)
     log = record_sessions(sim, ServedLogger(ckpt), max_steps=steps, seed=seed, one_life=False)
