@@ -55,6 +55,7 @@ from recsys.policy.exploration import (
     plackett_luce_sample,
     plackett_luce_sample_batch,
     slate_log_probability,
+    slot_log_probs_after_prefix,
 )
 from recsys.policy.reward.model import LearnedRewardModel, rank_correlation
 from recsys.policy.slate_optimization import optimize_slates, slate_values
@@ -92,5 +93,6 @@ __all__ = [
     "rank_correlation",
     "slate_log_probability",
     "slate_values",
+    "slot_log_probs_after_prefix",
     "top_k_multiplier",
 ]

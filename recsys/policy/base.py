@@ -27,6 +27,7 @@ from recsys.policy.exploration import (
     greedy_slate_batch,
     plackett_luce_log_propensities_batch,
     plackett_luce_sample_batch,
+    slot_log_probs_after_prefix,
 )
 
 Float64Array = npt.NDArray[np.float64]
@@ -174,6 +175,33 @@ class SlateSampler:
         eps = self.epsilon if explore and self.kind == "epsilon" else 0.0
         return epsilon_greedy_log_propensities_batch(
             scores, idx, eps, mask=mask, is_ad=ads, max_ads=cap, min_ads=floor
+        )
+
+    def slot_log_propensities(
+        self,
+        scores: npt.ArrayLike,
+        obs: SlateObs,
+        prefixes: npt.ArrayLike,
+        picks: npt.ArrayLike,
+        slate_size: int,
+    ) -> Float64Array:
+        """Exact ``log P(picks | prefixes)`` ``[B]`` at the slot after the ``[B, k]``
+        prefixes, exploring: the Rao-Blackwellised marginals of off-policy evaluation
+        average it over sampled prefixes
+        (:func:`~recsys.policy.exploration.slot_log_probs_after_prefix`)."""
+        boltzmann = self.kind == "boltzmann"
+        return slot_log_probs_after_prefix(
+            scores,
+            prefixes,
+            picks,
+            slate_size,
+            kind="boltzmann" if boltzmann else "epsilon",
+            epsilon=self.epsilon if self.kind == "epsilon" else 0.0,
+            temperature=self.temperature,
+            mask=obs.candidate_mask,
+            is_ad=obs.is_ad,
+            max_ads=self.max_ads,
+            min_ads=self.min_ads,
         )
 
 

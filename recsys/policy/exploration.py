@@ -17,6 +17,7 @@ of off-policy evaluation). The single-row functions are the serving baseline's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -469,3 +470,70 @@ def greedy_slate_batch(
         min_ads=min_ads,
     )
     return slates
+
+
+def _available_after(
+    valid: BoolArray,
+    ads: BoolArray,
+    prefixes: npt.ArrayLike,
+    slate_size: int,
+    max_ads: int | None,
+    min_ads: int,
+) -> BoolArray:
+    """What slot ``k`` may hold after the prefixes ``[B, k]`` of a slate of ``slate_size``:
+    exactly the availability the walk of :func:`_walk_log_probs` reaches at that slot."""
+    check_ad_load(max_ads, min_ads)
+    prefix = np.asarray(prefixes)
+    if prefix.ndim != 2 or prefix.shape[0] != valid.shape[0]:
+        raise ValueError(f"prefixes must be [B, k] with B={valid.shape[0]}, got {prefix.shape}")
+    if prefix.size and prefix.dtype.kind not in "iu":
+        raise ValueError(f"prefixes must hold integers, got dtype {prefix.dtype}")
+    prefix = prefix.astype(np.int64)
+    if prefix.size and (prefix.min() < 0 or prefix.max() >= valid.shape[1]):
+        raise ValueError(f"prefixes must index candidates in [0, {valid.shape[1]})")
+    if not 0 <= prefix.shape[1] < slate_size:
+        raise ValueError(f"a prefix of {prefix.shape[1]} slots leaves no slot of {slate_size}")
+    rows = np.arange(valid.shape[0])[:, None]
+    taken = np.zeros(valid.shape, dtype=np.bool_)
+    taken[rows, prefix] = True
+    ads_used = ads[rows, prefix].sum(axis=1).astype(np.int64)
+    floor = _ads_floor(valid, ads, min_ads)
+    return _available(valid, taken, ads, ads_used, max_ads, floor, slate_size - prefix.shape[1])
+
+
+def slot_log_probs_after_prefix(
+    scores: npt.ArrayLike,
+    prefixes: npt.ArrayLike,
+    picks: npt.ArrayLike,
+    slate_size: int,
+    *,
+    kind: Literal["epsilon", "boltzmann"],
+    epsilon: float = 0.0,
+    temperature: float = 1.0,
+    mask: BoolArray | None = None,
+    is_ad: BoolArray | None = None,
+    max_ads: int | None = None,
+    min_ads: int = 0,
+) -> Float64Array:
+    """Exact ``log P(picks | prefixes)`` ``[B]`` at slot ``k`` of a ``slate_size`` slate,
+    after the given first ``k`` slots ``[B, k]``, under epsilon-greedy or Plackett-Luce with
+    the ad load (``-inf`` where the pick is not available there).
+
+    Averaged over prefixes sampled from the policy, this is the Rao-Blackwellised Monte Carlo
+    estimate of the marginal ``P(item @ k)`` that the item-position estimators divide by. It
+    stays positive for every item the policy can put there, where a frequency of sampled
+    slates is 0 for most rarely explored items: a logger's marginal then has to be floored,
+    and the weight of a logged exploratory item is off by orders of magnitude.
+    """
+    if kind == "epsilon" and not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+    if kind not in ("epsilon", "boltzmann"):
+        raise ValueError(f"kind must be epsilon or boltzmann, got {kind!r}")
+    s, valid, ads = _batch_scores(scores, 1, mask, is_ad, None)
+    avail = _available_after(valid, ads, prefixes, slate_size, max_ads, min_ads)
+    pick = np.asarray(picks, dtype=np.int64)
+    if pick.shape != (s.shape[0],):
+        raise ValueError(f"picks must be [B] with B={s.shape[0]}, got {pick.shape}")
+    if kind == "boltzmann":
+        return _slot_log_prob_pl(_scaled_logits_batch(s, valid, temperature), avail, pick)
+    return _slot_log_prob_eps(s, avail, pick, epsilon)[0]

@@ -25,9 +25,12 @@ loops only over chunks, slots and Monte Carlo batches, never over rows):
   the propensities when the policy acted) and the marginals by Monte Carlo over ``M`` sampled
   slates per request, Rao-Blackwellised where the rule allows: for Plackett-Luce
   ``P(a_k @ k | sampled prefix)`` is a softmax share (:func:`~recsys.policy.evaluation.ope.
-  plackett_luce_target`); for epsilon-greedy it is ``(1 - eps) [a_k is the best item left] +
-  eps / (items left)``; uniform and greedy marginals are exact; with an ads cap (availability
-  then depends on the prefix's ads) they are plain frequencies. Every estimate is unbiased,
+  plackett_luce_target`); for epsilon-greedy, and for either under an ad load (availability
+  then depends on the prefix's ads), it is the sampler's own conditional of the logged item
+  after each sampled prefix (:meth:`~recsys.policy.base.SlateSampler.slot_log_propensities`:
+  ``(1 - eps) [a_k is the best item left] + eps / (items left)`` for epsilon-greedy), never 0
+  where the policy can put the item; uniform and greedy marginals are exact. Every estimate
+  is unbiased,
   so ``iips`` and ``position_dr`` stay unbiased. With a :class:`CrossFittedRewardModel` it
   also returns direct-method predictions (``dm``, and DR's control variate).
 """
@@ -355,11 +358,12 @@ def _chunks(requests: LoggedRequests, per_chunk: int) -> Iterator[_Chunk]:
         )
 
 
-def _repeat_obs(obs: SlateObs, times: int) -> SlateObs:
-    """Each request ``times`` times, without item features (the sampler does not read them)."""
-    mask = None if obs.candidate_mask is None else np.repeat(obs.candidate_mask, times, axis=0)
-    ads = None if obs.is_ad is None else np.repeat(obs.is_ad, times, axis=0)
-    ids = np.repeat(obs.candidate_ids, times, axis=0)
+def _obs_rows(obs: SlateObs, rows: IntArray) -> SlateObs:
+    """The requests ``rows`` (repeats allowed), without item features (the sampler does not
+    read them)."""
+    mask = None if obs.candidate_mask is None else obs.candidate_mask[rows]
+    ads = None if obs.is_ad is None else obs.is_ad[rows]
+    ids = obs.candidate_ids[rows]
     return SlateObs(
         user_features=np.zeros((ids.shape[0], 0), dtype=np.float32),
         item_features=np.zeros((*ids.shape, 0), dtype=np.float32),
@@ -369,7 +373,7 @@ def _repeat_obs(obs: SlateObs, times: int) -> SlateObs:
     )
 
 
-_MarginalMethod = Literal["exact", "plackett_luce", "epsilon_rb", "indicator"]
+_MarginalMethod = Literal["exact", "plackett_luce", "prefix"]
 
 
 def _marginal_method(sampler: SlateSampler) -> _MarginalMethod:
@@ -377,10 +381,10 @@ def _marginal_method(sampler: SlateSampler) -> _MarginalMethod:
     if sampler.kind == "greedy":
         return "exact"
     if sampler.max_ads is not None or sampler.min_ads > 0:
-        return "indicator"  # an ad cap or floor makes availability depend on the prefix
+        return "prefix"  # an ad cap or floor makes availability depend on the prefix's ads
     if sampler.kind == "boltzmann":
         return "plackett_luce"
-    return "exact" if sampler.epsilon in (0.0, 1.0) else "epsilon_rb"
+    return "exact" if sampler.epsilon in (0.0, 1.0) else "prefix"
 
 
 def target_propensities(
@@ -514,46 +518,44 @@ def _chunk_marginals(
         return est.position_propensity, est.position_propensity_stderr, eq
 
     b = ch.b - ch.a
-    sampled = sampler.sample(
-        np.repeat(scores, n_samples, axis=0), _repeat_obs(obs, n_samples), s_max, rng
-    ).slates.reshape(b, n_samples, s_max)
+    repeated = np.repeat(np.arange(b), n_samples)
+    sampled = sampler.sample(scores[repeated], _obs_rows(obs, repeated), s_max, rng).slates.reshape(
+        b, n_samples, s_max
+    )
     at_k = sampled[ch.local, :, ch.position]  # [r, M]: what the target put at each row's slot
     eq = None if q is None else q[ch.local[:, None], at_k, ch.position[:, None]].mean(axis=1)
-    if method == "indicator":
-        vals = (at_k == ch.column[:, None]).astype(np.float64)
-    else:
-        vals = _epsilon_rb(sampler.epsilon, scores, valid, n_valid, sampled, ch)
+    vals = _prefix_conditionals(sampler, scores, obs, sampled, ch)
     err = vals.std(axis=1, ddof=1) / math.sqrt(n_samples)
     return vals.mean(axis=1), err, eq
 
 
-def _epsilon_rb(
-    epsilon: float,
+def _prefix_conditionals(
+    sampler: SlateSampler,
     scores: Float64Array,
-    valid: npt.NDArray[np.bool_],
-    n_valid: IntArray,
+    obs: SlateObs,
     sampled: IntArray,
     ch: _Chunk,
 ) -> Float64Array:
-    """``P(a_k @ k | sampled prefix)`` ``[r, M]`` under epsilon-greedy (no ads cap).
-
-    Given the prefix, slot ``k`` takes the best item left w.p. ``1 - eps`` and a uniform one
-    among the ``n_valid - k`` left w.p. ``eps``. The logged item is the best one left exactly
-    when every valid item ranked above it is in the prefix; ranks break ties toward the lower
-    candidate index, as the sampler's argmax does.
-    """
-    order = np.argsort(-np.where(valid, scores, -np.inf), axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :], axis=1)
-    prefix = sampled[ch.local]  # [r, M, S]
-    in_prefix_slot = np.arange(prefix.shape[2])[None, None, :] < ch.position[:, None, None]
-    already = ((prefix == ch.column[:, None, None]) & in_prefix_slot).any(axis=2)
-    my_rank = rank[ch.local, ch.column]
-    ranks_above = rank[ch.local[:, None, None], prefix] < my_rank[:, None, None]
-    best_left = (ranks_above & in_prefix_slot).sum(axis=2) == my_rank[:, None]
-    left = (n_valid[ch.local] - ch.position).astype(np.float64)
-    p = (1.0 - epsilon) * best_left + epsilon / left[:, None]
-    out: Float64Array = np.where(already | ~valid[ch.local, ch.column][:, None], 0.0, p)
+    """``P(a_k @ k | sampled prefix)`` ``[r, M]``: each row's logged item at its slot, given
+    the first ``k`` slots of each of the ``M`` sampled slates of its request
+    (:meth:`~recsys.policy.base.SlateSampler.slot_log_propensities`, the sampler's own rule,
+    ad load included). Its mean over the samples is the Rao-Blackwellised marginal: never 0
+    where the sampler can put the item, unlike the frequency of the item in the samples."""
+    n_samples, s_max = sampled.shape[1], sampled.shape[2]
+    out = np.empty((ch.rows.shape[0], n_samples))
+    for k in range(s_max):
+        sel = np.flatnonzero(ch.position == k)
+        if sel.size == 0:
+            continue
+        reqs = np.repeat(ch.local[sel], n_samples)
+        log_p = sampler.slot_log_propensities(
+            scores[reqs],
+            _obs_rows(obs, reqs),
+            sampled[ch.local[sel], :, :k].reshape(sel.size * n_samples, k),
+            np.repeat(ch.column[sel], n_samples),
+            s_max,
+        )
+        out[sel] = np.exp(log_p).reshape(sel.size, n_samples)
     return out
 
 

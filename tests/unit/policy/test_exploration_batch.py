@@ -18,6 +18,7 @@ from recsys.policy import (
     plackett_luce_log_propensities_batch,
     plackett_luce_propensities,
     plackett_luce_sample_batch,
+    slot_log_probs_after_prefix,
 )
 
 SCORES = np.array([[1.2, 0.3, -0.5, 0.9, 0.1], [0.0, 2.0, 1.0, -1.0, 0.5]])
@@ -421,3 +422,40 @@ def test_floor_on_rows_without_ads_changes_nothing(kind: str) -> None:
         outs.append((*out, rng.random()))
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("cap", "floor"), [(None, 0), (2, 2), (None, 3)])
+@pytest.mark.parametrize("kind", ["boltzmann", "epsilon"])
+def test_slot_after_a_prefix_is_the_walks_conditional(
+    kind: str, cap: int | None, floor: int
+) -> None:
+    """At every slot, the conditional after the slate's own prefix is the walk's: the same
+    availability (mask, taken items, ad cap and floor with the slots left)."""
+    p = _ads_problem(5)
+    scores, mask, is_ad = p["scores"], p["mask"], p["is_ad"]
+    kw: dict[str, Any] = {"mask": mask, "is_ad": is_ad, "max_ads": cap, "min_ads": floor}
+    rng = np.random.default_rng(6)
+    if kind == "boltzmann":
+        slates, _, _ = plackett_luce_sample_batch(scores, 4, 0.8, rng, **kw)
+        walk = plackett_luce_log_propensities_batch(scores, slates, 0.8, **kw)
+    else:
+        slates, _, _ = epsilon_greedy_sample_batch(scores, 4, 0.4, rng, **kw)
+        walk = epsilon_greedy_log_propensities_batch(scores, slates, 0.4, **kw)
+    rule: dict[str, Any] = {"kind": kind, "epsilon": 0.4, "temperature": 0.8}
+    for k in range(4):
+        got = slot_log_probs_after_prefix(scores, slates[:, :k], slates[:, k], 4, **rule, **kw)
+        np.testing.assert_allclose(got, walk[:, k], rtol=1e-9)
+    # An item the prefix already holds, or one masked out, gets probability 0.
+    first = slot_log_probs_after_prefix(scores, slates[:, :1], slates[:, 0], 4, **rule, **kw)
+    assert (first == -np.inf).all()
+    items = np.arange(scores.shape[1])
+    for item in items:
+        lp = slot_log_probs_after_prefix(
+            scores, slates[:, :3], np.full(len(scores), item), 4, **rule, **kw
+        )
+        shown = (slates[:, :3] == item).any(axis=1)
+        assert (lp[shown | ~mask[:, item]] == -np.inf).all()
+    with pytest.raises(ValueError, match="leaves no slot"):
+        slot_log_probs_after_prefix(scores, slates, slates[:, 0], 4, **rule, **kw)
+    with pytest.raises(ValueError, match="kind must be"):
+        slot_log_probs_after_prefix(scores, slates[:, :1], slates[:, 1], 4, kind="greedy")  # type: ignore[arg-type]

@@ -198,8 +198,18 @@ def _empirical(
         (SlateSampler("boltzmann", temperature=0.7), False),
         (SlateSampler("greedy"), False),
         (SlateSampler("epsilon", epsilon=0.3, max_ads=1), True),
+        (SlateSampler("epsilon", epsilon=0.3, max_ads=2, min_ads=1), True),
+        (SlateSampler("boltzmann", temperature=0.7, max_ads=1, min_ads=1), True),
     ],
-    ids=["epsilon", "uniform", "plackett_luce", "greedy", "epsilon_ads_cap"],
+    ids=[
+        "epsilon",
+        "uniform",
+        "plackett_luce",
+        "greedy",
+        "epsilon_ads_cap",
+        "epsilon_ad_load",
+        "plackett_luce_ad_load",
+    ],
 )
 def test_propensities_match_the_samplers_distribution(sampler: SlateSampler, ads: bool) -> None:
     rng = np.random.default_rng(0)
@@ -228,8 +238,11 @@ def test_propensities_match_the_samplers_distribution(sampler: SlateSampler, ads
     freq, mean_q = _empirical(target, req, 50_000, q)
     assert tp.position_propensity is not None
     np.testing.assert_allclose(tp.position_propensity, freq, atol=0.02)
-    if not ads:  # Rao-Blackwellised or exact: the top slot's marginal is its conditional
-        np.testing.assert_allclose(tp.position_propensity[k == 0], tp.propensity[k == 0], 1e-6)
+    # Rao-Blackwellised or exact: the top slot's marginal is its conditional, and every
+    # logged item (one the sampler can put there) keeps a positive marginal.
+    np.testing.assert_allclose(tp.position_propensity[k == 0], tp.propensity[k == 0], 1e-6)
+    if sampler.kind != "greedy":
+        assert (tp.position_propensity > 0).all()
     assert tp.reward_predictions is not None
     np.testing.assert_allclose(tp.reward_predictions.logged, q[sid, req.logged_candidate, k])
     np.testing.assert_allclose(tp.reward_predictions.target, mean_q, atol=0.02)
