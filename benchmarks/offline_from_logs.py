@@ -79,7 +79,8 @@ PNG = ROOT / "docs" / "img" / "offline_from_logs.png"
 DOC = ROOT / "docs" / "offline_from_logs.md"
 BEGIN, END = "<!-- offline-logs:begin -->", "<!-- offline-logs:end -->"
 BASE_NAME = "myopic"
-OPE_ESTIMATORS = ("ips", "snips", "dr", "iips", "position_dr")
+OPE_ESTIMATORS = ("ips", "snips", "dr", "iips", "position_dr", "dm")
+ESTIMATOR_COLORS = ("#d62728", "#2ca02c", "#ff7f0e", "#1f77b4", "#8c564b", "#e377c2")
 #: An estimate counts only with at least this importance-weight ESS (the promotion gate's
 #: default ``min_ess``): an interval resting on a handful of slates holds anything.
 MIN_ESS = 50.0
@@ -342,6 +343,10 @@ def must_show(results: Mapping[str, Any]) -> dict[str, Any]:
             for name in OPE_ESTIMATORS
         },
         "ope_new_ess": {name: new_ope[name]["ess"] for name in OPE_ESTIMATORS},
+        # The point estimate inside the on-policy value's own interval.
+        "ope_new_inside_on_policy_ci": {
+            name: new_ope[name]["ope_inside_on_policy_ci"] for name in OPE_ESTIMATORS
+        },
         "ope_control_on_policy_inside_ci": {
             name: control[name]["on_policy_inside_ope_ci"] and control[name]["usable"]
             for name in OPE_ESTIMATORS
@@ -393,13 +398,13 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
         for j, name in enumerate(OPE_ESTIMATORS):
             est = check[name]
             right.errorbar(
-                x + 0.18 * (j + 1), est["value"],
+                x + 0.16 * (j + 1), est["value"],
                 yerr=[[est["value"] - est["ci_low"]], [est["ci_high"] - est["value"]]],
-                fmt="s", color=["#d62728", "#2ca02c", "#ff7f0e", "#1f77b4", "#8c564b"][j],
+                fmt="s", color=ESTIMATOR_COLORS[j],
                 capsize=4,
                 label=f"{name} (held-out logs)" if x == 0 else None,
             )  # fmt: skip
-            right.annotate(f"ESS {est['ess']:.0f}", (x + 0.18 * (j + 1), est["ci_low"]),
+            right.annotate(f"ESS {est['ess']:.0f}", (x + 0.16 * (j + 1), est["ci_low"]),
                            fontsize=7, ha="center", va="top")  # fmt: skip
         ticks.append(x + 0.5)
         tick_labels.append(label)
@@ -414,7 +419,7 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
     right.set_xticks(ticks, tick_labels)
     right.set_ylabel("clicks per slate")
     right.set_title("on-policy vs `recsys evaluate ope` (95% CIs)")
-    right.legend(fontsize=7, loc="best")
+    right.legend(fontsize=7, loc="lower right", ncol=2)
     fig.suptitle(
         f"SlateQ trained only on the service's joined logs ({results['logs']['train_slates']:,} "
         f"slates of an epsilon-{cfg['logger_epsilon']:g} myopic logger)"
@@ -473,13 +478,16 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
         f"- New policy (greedy) minus logger, per user: **{ci_text(d)}** LTV minutes; over the "
         f"greedy myopic base: {ratio_text(b['ratio'])}.",
         "",
-        "Off-policy, `recsys evaluate ope --logs HELDOUT --policy CHECKPOINT` on the held-out "
+        "Off-policy, `recsys evaluate ope --logs HELDOUT --policy CHECKPOINT --logger BASE "
+        "--logger-epsilon 0.3 --choice-model` on the held-out "
         f"logs ({logs['heldout_slates']:,} slates), clicks per slate, against the on-policy "
-        "clicks per slate of the same policy acting with the same sampler:",
+        "clicks per slate of the same policy acting with the same sampler (`dm` and the "
+        "control variate of `dr` and `position_dr`: the cross-fitted choice model among the "
+        "slate's items; `dm`'s interval is sampling error only):",
         "",
         f"| target | on-policy | estimator | estimate [95% CI] | ESS | ESS >= {MIN_ESS:g} "
-        "| on-policy inside CI |",
-        "|---|---|---|---|---|---|---|",
+        "| on-policy inside CI | estimate inside on-policy CI |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for target, label in (
         ("new_served", "new policy, its own sampler (epsilon 0.1)"),
@@ -492,7 +500,8 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {label} | {ratio_text(v, 3)} | {name} | {e['value']:.3f} [{e['ci_low']:.3f}, "
                 f"{e['ci_high']:.3f}] | {e['ess']:.1f} of {logs['heldout_slates']:,} "
-                f"| {e['usable']} | {e['on_policy_inside_ope_ci']} |"
+                f"| {e['usable']} | {e['on_policy_inside_ope_ci']} "
+                f"| {e['ope_inside_on_policy_ci']} |"
             )
     rep = results["ope_logger_reproduction"]
     must = results["must_show"]
@@ -508,7 +517,9 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in must["ope_new_on_policy_inside_ci"].items())
         + " (control: "
         + ", ".join(f"{k} {v}" for k, v in must["ope_control_on_policy_inside_ci"].items())
-        + ").",
+        + "); the estimate inside the on-policy value's CI: "
+        + ", ".join(f"{k} {v}" for k, v in must["ope_new_inside_on_policy_ci"].items())
+        + ".",
     ]
     return "\n".join(lines)
 
@@ -621,10 +632,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     heldout = work / "split" / "heldout.parquet"
     # The logger (its checkpoint, epsilon as served) re-run for the marginal propensities the
-    # item-position estimators need; the command checks it reproduces every logged one.
+    # item-position estimators need; the command checks it reproduces every logged one. The
+    # choice model among the slate's items is DM and DR's control variate.
     common = [
         "--bootstrap", str(cfg.ope_bootstrap), "--samples", str(cfg.ope_samples),
-        "--logger", str(base), "--logger-epsilon", str(cfg.logger_epsilon), "--json",
+        "--logger", str(base), "--logger-epsilon", str(cfg.logger_epsilon), "--choice-model",
+        "--json",
     ]  # fmt: skip
     ope_new = recsys_cli("evaluate", "ope", "--logs", str(heldout), "--policy", str(new), *common)
     ope_control = evaluate_ope_file(
@@ -634,6 +647,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_samples=cfg.ope_samples,
         logger=str(base),
         logger_epsilon=cfg.logger_epsilon,
+        choice_model=True,
     )
     reproduction = reproduce_logger(heldout, base, cfg.logger_epsilon)
     timing["ope"] = time.perf_counter() - t0

@@ -900,6 +900,16 @@ def evaluate_ope(
             "personalised logger).",
         ),
     ] = False,
+    choice_model: Annotated[
+        bool,
+        typer.Option(
+            "--choice-model",
+            help="With a checkpoint --policy and click reward: fit a cross-fitted choice "
+            "model among the slate's items (conditional logit with no click), report DM "
+            "(expected clicks per slate, items competing) and use it as DR's control "
+            "variate.",
+        ),
+    ] = False,
     logger: Annotated[
         str | None,
         typer.Option(
@@ -948,6 +958,7 @@ def evaluate_ope(
             direct_method=direct_method,
             logger=logger,
             logger_epsilon=logger_epsilon,
+            choice_model=choice_model,
         )
     except (ValueError, KeyError, OSError, LoggedFeedbackError, RecsysError) as exc:
         raise _fail(str(exc)) from None

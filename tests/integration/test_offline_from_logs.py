@@ -124,19 +124,34 @@ def test_logs_of_the_served_policy_train_a_policy_that_ope_evaluates(
     new = Path(summary["checkpoint"])
     assert new.parent == root / "staging" / "policy-slateq"
 
-    def ope(policy: Path) -> dict[str, dict[str, float]]:
+    def ope(policy: Path, *extra: str) -> dict[str, dict[str, float]]:
         result = runner.invoke(
             app,
             ["evaluate", "ope", "--logs", str(tmp_path / "joined"), "--policy", str(policy),
-             "--json", "--bootstrap", "50", "--samples", "4"],
+             "--json", "--bootstrap", "50", "--samples", "4", *extra],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        estimates: dict[str, dict[str, float]] = json.loads(result.output)["estimates"]
+        out = json.loads(result.output)
+        estimates: dict[str, dict[str, float]] = out["estimates"]
+        if "--choice-model" in extra:
+            assert out["choice_model"]["clicks"] in ("single", "multi")
+            estimates["choice_model"] = out["choice_model"]
         return estimates
 
     estimates = ope(new)
     assert {"logged", "ips", "snips", "dr"} <= set(estimates)
     assert all(np.isfinite(estimates[e]["value"]) for e in ("ips", "snips", "dr"))
+    # The choice model among the slate's items, fitted on the served log on the new policy's
+    # features: its expected clicks per slate (at most one each under a single-click model).
+    chosen = ope(new, "--choice-model")
+    assert (
+        0.0
+        < chosen["dm"]["value"]
+        <= (1.0 if chosen["choice_model"]["clicks"] == "single" else ckpt.slate_size)
+    )
+    assert chosen["dm"]["ci_low"] <= chosen["dm"]["value"] <= chosen["dm"]["ci_high"]
+    assert chosen["ips"]["value"] == pytest.approx(estimates["ips"]["value"])  # unchanged
+    assert chosen["dr"]["value"] != pytest.approx(estimates["dr"]["value"])  # a new baseline
     own = ope(base)  # the served policy itself: every importance weight is exactly 1
     assert own["ips"]["mean_weight"] == pytest.approx(1.0, abs=1e-6)
     assert own["ips"]["ess"] == pytest.approx(requests)

@@ -21,6 +21,11 @@ from recsys.data.logged import (
     read_logged_feedback_metadata,
 )
 from recsys.policy.batch import SIGNAL_NAMES
+from recsys.policy.evaluation.choice_dm import (
+    CrossFittedChoiceModel,
+    choice_predictions,
+    slot_clicks,
+)
 from recsys.policy.evaluation.ope import evaluate_off_policy, load_target_propensities
 from recsys.policy.evaluation.ope_policies import (
     CheckpointTarget,
@@ -79,6 +84,7 @@ def evaluate_ope_file(
     direct_method: bool = False,
     logger: str | None = None,
     logger_epsilon: float | None = None,
+    choice_model: bool = False,
 ) -> dict[str, Any]:
     """IPS, SNIPS, DR and/or IIPS, position DR of a target policy on a logged-feedback file or
     directory (:func:`~recsys.data.logged.read_logged_feedback`), with bootstrap CIs. The
@@ -116,6 +122,12 @@ def evaluate_ope_file(
     effective sample size collapses; their assumption is that a slot's reward depends on
     (context, item, position) only.
 
+    ``choice_model`` (with a checkpoint ``policy`` and ``click`` reward): a cross-fitted
+    conditional-logit choice model among the slate's items
+    (:class:`~recsys.policy.evaluation.choice_dm.CrossFittedChoiceModel`) gives ``dm``, the
+    target's expected clicks per slate with the items competing for them, and is the DR
+    estimators' control variate (instead of ``direct_method``'s item-position model).
+
     ``reward`` per logged slot: ``click``, ``engagement`` (dwell minutes) or ``learned``
     (``reward_model`` on the row's signals; a checkpoint's own learned reward by default).
     Returns JSON-ready estimates (``recsys.policy.evaluation.ope.evaluate_off_policy``); raises
@@ -124,6 +136,10 @@ def evaluate_ope_file(
     probability 0 everywhere, a logging propensity an estimator needs but the log does not
     know, a log without candidate sets, or a checkpoint from another simulator.
     """
+    if choice_model and (policy is None or direct_method or reward != "click"):
+        raise ValueError(
+            "choice_model needs a checkpoint policy and reward 'click', and replaces direct_method"
+        )
     if logger is None and logger_epsilon is not None:
         raise ValueError("logger_epsilon needs a logger")
     if logger is not None and policy is None:
@@ -194,6 +210,15 @@ def evaluate_ope_file(
                     "no logged action is one it would take, so importance weighting has nothing "
                     "to reweight (IPS is 0 and SNIPS undefined by construction); check the policy"
                 )
+        if choice_model:
+            fitted = CrossFittedChoiceModel.fit(
+                requests, loaded.policy, slot_clicks(requests, logs.click), seed=seed
+            )
+            target = replace(
+                target,
+                reward_predictions=choice_predictions(requests, loaded.policy, fitted, seed=seed),
+            )
+            out["choice_model"] = {"clicks": fitted.clicks, "nll": list(fitted.nll)}
         stderr = target.position_propensity_stderr
         out.update(
             policy=str(loaded.spec),

@@ -80,8 +80,11 @@ __all__ = [
     "RelevanceTarget",
     "TargetPolicy",
     "UniformTarget",
+    "chunks",
     "load_target_policy",
+    "obs_rows",
     "parse_policy_spec",
+    "request_folds",
     "target_propensities",
 ]
 
@@ -285,6 +288,16 @@ class CheckpointTarget:
 # Direct-method model
 
 
+def request_folds(requests: LoggedRequests) -> IntArray:
+    """Each request's cross-fitting half ``[m]`` (0 or 1): alternating over sorted request
+    ids, so it does not depend on the order of the log's rows."""
+    slates = requests.slates
+    rank = np.empty(slates.n_slates, dtype=np.int64)
+    rank[np.argsort(slates.keys, kind="stable")] = np.arange(slates.n_slates)
+    fold: IntArray = rank % 2
+    return fold
+
+
 @dataclass(frozen=True, eq=False)
 class CrossFittedRewardModel:
     """:class:`~recsys.policy.evaluation.ope.ItemPositionMeanModel` fitted on each half of the
@@ -302,9 +315,7 @@ class CrossFittedRewardModel:
     ) -> CrossFittedRewardModel | None:
         """Fit on the log's rows; ``None`` when a half lacks a position (too few requests)."""
         slates = requests.slates
-        rank = np.empty(slates.n_slates, dtype=np.int64)
-        rank[np.argsort(slates.keys, kind="stable")] = np.arange(slates.n_slates)
-        fold = rank % 2
+        fold = request_folds(requests)
         row_fold = fold[slates.slate]
         items = np.asarray(item_id, dtype=np.int64)
         rewards = np.asarray(slot_rewards, dtype=np.float64)
@@ -345,7 +356,7 @@ class _Chunk:
     column: IntArray  # logged candidate column, per row
 
 
-def _chunks(requests: LoggedRequests, per_chunk: int) -> Iterator[_Chunk]:
+def chunks(requests: LoggedRequests, per_chunk: int) -> Iterator[_Chunk]:
     slates = requests.slates
     sid = slates.slate
     by_request = np.argsort(sid, kind="stable")
@@ -358,7 +369,7 @@ def _chunks(requests: LoggedRequests, per_chunk: int) -> Iterator[_Chunk]:
         )
 
 
-def _obs_rows(obs: SlateObs, rows: IntArray) -> SlateObs:
+def obs_rows(obs: SlateObs, rows: IntArray) -> SlateObs:
     """The requests ``rows`` (repeats allowed), without item features (the sampler does not
     read them)."""
     mask = None if obs.candidate_mask is None else obs.candidate_mask[rows]
@@ -419,7 +430,7 @@ def target_propensities(
     logged_q = np.empty(n) if reward_model is not None else None
     target_q = np.empty(n) if reward_model is not None else None
     per_chunk = max(1, chunk_elements // (n_samples * c))
-    for ch in _chunks(requests, per_chunk):
+    for ch in chunks(requests, per_chunk):
         cands = requests.candidate_ids[ch.a : ch.b]
         scores, obs = target.behaviour(requests.user_features[ch.a : ch.b], cands, s_max)
         log_p = sampler.log_propensities(
@@ -519,7 +530,7 @@ def _chunk_marginals(
 
     b = ch.b - ch.a
     repeated = np.repeat(np.arange(b), n_samples)
-    sampled = sampler.sample(scores[repeated], _obs_rows(obs, repeated), s_max, rng).slates.reshape(
+    sampled = sampler.sample(scores[repeated], obs_rows(obs, repeated), s_max, rng).slates.reshape(
         b, n_samples, s_max
     )
     at_k = sampled[ch.local, :, ch.position]  # [r, M]: what the target put at each row's slot
@@ -550,7 +561,7 @@ def _prefix_conditionals(
         reqs = np.repeat(ch.local[sel], n_samples)
         log_p = sampler.slot_log_propensities(
             scores[reqs],
-            _obs_rows(obs, reqs),
+            obs_rows(obs, reqs),
             sampled[ch.local[sel], :, :k].reshape(sel.size * n_samples, k),
             np.repeat(ch.column[sel], n_samples),
             s_max,
