@@ -483,7 +483,8 @@ def render_doc_block(results: Mapping[str, Any]) -> str:
         f"logs ({logs['heldout_slates']:,} slates), clicks per slate, against the on-policy "
         "clicks per slate of the same policy acting with the same sampler (`dm` and the "
         "control variate of `dr` and `position_dr`: the cross-fitted choice model among the "
-        "slate's items; `dm`'s interval is sampling error only):",
+        "slate's items; `dm`'s interval is sampling error only; with `--cluster-by-user` "
+        "the bootstrap resamples the held-out users, not their slates):",
         "",
         f"| target | on-policy | estimator | estimate [95% CI] | ESS | ESS >= {MIN_ESS:g} "
         "| on-policy inside CI | estimate inside on-policy CI |",
@@ -633,11 +634,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     heldout = work / "split" / "heldout.parquet"
     # The logger (its checkpoint, epsilon as served) re-run for the marginal propensities the
     # item-position estimators need; the command checks it reproduces every logged one. The
-    # choice model among the slate's items is DM and DR's control variate.
+    # choice model among the slate's items is DM and DR's control variate. The bootstrap
+    # resamples the 41 held-out users, not their slates.
     common = [
         "--bootstrap", str(cfg.ope_bootstrap), "--samples", str(cfg.ope_samples),
         "--logger", str(base), "--logger-epsilon", str(cfg.logger_epsilon), "--choice-model",
-        "--json",
+        "--cluster-by-user", "--json",
     ]  # fmt: skip
     ope_new = recsys_cli("evaluate", "ope", "--logs", str(heldout), "--policy", str(new), *common)
     ope_control = evaluate_ope_file(
@@ -648,6 +650,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logger=str(base),
         logger_epsilon=cfg.logger_epsilon,
         choice_model=True,
+        cluster_by_user=True,
     )
     reproduction = reproduce_logger(heldout, base, cfg.logger_epsilon)
     timing["ope"] = time.perf_counter() - t0

@@ -910,6 +910,14 @@ def evaluate_ope(
             "variate.",
         ),
     ] = False,
+    cluster_by_user: Annotated[
+        bool,
+        typer.Option(
+            "--cluster-by-user",
+            help="Bootstrap whole users (all their slates together) instead of slates: the "
+            "honest interval when a log holds many correlated slates per user.",
+        ),
+    ] = False,
     logger: Annotated[
         str | None,
         typer.Option(
@@ -959,6 +967,7 @@ def evaluate_ope(
             logger=logger,
             logger_epsilon=logger_epsilon,
             choice_model=choice_model,
+            cluster_by_user=cluster_by_user,
         )
     except (ValueError, KeyError, OSError, LoggedFeedbackError, RecsysError) as exc:
         raise _fail(str(exc)) from None

@@ -826,6 +826,24 @@ def _clip(w: Float64Array, max_weight: float | None) -> tuple[Float64Array, floa
     return clipped, float(over.mean())
 
 
+def _cluster_sums(
+    columns: Float64Array, slates: LoggedSlates, labels: npt.ArrayLike
+) -> Float64Array:
+    """Per-slate ``columns`` summed per cluster (rows in the order of the sorted labels): the
+    units the bootstrap then resamples."""
+    raw = np.asarray(labels)
+    if raw.shape != (slates.n_rows,):
+        raise ValueError(f"clusters must hold one label per row ({slates.n_rows}), got {raw.shape}")
+    _, row_cluster = np.unique(raw, return_inverse=True)
+    first = np.full(slates.n_slates, -1, dtype=np.int64)
+    first[slates.slate[::-1]] = row_cluster[::-1]
+    if np.any(first[slates.slate] != row_cluster):
+        raise ValueError("clusters must give every row of a slate the same label")
+    out = np.zeros((int(row_cluster.max()) + 1, columns.shape[1]))
+    np.add.at(out, first, columns)
+    return out
+
+
 def _bootstrap_sums(
     columns: Float64Array, n_bootstrap: int, rng: np.random.Generator, chunk_elements: int
 ) -> Float64Array:
@@ -857,6 +875,7 @@ def evaluate_off_policy(
     confidence: float = 0.95,
     seed: int = 0,
     chunk_elements: int = 1 << 22,
+    clusters: npt.ArrayLike | None = None,
 ) -> dict[str, OPEResult]:
     """Estimate the target policy's expected slate reward from logged slates, with CIs.
 
@@ -874,7 +893,10 @@ def evaluate_off_policy(
     mass under the target, so IPS is 0 and SNIPS undefined by construction). ``max_weight``
     clips every importance weight (slate and position) at that value. The bootstrap draws
     ``n_bootstrap`` slate resamples from ``numpy.random.default_rng(seed)``; see the module
-    docstring for the formulas.
+    docstring for the formulas. ``clusters`` (one label per logged row, e.g. the user id;
+    every row of a slate must share it) makes the bootstrap resample whole clusters instead:
+    a user's slates are not independent draws, and resampling them one by one understates
+    the spread.
 
     Returns ``{estimator name: OPEResult}`` in :data:`ESTIMATORS` order (``logged`` is the
     on-policy value of the logging policy, for reference).
@@ -983,6 +1005,8 @@ def evaluate_off_policy(
     columns = np.column_stack(
         [terms[e].numerator for e in names] + [terms[e].denominator for e in names]
     )
+    if clusters is not None:
+        columns = _cluster_sums(columns, slates, clusters)
     k = len(names)
     with np.errstate(divide="ignore", invalid="ignore"):
         totals = columns.sum(axis=0)

@@ -85,6 +85,7 @@ def evaluate_ope_file(
     logger: str | None = None,
     logger_epsilon: float | None = None,
     choice_model: bool = False,
+    cluster_by_user: bool = False,
 ) -> dict[str, Any]:
     """IPS, SNIPS, DR and/or IIPS, position DR of a target policy on a logged-feedback file or
     directory (:func:`~recsys.data.logged.read_logged_feedback`), with bootstrap CIs. The
@@ -127,6 +128,10 @@ def evaluate_ope_file(
     (:class:`~recsys.policy.evaluation.choice_dm.CrossFittedChoiceModel`) gives ``dm``, the
     target's expected clicks per slate with the items competing for them, and is the DR
     estimators' control variate (instead of ``direct_method``'s item-position model).
+
+    ``cluster_by_user``: the bootstrap resamples users (all of a user's slates together)
+    rather than slates; a user's slates are correlated, so this is the honest interval when
+    a log holds many slates per user.
 
     ``reward`` per logged slot: ``click``, ``engagement`` (dwell minutes) or ``learned``
     (``reward_model`` on the row's signals; a checkpoint's own learned reward by default).
@@ -237,7 +242,11 @@ def evaluate_ope_file(
         max_weight=max_weight,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        clusters=logs.user_id if cluster_by_user else None,
     )
+    out["bootstrap_unit"] = "user" if cluster_by_user else "slate"
+    if cluster_by_user:
+        out["users"] = int(np.unique(logs.user_id).size)
     out["reward"] = reward
     if notes:
         out["notes"] = notes

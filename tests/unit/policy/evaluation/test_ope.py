@@ -279,6 +279,50 @@ def test_coverage_over_independent_logs() -> None:
     assert all(h >= 9 for h in hits.values()), hits
 
 
+def test_a_cluster_bootstrap_resamples_whole_clusters() -> None:
+    log = simulate(2_000, seed=7)
+    plain = evaluate_off_policy(log.logs, log.target, slot_rewards=log.click, n_bootstrap=300)
+    # One cluster per slate, labelled in slate order: the same resamples, the same intervals.
+    own = evaluate_off_policy(
+        log.logs, log.target, slot_rewards=log.click, n_bootstrap=300, clusters=log.slate_id
+    )
+    for name, r in plain.items():
+        assert (own[name].value, own[name].ci_low, own[name].ci_high) == pytest.approx(
+            (r.value, r.ci_low, r.ci_high)
+        )
+    # Every slate logged four times (four copies of one user's identical slates): resampling
+    # slates treats the copies as independent and shrinks the interval by about half;
+    # resampling the copies together gives the interval of the original 2,000 slates back.
+    copies = 4
+    rows = np.tile(np.arange(log.slate_id.size), copies)
+    copy = np.repeat(np.arange(copies), log.slate_id.size)
+    slate_id = copy * (log.slate_id.max() + 1) + log.slate_id[rows]
+    many = LoggedSlates.from_arrays(
+        slate_id, log.position[rows], log.propensity[rows],
+        position_propensity=log.position_propensity[rows], item_id=log.item[rows],
+    )  # fmt: skip
+    target = TargetPropensities(
+        propensity=log.target.propensity[rows],
+        position_propensity=None
+        if log.target.position_propensity is None
+        else log.target.position_propensity[rows],
+    )
+    naive = evaluate_off_policy(many, target, slot_rewards=log.click[rows], n_bootstrap=300)
+    users = evaluate_off_policy(
+        many, target, slot_rewards=log.click[rows], n_bootstrap=300, clusters=log.slate_id[rows]
+    )
+    for name in ("ips", "snips", "iips"):
+        assert users[name].value == pytest.approx(plain[name].value)
+        assert _width(naive[name]) < 0.7 * _width(plain[name]), name
+        assert _width(users[name]) == pytest.approx(_width(plain[name]), rel=0.3), name
+    with pytest.raises(ValueError, match="same label"):
+        evaluate_off_policy(
+            many, target, slot_rewards=log.click[rows], clusters=np.arange(rows.size)
+        )
+    with pytest.raises(ValueError, match="one label per row"):
+        evaluate_off_policy(many, target, slot_rewards=log.click[rows], clusters=log.slate_id)
+
+
 def test_default_dr_uses_a_target_blind_baseline_and_omits_dm(big: BanditLog) -> None:
     res = evaluate_off_policy(big.logs, big.target, slot_rewards=big.click, n_bootstrap=200)
     assert "dm" not in res

@@ -31,6 +31,14 @@ def test_evaluate_ope_file_with_a_target_column(tmp_path: Path) -> None:
     assert est["snips"]["value"] == pytest.approx(est["logged"]["value"])
     with pytest.raises(ValueError, match="no column"):
         evaluate_ope_file(path, target_column="missing")
+    assert out["bootstrap_unit"] == "slate"
+    # Resampling the 64 users (10 slates each) instead of their slates: same estimates.
+    users = evaluate_ope_file(path, target_column="target_p", n_bootstrap=100, cluster_by_user=True)
+    assert (users["bootstrap_unit"], users["users"]) == ("user", 64)
+    for name, e in users["estimates"].items():
+        assert e["value"] == pytest.approx(est[name]["value"])
+        assert np.isfinite(e["ci_low"])
+        assert e["ci_low"] <= e["value"] <= e["ci_high"]
 
 
 def _logged_table() -> pa.Table:
