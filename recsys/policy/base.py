@@ -189,13 +189,12 @@ class SlateSampler:
         prefixes, exploring: the Rao-Blackwellised marginals of off-policy evaluation
         average it over sampled prefixes
         (:func:`~recsys.policy.exploration.slot_log_probs_after_prefix`)."""
-        boltzmann = self.kind == "boltzmann"
         return slot_log_probs_after_prefix(
             scores,
             prefixes,
             picks,
             slate_size,
-            kind="boltzmann" if boltzmann else "epsilon",
+            kind="boltzmann" if self.kind == "boltzmann" else "epsilon",
             epsilon=self.epsilon if self.kind == "epsilon" else 0.0,
             temperature=self.temperature,
             mask=obs.candidate_mask,

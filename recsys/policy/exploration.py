@@ -324,6 +324,19 @@ def plackett_luce_sample_batch(
     return _finish(slates, log_probs)
 
 
+def _candidate_matrix(x: npt.ArrayLike, valid: BoolArray, name: str, shape: str) -> IntArray:
+    """``x`` validated as a ``[B, *]`` int64 matrix of candidate indices of ``valid``'s rows."""
+    out = np.asarray(x)
+    if out.ndim != 2 or out.shape[0] != valid.shape[0]:
+        raise ValueError(f"{name} must be {shape} with B={valid.shape[0]}, got {out.shape}")
+    if out.size and out.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {out.dtype}")
+    order: IntArray = out.astype(np.int64)
+    if order.size and (order.min() < 0 or order.max() >= valid.shape[1]):
+        raise ValueError(f"{name} must index candidates in [0, {valid.shape[1]})")
+    return order
+
+
 def _walk_log_probs(
     slates: npt.ArrayLike,
     valid: BoolArray,
@@ -334,14 +347,7 @@ def _walk_log_probs(
 ) -> Float64Array:
     """Per-slot log-probabilities of given slates (``-inf`` where a slot was impossible)."""
     check_ad_load(max_ads, min_ads)
-    order = np.asarray(slates)
-    if order.ndim != 2 or order.shape[0] != valid.shape[0]:
-        raise ValueError(f"slates must be [B, S] with B={valid.shape[0]}, got {order.shape}")
-    if order.size and order.dtype.kind not in "iu":
-        raise ValueError(f"slates must hold integers, got dtype {order.dtype}")
-    order = order.astype(np.int64)
-    if order.size and (order.min() < 0 or order.max() >= valid.shape[1]):
-        raise ValueError(f"slates must index candidates in [0, {valid.shape[1]})")
+    order = _candidate_matrix(slates, valid, "slates", "[B, S]")
     b, slate_size = order.shape
     rows = np.arange(b)
     floor = _ads_floor(valid, ads, min_ads)
@@ -483,14 +489,7 @@ def _available_after(
     """What slot ``k`` may hold after the prefixes ``[B, k]`` of a slate of ``slate_size``:
     exactly the availability the walk of :func:`_walk_log_probs` reaches at that slot."""
     check_ad_load(max_ads, min_ads)
-    prefix = np.asarray(prefixes)
-    if prefix.ndim != 2 or prefix.shape[0] != valid.shape[0]:
-        raise ValueError(f"prefixes must be [B, k] with B={valid.shape[0]}, got {prefix.shape}")
-    if prefix.size and prefix.dtype.kind not in "iu":
-        raise ValueError(f"prefixes must hold integers, got dtype {prefix.dtype}")
-    prefix = prefix.astype(np.int64)
-    if prefix.size and (prefix.min() < 0 or prefix.max() >= valid.shape[1]):
-        raise ValueError(f"prefixes must index candidates in [0, {valid.shape[1]})")
+    prefix = _candidate_matrix(prefixes, valid, "prefixes", "[B, k]")
     if not 0 <= prefix.shape[1] < slate_size:
         raise ValueError(f"a prefix of {prefix.shape[1]} slots leaves no slot of {slate_size}")
     rows = np.arange(valid.shape[0])[:, None]

@@ -297,13 +297,6 @@ def _per_slate(slates: LoggedSlates, x: Float64Array) -> Float64Array:
     return out
 
 
-def _per_position(slates: LoggedSlates, x: Float64Array) -> Float64Array:
-    """Rows scattered to ``[m, S_max]`` by (request, position); absent slots are 0."""
-    out: Float64Array = np.zeros((slates.n_slates, int(slates.slate_size.max())))
-    out[slates.slate, slates.position] = x
-    return out
-
-
 def _slate_terms(
     slates: LoggedSlates,
     target: TargetPropensities,
@@ -347,11 +340,11 @@ def _position_terms(
     dr = predictions.target + weights * (rewards - predictions.logged)
     return _Terms(
         num={
-            "sniips": _per_position(slates, weights * rewards),
+            "sniips": slates.per_position(weights * rewards),
             "position_dr": _per_slate(slates, dr)[:, None],
         },
         den={
-            "sniips": _per_position(slates, weights),
+            "sniips": slates.per_position(weights),
             "position_dr": np.ones((slates.n_slates, 1)),
         },
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,14 +43,7 @@ from recsys.types import FloatArray, IntArray
 
 Float64Array = npt.NDArray[np.float64]
 
-__all__ = ["CrossFittedChoiceModel", "choice_predictions", "slot_clicks"]
-
-
-def slot_clicks(requests: LoggedRequests, click: npt.ArrayLike) -> FloatArray:
-    """The logged clicks as ``[m, S]`` 0/1 masks, one row per request."""
-    out = np.zeros((requests.n_requests, requests.max_slate_size), dtype=np.float32)
-    out[requests.slates.slate, requests.slates.position] = np.asarray(click, dtype=np.float32)
-    return out
+__all__ = ["CrossFittedChoiceModel", "choice_predictions"]
 
 
 def _observe(
@@ -83,17 +77,18 @@ class CrossFittedChoiceModel:
         cls,
         requests: LoggedRequests,
         target: TargetPolicy,
-        clicks: FloatArray,
+        clicks: npt.NDArray[np.floating[Any]],
         *,
         seed: int = 0,
         steps: int = 600,
         batch_size: int = 512,
         chunk_requests: int = 4096,
     ) -> CrossFittedChoiceModel:
-        """Fit on the logged slates (``clicks``: :func:`slot_clicks`), each half for about
-        ``steps`` Adam steps whatever its size (a fixed number of epochs underfits a small
-        log). Every slate must have the same size: a padded slot would compete for the click
-        in the model."""
+        """Fit on the logged slates (``clicks``: ``[m, S]`` 0/1 masks, the rows' clicks
+        by :meth:`~recsys.policy.evaluation.ope.LoggedSlates.per_position`), each half for
+        about ``steps`` Adam steps whatever its size (a fixed number of epochs underfits a
+        small log). Every slate must have the same size: a padded slot would compete for the
+        click in the model."""
         sizes = np.unique(requests.slates.slate_size)
         if sizes.size != 1 or int(sizes[0]) != requests.max_slate_size:
             raise ValueError(

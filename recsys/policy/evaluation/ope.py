@@ -203,6 +203,13 @@ class LoggedSlates:
         """Whether every slate holds all of its slots."""
         return bool(np.array_equal(self.logged_slots, self.slate_size))
 
+    def per_position(self, x: npt.ArrayLike) -> Float64Array:
+        """Per-row values scattered to ``[m, S_max]`` by (slate, position); absent slots
+        are 0."""
+        out: Float64Array = np.zeros((self.n_slates, int(self.slate_size.max())))
+        out[self.slate, self.position] = np.asarray(x, dtype=np.float64)
+        return out
+
     @classmethod
     def from_arrays(
         cls,

@@ -24,7 +24,6 @@ from recsys.policy.batch import SIGNAL_NAMES
 from recsys.policy.evaluation.choice_dm import (
     CrossFittedChoiceModel,
     choice_predictions,
-    slot_clicks,
 )
 from recsys.policy.evaluation.ope import evaluate_off_policy, load_target_propensities
 from recsys.policy.evaluation.ope_policies import (
@@ -217,7 +216,7 @@ def evaluate_ope_file(
                 )
         if choice_model:
             fitted = CrossFittedChoiceModel.fit(
-                requests, loaded.policy, slot_clicks(requests, logs.click), seed=seed
+                requests, loaded.policy, requests.slates.per_position(logs.click), seed=seed
             )
             target = replace(
                 target,

@@ -276,21 +276,31 @@ def _ads_problem(seed: int, b: int = 256, c: int = 8) -> dict[str, Any]:
     return {"scores": rng.normal(size=(b, c)), "mask": mask, "is_ad": is_ad}
 
 
+def _sampled_under_ad_load(
+    kind: str, cap: int | None, floor: int, problem_seed: int, seed: int
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Slates of 4 sampled by PL at T = 0.8 or epsilon-greedy at 0.4 under the ad load, with
+    the sampler's propensities, log-probability and the walk's per-slot log-propensities;
+    returns ``(kw, slates, props, log_prob, walk)``, ``kw`` the problem and its load."""
+    p = _ads_problem(problem_seed)
+    kw: dict[str, Any] = {"mask": p["mask"], "is_ad": p["is_ad"], "max_ads": cap, "min_ads": floor}
+    scores, rng = p["scores"], np.random.default_rng(seed)
+    if kind == "pl":
+        slates, props, log_prob = plackett_luce_sample_batch(scores, 4, 0.8, rng, **kw)
+        walk = plackett_luce_log_propensities_batch(scores, slates, 0.8, **kw)
+    else:
+        slates, props, log_prob = epsilon_greedy_sample_batch(scores, 4, 0.4, rng, **kw)
+        walk = epsilon_greedy_log_propensities_batch(scores, slates, 0.4, **kw)
+    return {"scores": scores, **kw}, slates, props, log_prob, walk
+
+
 @pytest.mark.parametrize(("cap", "floor"), [(None, 1), (2, 2), (3, 2), (None, 3), (4, 4)])
 @pytest.mark.parametrize("kind", ["pl", "eps"])
 def test_sampled_propensities_equal_evaluated_ones_under_ads_floor(
     kind: str, cap: int | None, floor: int
 ) -> None:
-    p = _ads_problem(3)
-    scores, mask, is_ad = p["scores"], p["mask"], p["is_ad"]
-    kw: dict[str, Any] = {"mask": mask, "is_ad": is_ad, "max_ads": cap, "min_ads": floor}
-    rng = np.random.default_rng(4)
-    if kind == "pl":
-        slates, props, log_prob = plackett_luce_sample_batch(scores, 4, 0.8, rng, **kw)
-        logp = plackett_luce_log_propensities_batch(scores, slates, 0.8, **kw)
-    else:
-        slates, props, log_prob = epsilon_greedy_sample_batch(scores, 4, 0.4, rng, **kw)
-        logp = epsilon_greedy_log_propensities_batch(scores, slates, 0.4, **kw)
+    kw, slates, props, log_prob, logp = _sampled_under_ad_load(kind, cap, floor, 3, 4)
+    mask, is_ad = kw["mask"], kw["is_ad"]
     np.testing.assert_allclose(props, np.exp(logp), rtol=1e-6)
     np.testing.assert_allclose(log_prob, logp.sum(axis=1), rtol=1e-6)
     rows = np.arange(slates.shape[0])[:, None]
@@ -425,23 +435,20 @@ def test_floor_on_rows_without_ads_changes_nothing(kind: str) -> None:
 
 
 @pytest.mark.parametrize(("cap", "floor"), [(None, 0), (2, 2), (None, 3)])
-@pytest.mark.parametrize("kind", ["boltzmann", "epsilon"])
+@pytest.mark.parametrize("kind", ["pl", "eps"])
 def test_slot_after_a_prefix_is_the_walks_conditional(
     kind: str, cap: int | None, floor: int
 ) -> None:
     """At every slot, the conditional after the slate's own prefix is the walk's: the same
     availability (mask, taken items, ad cap and floor with the slots left)."""
-    p = _ads_problem(5)
-    scores, mask, is_ad = p["scores"], p["mask"], p["is_ad"]
-    kw: dict[str, Any] = {"mask": mask, "is_ad": is_ad, "max_ads": cap, "min_ads": floor}
-    rng = np.random.default_rng(6)
-    if kind == "boltzmann":
-        slates, _, _ = plackett_luce_sample_batch(scores, 4, 0.8, rng, **kw)
-        walk = plackett_luce_log_propensities_batch(scores, slates, 0.8, **kw)
-    else:
-        slates, _, _ = epsilon_greedy_sample_batch(scores, 4, 0.4, rng, **kw)
-        walk = epsilon_greedy_log_propensities_batch(scores, slates, 0.4, **kw)
-    rule: dict[str, Any] = {"kind": kind, "epsilon": 0.4, "temperature": 0.8}
+    problem, slates, _, _, walk = _sampled_under_ad_load(kind, cap, floor, 5, 6)
+    scores, mask = problem.pop("scores"), problem["mask"]
+    kw = problem
+    rule: dict[str, Any] = {
+        "kind": "boltzmann" if kind == "pl" else "epsilon",
+        "epsilon": 0.4,
+        "temperature": 0.8,
+    }
     for k in range(4):
         got = slot_log_probs_after_prefix(scores, slates[:, :k], slates[:, k], 4, **rule, **kw)
         np.testing.assert_allclose(got, walk[:, k], rtol=1e-9)

@@ -12,7 +12,6 @@ from recsys.policy.batch import SlateObs
 from recsys.policy.evaluation.choice_dm import (
     CrossFittedChoiceModel,
     choice_predictions,
-    slot_clicks,
 )
 from recsys.policy.evaluation.ope_file import evaluate_ope_file
 from recsys.policy.evaluation.ope_policies import LoggedRequests
@@ -82,7 +81,7 @@ def _log(world: dict[str, np.ndarray]) -> tuple[LoggedRequests, FloatArray]:
     cands = np.arange(M * C).reshape(M, C)
     logs = replace(_feedback(cands, world["slates"]), click=world["clicks"].reshape(-1))
     requests = LoggedRequests.from_feedback(logs)
-    return requests, slot_clicks(requests, logs.click)
+    return requests, requests.slates.per_position(logs.click)
 
 
 def test_dm_recovers_a_targets_clicks_where_items_compete(world: dict[str, np.ndarray]) -> None:
