@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,6 +41,56 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# Ports for listeners that bind later, in another process. Below: Ray's worker ports
+# (10002-19999 by default). Above: Linux's default ephemeral range (32768-60999), Ray's own
+# random picks (from there up) and Serve's replica ports (30000-31000, 40000-41000).
+LISTEN_PORT_RANGE = (20_000, 30_000)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for port-0 binds and outgoing connections (Linux's default when
+    it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
+def free_listen_port(
+    port_range: tuple[int, int] = LISTEN_PORT_RANGE, *, attempts: int = 200
+) -> int:
+    """A free port in ``port_range`` (half-open), outside the ephemeral range, for a listener
+    that another process binds later.
+
+    :func:`free_port`'s answer is an ephemeral port, the pool every outgoing connection and
+    every port-0 bind on the machine draws from, so in the seconds before a late listener
+    binds it (HAProxy starts long after ``ray.init``) another socket can take it: that failed
+    a CI run with "Address already in use". Outside that pool only another explicit bind can
+    take the port. Random order keeps two services started at once from trying the same
+    ports in turn.
+    """
+    low, high = port_range
+    if not 0 < low < high <= 65_536:
+        raise ValueError(f"port range must satisfy 0 < low < high <= 65536, got {port_range}")
+    eph_low, eph_high = _ephemeral_range()
+    candidates = [p for p in range(low, high) if not eph_low <= p <= eph_high]
+    if not candidates:
+        raise EmbeddedServiceError(
+            f"ports {low}-{high - 1} all lie in the ephemeral range {eph_low}-{eph_high}"
+        )
+    rng = random.Random()
+    for port in rng.sample(candidates, min(attempts, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                # HAProxy binds these on every interface: check the same address.
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise EmbeddedServiceError(f"no free port in {low}-{high - 1} after {attempts} tries")
 
 
 def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Self
 from rich.console import Console
 
 from recsys.config import Settings
-from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_listen_port
 from recsys.protocols import UserStateStore
 from recsys.serving.deployment import start_serving, stop_serving
 from recsys.serving.wiring import build_fold
@@ -162,7 +162,7 @@ def start_embedded(
             "store": settings.store.model_copy(update={"url": redis.url}),
             "stream": settings.stream.model_copy(update={"bootstrap": broker.bootstrap}),
             "artifacts": settings.artifacts.model_copy(update={"root": artifacts_root}),
-            "serving": settings.serving.model_copy(update={"port": port or free_port()}),
+            "serving": settings.serving.model_copy(update={"port": port or free_listen_port()}),
         }
     )
     return EmbeddedServices(redis, broker, pointed)

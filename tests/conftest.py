@@ -25,7 +25,7 @@ from recsys.config import (
     StoreSettings,
     StreamSettings,
 )
-from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from recsys.embedded import EmbeddedBroker, EmbeddedRedis, free_listen_port
 from recsys.pipeline import SkeletonModels, demo_config, train_skeleton
 from recsys.policy.training.config import PolicyTrainConfig
 from recsys.stream import ensure_topics
@@ -136,7 +136,9 @@ def serving_stack(
             impressions_topic="e2e-impressions",
             feedback_topic="e2e-feedback",
         ),
-        serving=ServingSettings(port=free_port(), max_slate_size=50, max_body_bytes=16 * 1024),
+        serving=ServingSettings(
+            port=free_listen_port(), max_slate_size=50, max_body_bytes=16 * 1024
+        ),
         policy=PolicySettings(reload_interval_s=0.5),
     )
     models = train_skeleton(settings, config=small_skeleton_config(settings))

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from ray import serve
 
 from recsys.config import ArtifactSettings, ServingSettings, Settings, settings_json
-from recsys.embedded import free_port
+from recsys.embedded import free_listen_port
 from recsys.serving.api import build_api
 from recsys.serving.recommender import Recommendation, RecommendQuery
 from recsys.serving.wiring import build_server
@@ -111,14 +111,19 @@ def ray_serve_env(serving: ServingSettings) -> dict[str, str]:
     """
     env = {"RAY_worker_niceness": "0"}
     if serving.throughput_optimized:
+        stats_port = free_listen_port()
+        metrics_port = free_listen_port()
+        while metrics_port == stats_port:
+            metrics_port = free_listen_port()
         env.update(
             RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
             RAY_SERVE_ENABLE_HA_PROXY="1",
             RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="1",
             # HAProxy's own stats and metrics listeners default to fixed ports (8404, 9101)
-            # on every interface; two local services would collide there.
-            RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-            RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+            # on every interface; two local services would collide there. HAProxy binds them
+            # only when Serve starts, so they come from outside the ephemeral range.
+            RAY_SERVE_HAPROXY_STATS_PORT=str(stats_port),
+            RAY_SERVE_HAPROXY_METRICS_PORT=str(metrics_port),
             # Serve retries on connect failures only, as a replayed non-idempotent request
             # could run twice. Here a replayed /recommend is a fresh slate, and a replayed
             # /feedback is what any client does after a 5xx.

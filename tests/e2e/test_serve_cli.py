@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys.embedded import free_port
+from recsys.embedded import free_listen_port
 from tests.conftest import ServingStack
 from tests.e2e.test_demo_cli import SERVING_WITHIN_S, running_cli
 from tests.processes import HAS_PROC
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not HAS_PROC, reason="reads /p
 def test_serve_exits_zero_on_sigterm_and_leaves_nothing(
     serving_stack: ServingStack, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port = free_listen_port()
     world = serving_stack.settings.catalog
     env = {
         "RECSYS_ARTIFACTS__ROOT": str(serving_stack.settings.artifacts.root),

@@ -16,7 +16,7 @@ import time
 import httpx
 
 from recsys.config import ServingSettings, StoreSettings, StreamSettings
-from recsys.embedded import EmbeddedRedis, free_port
+from recsys.embedded import EmbeddedRedis, free_listen_port
 from recsys.serving.plain import plain_server
 from tests.conftest import ServingStack
 
@@ -37,7 +37,7 @@ def test_a_paused_then_dead_redis_degrades_answers_and_never_hangs(
             update={
                 "store": StoreSettings(url=redis.url, key_prefix="faults"),
                 "stream": StreamSettings(),
-                "serving": ServingSettings(port=free_port(), store_retry_s=0.5),
+                "serving": ServingSettings(port=free_listen_port(), store_retry_s=0.5),
             }
         )
         with plain_server(settings) as url, httpx.Client(base_url=url, timeout=5.0) as client:
