@@ -156,6 +156,14 @@ class StreamSettings(BaseModel):
     partitions: int = Field(
         1, ge=1, le=1024, description="partitions of the event topics when this creates them"
     )
+    linger_ms: int = Field(
+        50,
+        ge=0,
+        le=1_000,
+        description="how long the server's producer waits to batch events into one produce "
+        "request: each request costs the replica CPU, and the updater sees events this much "
+        "later",
+    )
     watermark_delay_s: float = Field(
         0.5,
         ge=0.0,

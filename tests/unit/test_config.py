@@ -31,6 +31,7 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RECSYS_CATALOG__NUM_ITEMS", "0", "catalog.num_items"),
         ("RECSYS_POLICY__TEMPERATURE", "nan", "policy.temperature"),
         ("RECSYS_CANDIDATES__DEFAULT_K", "5000", "default_k"),
+        ("RECSYS_STREAM__LINGER_MS", "-1", "stream.linger_ms"),
     ],
 )
 def test_bad_values_name_the_setting(

@@ -63,6 +63,20 @@ def test_source_reads_every_partition_and_keeps_each_users_order(
         assert per_user[f"user-{i}"] == list(range(i, 70, 7))
 
 
+def test_the_producer_batches_for_the_configured_linger(
+    kafka_broker: EmbeddedBroker, unique_name: str
+) -> None:
+    settings = StreamSettings(
+        impressions_topic=f"{unique_name}-imp", feedback_topic=f"{unique_name}-fb", linger_ms=7
+    )
+    sink = KafkaEventSink(kafka_broker.bootstrap, settings)
+    try:
+        assert sink._producer.config["linger_ms"] == 7
+    finally:
+        sink.close()
+    assert StreamSettings().linger_ms == 50
+
+
 def test_seek_with_multiple_partitions(kafka_broker: EmbeddedBroker, unique_name: str) -> None:
     topic = f"{unique_name}-fb"
     settings = StreamSettings(impressions_topic=f"{unique_name}-imp", feedback_topic=topic)
