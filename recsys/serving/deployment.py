@@ -107,7 +107,12 @@ def ray_serve_env(serving: ServingSettings) -> dict[str, str]:
       quick (a cluster behind a load balancer keeps Serve's 30 s); and HAProxy retrying a
       request on another replica when its replica closed the connection without answering
       (``empty-response``), not only when it refused it: a replica that dies mid-request
-      otherwise fails every request it held (docs/reliability.md).
+      otherwise fails every request it held (docs/reliability.md). And no per-request
+      metrics from HAProxy (``RAY_SERVE_HAPROXY_METRICS_ENABLED=0``): HAProxy writes a log line
+      per request to a socket that the Python HAProxyManager actor parses, which took about a
+      twentieth of a core at 150 req/s on the 2-core box, for Serve's HTTP counters that
+      ``/metrics`` already has (``recsys_requests_total`` by route and outcome). A
+      cluster that wants them in Ray's dashboard keeps the default (the Helm chart does).
     """
     env = {"RAY_worker_niceness": "0"}
     if serving.throughput_optimized:
@@ -128,6 +133,7 @@ def ray_serve_env(serving: ServingSettings) -> dict[str, str]:
             # could run twice. Here a replayed /recommend is a fresh slate, and a replayed
             # /feedback is what any client does after a 5xx.
             RAY_SERVE_HAPROXY_RETRY_ON="conn-failure empty-response",
+            RAY_SERVE_HAPROXY_METRICS_ENABLED="0",
         )
     return env
 

@@ -21,6 +21,11 @@ def test_haproxy_side_ports_are_distinct_and_outside_the_ephemeral_range() -> No
             assert not eph_low <= port <= eph_high
 
 
+def test_haproxy_per_request_metrics_are_off_for_a_local_ray() -> None:
+    env = ray_serve_env(ServingSettings(throughput_optimized=True))
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+
+
 def test_without_throughput_mode_only_worker_niceness_is_set() -> None:
     assert ray_serve_env(ServingSettings(throughput_optimized=False)) == {
         "RAY_worker_niceness": "0"
