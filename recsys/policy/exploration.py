@@ -262,11 +262,17 @@ def _slot_log_prob_pl(z: Float64Array, avail: BoolArray, pick: IntArray) -> Floa
 
 
 def _slot_log_prob_eps(
-    s: Float64Array, avail: BoolArray, pick: IntArray, epsilon: float
+    s: Float64Array,
+    avail: BoolArray,
+    pick: IntArray,
+    epsilon: float,
+    greedy: IntArray | None = None,
 ) -> tuple[Float64Array, IntArray]:
-    """Epsilon-greedy conditional at one slot; also returns the greedy pick."""
+    """Epsilon-greedy conditional at one slot; also returns the greedy pick (``greedy``: the
+    caller's, when it already has it)."""
     rows = np.arange(s.shape[0])
-    greedy = np.argmax(np.where(avail, s, -np.inf), axis=1)
+    if greedy is None:
+        greedy = np.argmax(np.where(avail, s, -np.inf), axis=1)
     n_avail = np.maximum(avail.sum(axis=1), 1)
     p = (1.0 - epsilon) * (pick == greedy) + epsilon / n_avail
     with np.errstate(divide="ignore"):
@@ -425,7 +431,7 @@ def epsilon_greedy_sample_batch(
         else:
             pick = greedy
         slates[:, t] = pick
-        log_probs[:, t], _ = _slot_log_prob_eps(s, avail, pick, epsilon)
+        log_probs[:, t], _ = _slot_log_prob_eps(s, avail, pick, epsilon, greedy)
         taken[rows, pick] = True
         ads_used += ads[rows, pick]
     return _finish(slates, log_probs)
