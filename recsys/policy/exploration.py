@@ -226,20 +226,21 @@ def _scaled_logits_batch(s: Float64Array, valid: BoolArray, temperature: float) 
     return out
 
 
-def _available(
+def available_at_slot(
     valid: BoolArray,
     taken: BoolArray,
-    ads: BoolArray,
+    ads: BoolArray | None,
     ads_used: IntArray,
     max_ads: int | None,
     floor: IntArray | None = None,
     slots_left: int = 1,
 ) -> BoolArray:
-    """Candidates allowed at a slot with ``slots_left`` slots to fill (this one included)."""
+    """Candidates allowed at a slot with ``slots_left`` slots to fill (this one included);
+    ``ads`` None: no ad flags, so no ad load applies."""
     avail = valid & ~taken
-    if max_ads is not None:
+    if ads is not None and max_ads is not None:
         avail &= ~(ads & (ads_used >= max_ads)[:, None])
-    if floor is not None:
+    if ads is not None and floor is not None:
         avail &= ~(~ads & (floor - ads_used >= slots_left)[:, None])
     return avail
 
@@ -267,9 +268,9 @@ def _slot_log_prob_eps(
     pick: IntArray,
     epsilon: float,
     greedy: IntArray | None = None,
-) -> tuple[Float64Array, IntArray]:
-    """Epsilon-greedy conditional at one slot; also returns the greedy pick (``greedy``: the
-    caller's, when it already has it)."""
+) -> Float64Array:
+    """Epsilon-greedy conditional at one slot (``greedy``: the slot's greedy pick, when the
+    caller already has it)."""
     rows = np.arange(s.shape[0])
     if greedy is None:
         greedy = np.argmax(np.where(avail, s, -np.inf), axis=1)
@@ -277,7 +278,7 @@ def _slot_log_prob_eps(
     p = (1.0 - epsilon) * (pick == greedy) + epsilon / n_avail
     with np.errstate(divide="ignore"):
         out: Float64Array = np.where(avail[rows, pick], np.log(np.minimum(p, 1.0)), -np.inf)
-    return out, greedy.astype(np.int64)
+    return out
 
 
 def _finish(slates: IntArray, log_probs: Float64Array) -> tuple[IntArray, FloatArray, FloatArray]:
@@ -321,7 +322,7 @@ def plackett_luce_sample_batch(
     slates = np.empty((b, slate_size), dtype=np.int64)
     log_probs = np.empty((b, slate_size), dtype=np.float64)
     for t in range(slate_size):
-        avail = _available(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
+        avail = available_at_slot(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
         pick = np.argmax(np.where(avail, keys, -np.inf), axis=1)
         slates[:, t] = pick
         log_probs[:, t] = _slot_log_prob_pl(z, avail, pick)
@@ -361,7 +362,7 @@ def _walk_log_probs(
     ads_used = np.zeros(b, dtype=np.int64)
     out = np.empty(order.shape, dtype=np.float64)
     for t in range(slate_size):
-        avail = _available(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
+        avail = available_at_slot(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
         out[:, t] = slot_log_prob(avail, order[:, t])
         taken[rows, order[:, t]] = True
         ads_used += ads[rows, order[:, t]]
@@ -423,7 +424,7 @@ def epsilon_greedy_sample_batch(
     slates = np.empty((b, slate_size), dtype=np.int64)
     log_probs = np.empty((b, slate_size), dtype=np.float64)
     for t in range(slate_size):
-        avail = _available(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
+        avail = available_at_slot(valid, taken, ads, ads_used, max_ads, floor, slate_size - t)
         greedy = np.argmax(np.where(avail, s, -np.inf), axis=1)
         if epsilon > 0.0:
             uniform = np.argmax(np.where(avail, rng.random((b, c)), -1.0), axis=1)
@@ -431,7 +432,7 @@ def epsilon_greedy_sample_batch(
         else:
             pick = greedy
         slates[:, t] = pick
-        log_probs[:, t], _ = _slot_log_prob_eps(s, avail, pick, epsilon, greedy)
+        log_probs[:, t] = _slot_log_prob_eps(s, avail, pick, epsilon, greedy)
         taken[rows, pick] = True
         ads_used += ads[rows, pick]
     return _finish(slates, log_probs)
@@ -452,7 +453,7 @@ def epsilon_greedy_log_propensities_batch(
         raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
     s, valid, ads = _batch_scores(scores, 1, mask, is_ad, None)
     return _walk_log_probs(
-        slates, valid, ads, max_ads, min_ads, lambda a, p: _slot_log_prob_eps(s, a, p, epsilon)[0]
+        slates, valid, ads, max_ads, min_ads, lambda a, p: _slot_log_prob_eps(s, a, p, epsilon)
     )
 
 
@@ -503,7 +504,9 @@ def _available_after(
     taken[rows, prefix] = True
     ads_used = ads[rows, prefix].sum(axis=1).astype(np.int64)
     floor = _ads_floor(valid, ads, min_ads)
-    return _available(valid, taken, ads, ads_used, max_ads, floor, slate_size - prefix.shape[1])
+    return available_at_slot(
+        valid, taken, ads, ads_used, max_ads, floor, slate_size - prefix.shape[1]
+    )
 
 
 def slot_log_probs_after_prefix(
@@ -541,4 +544,4 @@ def slot_log_probs_after_prefix(
         raise ValueError(f"picks must be [B] with B={s.shape[0]}, got {pick.shape}")
     if kind == "boltzmann":
         return _slot_log_prob_pl(_scaled_logits_batch(s, valid, temperature), avail, pick)
-    return _slot_log_prob_eps(s, avail, pick, epsilon)[0]
+    return _slot_log_prob_eps(s, avail, pick, epsilon)

@@ -290,13 +290,6 @@ class _Terms:
     den: dict[str, Float64Array]
 
 
-def _per_slate(slates: LoggedSlates, x: Float64Array) -> Float64Array:
-    out: Float64Array = np.bincount(slates.slate, weights=x, minlength=slates.n_slates).astype(
-        np.float64
-    )
-    return out
-
-
 def _slate_terms(
     slates: LoggedSlates,
     target: TargetPropensities,
@@ -306,12 +299,12 @@ def _slate_terms(
     """SNIPS and DR of one target as per-request terms, exactly as
     :func:`~recsys.policy.evaluation.ope.evaluate_off_policy` forms them (a test holds the
     totals equal), so that one resample can be applied to both policies."""
-    reward = _per_slate(slates, rewards)
+    reward = slates.per_slate(rewards)
     assert target.propensity is not None
     assert slates.propensity is not None  # the gate keeps rows with known propensities only
     with np.errstate(divide="ignore"):
-        log_w = _per_slate(slates, np.log(target.propensity)) - _per_slate(
-            slates, np.log(slates.propensity)
+        log_w = slates.per_slate(np.log(target.propensity)) - slates.per_slate(
+            np.log(slates.propensity)
         )
     if max_weight is not None:
         log_w = np.minimum(log_w, math.log(max_weight) + 1.0)
@@ -320,7 +313,7 @@ def _slate_terms(
         w = np.minimum(w, max_weight)
     pred = target.reward_predictions
     assert pred is not None
-    dr = _per_slate(slates, pred.target) + w * (reward - _per_slate(slates, pred.logged))
+    dr = slates.per_slate(pred.target) + w * (reward - slates.per_slate(pred.logged))
     ones = np.ones((slates.n_slates, 1))
     return _Terms(
         num={"snips": (w * reward)[:, None], "dr": dr[:, None]},
@@ -341,7 +334,7 @@ def _position_terms(
     return _Terms(
         num={
             "sniips": slates.per_position(weights * rewards),
-            "position_dr": _per_slate(slates, dr)[:, None],
+            "position_dr": slates.per_slate(dr)[:, None],
         },
         den={
             "sniips": slates.per_position(weights),
@@ -361,7 +354,7 @@ def _merge(*terms: _Terms) -> _Terms:
 
 def _logged_terms(slates: LoggedSlates, rewards: Float64Array) -> _Terms:
     """The logging policy's on-policy value (every estimator: the mean logged reward)."""
-    reward = _per_slate(slates, rewards)[:, None]
+    reward = slates.per_slate(rewards)[:, None]
     ones = np.ones((slates.n_slates, 1))
     names = POSITION_ESTIMATORS + SLATE_ESTIMATORS
     return _Terms(num=dict.fromkeys(names, reward), den=dict.fromkeys(names, ones))

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from recsys.policy.exploration import check_ad_load
+from recsys.policy.exploration import available_at_slot, check_ad_load
 
 SlateOptimizer = Literal["top_k", "greedy", "exact_lp", "enumerate"]
 SLATE_OPTIMIZERS: tuple[SlateOptimizer, ...] = ("top_k", "greedy", "exact_lp", "enumerate")
@@ -58,24 +58,6 @@ def slate_values(
     qs = torch.gather(q, 1, slates)
     q0 = torch.zeros_like(no_click) if q_null is None else q_null
     return (no_click * q0 + (v * qs).sum(1)) / (no_click + v.sum(1))
-
-
-def _available(
-    valid: npt.NDArray[np.bool_],
-    taken: npt.NDArray[np.bool_],
-    ads: npt.NDArray[np.bool_] | None,
-    used: npt.NDArray[np.int64],
-    cap: int | None,
-    floor: npt.NDArray[np.int64] | None,
-    slots_left: int,
-) -> npt.NDArray[np.bool_]:
-    """Candidates allowed at a slot with ``slots_left`` slots to fill (this one included)."""
-    avail = valid & ~taken
-    if ads is not None and cap is not None:
-        avail &= ~(ads & (used >= cap)[:, None])
-    if ads is not None and floor is not None:
-        avail &= ~(~ads & (floor - used >= slots_left)[:, None])
-    return avail
 
 
 class _SlotRule:
@@ -103,7 +85,7 @@ class _SlotRule:
         self.used = np.zeros(self.valid.shape[0], dtype=np.int64)
 
     def available(self, slots_left: int) -> npt.NDArray[np.bool_]:
-        return _available(
+        return available_at_slot(
             self.valid, self.taken, self.ads, self.used, self.cap, self.floor, slots_left
         )
 

@@ -80,9 +80,8 @@ class KafkaEventSink:
 
     The key is the user id, so all of one user's events land on one partition and stay in
     order. ``acks="all"`` trades a little latency for not losing acknowledged events;
-    ``settings.linger_ms`` (default: :attr:`StreamSettings.linger_ms`) batches events into one
-    produce request. Delivery failures are collected from the producer's callbacks and raised
-    by the next :meth:`flush`.
+    ``settings.linger_ms`` batches events into one produce request. Delivery failures are
+    collected from the producer's callbacks and raised by the next :meth:`flush`.
     """
 
     def __init__(
@@ -90,7 +89,6 @@ class KafkaEventSink:
         bootstrap: str,
         settings: StreamSettings,
         *,
-        linger_ms: int | None = None,
         max_block_ms: int = 10_000,
         create_topics: bool = True,
     ) -> None:
@@ -105,7 +103,7 @@ class KafkaEventSink:
             bootstrap_servers=bootstrap,
             client_id="recsys-event-sink",
             acks="all",
-            linger_ms=settings.linger_ms if linger_ms is None else linger_ms,
+            linger_ms=settings.linger_ms,
             # Bounds how long publish() can block on metadata or a full buffer, so a broker
             # outage surfaces as an error in the request path instead of a hang.
             max_block_ms=max_block_ms,

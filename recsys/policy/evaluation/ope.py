@@ -203,6 +203,13 @@ class LoggedSlates:
         """Whether every slate holds all of its slots."""
         return bool(np.array_equal(self.logged_slots, self.slate_size))
 
+    def per_slate(self, x: npt.ArrayLike) -> Float64Array:
+        """Per-row values summed per slate, ``[m]``."""
+        out: Float64Array = np.bincount(
+            self.slate, weights=np.asarray(x, dtype=np.float64), minlength=self.n_slates
+        ).astype(np.float64)
+        return out
+
     def per_position(self, x: npt.ArrayLike) -> Float64Array:
         """Per-row values scattered to ``[m, S_max]`` by (slate, position); absent slots
         are 0."""
@@ -939,12 +946,7 @@ def evaluate_off_policy(
                 "undefined by construction)"
             )
 
-    sid = slates.slate
-
-    def per_slate(x: Float64Array) -> Float64Array:
-        out: Float64Array = np.bincount(sid, weights=x, minlength=m).astype(np.float64)
-        return out
-
+    per_slate = slates.per_slate
     ones = np.ones(m)
     slate_reward = per_slate(r)
     plain = {"ess": float(m), "clipped_fraction": 0.0, "mean_weight": 1.0}

@@ -141,6 +141,23 @@ def test_batched_pl_matches_single_row_version() -> None:
     np.testing.assert_allclose(log_prob, np.log(props.astype(np.float64)).sum(1), rtol=1e-5)
 
 
+def _sample_and_walk(
+    kind: str, scores: np.ndarray, rng: np.random.Generator, kw: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Slates of 4 sampled by PL at T = 0.8 or epsilon-greedy at 0.4, with the sampler's
+    propensities and log-probability and the walk's per-slot log-propensities of them."""
+    if kind == "pl":
+        slates, props, log_prob = plackett_luce_sample_batch(scores, 4, 0.8, rng, **kw)
+        return (
+            slates,
+            props,
+            log_prob,
+            plackett_luce_log_propensities_batch(scores, slates, 0.8, **kw),
+        )
+    slates, props, log_prob = epsilon_greedy_sample_batch(scores, 4, 0.4, rng, **kw)
+    return slates, props, log_prob, epsilon_greedy_log_propensities_batch(scores, slates, 0.4, **kw)
+
+
 @pytest.mark.parametrize("kind", ["pl", "eps"])
 def test_sampled_propensities_equal_evaluated_ones(kind: str) -> None:
     rng = np.random.default_rng(1)
@@ -150,12 +167,7 @@ def test_sampled_propensities_equal_evaluated_ones(kind: str) -> None:
     mask[:, :5] = True
     is_ad[:, :3] = False
     kw: dict[str, Any] = {"mask": mask, "is_ad": is_ad, "max_ads": 1}
-    if kind == "pl":
-        slates, props, _ = plackett_luce_sample_batch(scores, 4, 0.8, rng, **kw)
-        logp = plackett_luce_log_propensities_batch(scores, slates, 0.8, **kw)
-    else:
-        slates, props, _ = epsilon_greedy_sample_batch(scores, 4, 0.4, rng, **kw)
-        logp = epsilon_greedy_log_propensities_batch(scores, slates, 0.4, **kw)
+    slates, props, _, logp = _sample_and_walk(kind, scores, rng, kw)
     np.testing.assert_allclose(props, np.exp(logp), rtol=1e-6)
     rows = np.arange(64)[:, None]
     assert mask[rows, slates].all()
@@ -284,13 +296,8 @@ def _sampled_under_ad_load(
     returns ``(kw, slates, props, log_prob, walk)``, ``kw`` the problem and its load."""
     p = _ads_problem(problem_seed)
     kw: dict[str, Any] = {"mask": p["mask"], "is_ad": p["is_ad"], "max_ads": cap, "min_ads": floor}
-    scores, rng = p["scores"], np.random.default_rng(seed)
-    if kind == "pl":
-        slates, props, log_prob = plackett_luce_sample_batch(scores, 4, 0.8, rng, **kw)
-        walk = plackett_luce_log_propensities_batch(scores, slates, 0.8, **kw)
-    else:
-        slates, props, log_prob = epsilon_greedy_sample_batch(scores, 4, 0.4, rng, **kw)
-        walk = epsilon_greedy_log_propensities_batch(scores, slates, 0.4, **kw)
+    scores = p["scores"]
+    slates, props, log_prob, walk = _sample_and_walk(kind, scores, np.random.default_rng(seed), kw)
     return {"scores": scores, **kw}, slates, props, log_prob, walk
 
 
