@@ -14,6 +14,13 @@ Each is driven by Locust (headless, FastHttpUser, :mod:`recsys.loadtest_profile`
 and returning users, clicks and dwell fed back, 2% malformed requests) twice: closed-loop at
 saturation with ``clients`` clients and no think time, then open-loop at a fixed rate. The
 result holds rps, p50/p99 and errors of each, and the Serve / plain throughput ratio.
+
+Latency goals are absolute, but the box's speed is not: the same 2-core box has measured the
+simulator at 0.5M and at 1.1M user-steps/s in different sessions. So the result also records
+how fast the box was during the run (``box_speed``: the simulator benchmark's headline, taken
+just before the load) and how busy it was (``box_cpu``: CPU time of the whole machine, all
+processes, per answered request and in cores, from ``/proc/stat``), which is the figure to
+compare between runs when the latencies move with the box.
 Everything started here is stopped on every way out.
 """
 
@@ -73,6 +80,55 @@ def _summary(result: LoadTestResult) -> dict[str, Any]:
     }
 
 
+def _cpu_ticks() -> tuple[int, int, int] | None:
+    """(busy, all, steal) CPU ticks of the whole machine so far, or ``None`` off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user time
+    return total - idle, total, fields[7] if len(fields) > 7 else 0
+
+
+def _box_cpu(
+    before: tuple[int, int, int] | None, after: tuple[int, int, int] | None, requests: int
+) -> dict[str, float] | None:
+    """How busy the machine was between two readings of :func:`_cpu_ticks`."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    cores = os.cpu_count() or 1
+    busy, total, steal = (a - b for a, b in zip(after, before, strict=True))
+    seconds = busy / os.sysconf("SC_CLK_TCK")
+    return {
+        "busy_cores": cores * busy / total,
+        "steal_cores": cores * steal / total,
+        "cpu_ms_per_request": 1000.0 * seconds / max(requests, 1),
+    }
+
+
+def _measured(url: str, **kwargs: Any) -> dict[str, Any]:
+    """One Locust run's summary with the machine's CPU use during it."""
+    before = _cpu_ticks()
+    result = run_loadtest(url, **kwargs)
+    summary = _summary(result)
+    summary["box_cpu"] = _box_cpu(before, _cpu_ticks(), result.total.requests)
+    return summary
+
+
+def box_speed() -> dict[str, Any]:
+    """The simulator benchmark's headline (``benchmarks/results/simulator.json``) measured
+    now, in about five seconds: a reading of how fast this box runs numpy right now."""
+    from recsys.simulator.bench import run_simulator_benchmark
+
+    result = run_simulator_benchmark()
+    return {
+        "simulator_user_steps_per_s": result["user_steps_per_s"],
+        "simulator_user_steps_per_s_all": result["user_steps_per_s_all"],
+    }
+
+
 def _drive(url: str, name: str, cfg: ServeBenchConfig, users: int) -> dict[str, Any]:
     """Saturation, then the fixed rate, against one server."""
     common: dict[str, Any] = {
@@ -82,17 +138,17 @@ def _drive(url: str, name: str, cfg: ServeBenchConfig, users: int) -> dict[str, 
         "known_users": users,
         "seed": cfg.seed,
     }
-    saturation = run_loadtest(
+    saturation = _measured(
         url,
         rps=cfg.clients * SATURATION_RATE_PER_CLIENT,
         clients=cfg.clients,
         out_dir=cfg.out_dir / name / "saturation",
         **common,
     )
-    fixed = run_loadtest(
+    fixed = _measured(
         url, rps=cfg.fixed_rps, out_dir=cfg.out_dir / name / f"{cfg.fixed_rps:g}rps", **common
     )
-    return {"saturation": _summary(saturation), "fixed": _summary(fixed)}
+    return {"saturation": saturation, "fixed": fixed}
 
 
 def run_serve_benchmark(cfg: ServeBenchConfig, console: Console | None = None) -> dict[str, Any]:
@@ -107,6 +163,8 @@ def run_serve_benchmark(cfg: ServeBenchConfig, console: Console | None = None) -
     base = base.model_copy(
         update={"catalog": base.catalog.model_copy(update={"num_items": cfg.catalog})}
     )
+    with console.status("measuring the box's speed (simulator benchmark)"):
+        speed = box_speed()
     with (
         StopSignals() as signals,
         ExitStack() as stack,
@@ -138,6 +196,7 @@ def run_serve_benchmark(cfg: ServeBenchConfig, console: Console | None = None) -
     return {
         "benchmark": "serve",
         "machine": f"{os.cpu_count()} cores ({platform.machine()})",
+        "box_speed": speed,
         "setup": (
             "redis-server, tansu broker and the online updater on loopback; the demo's "
             f"SlateQ policy over a {cfg.catalog}-item catalog; one Ray Serve replica or one "

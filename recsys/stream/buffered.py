@@ -1,12 +1,12 @@
-"""A sink that never blocks a request on the broker.
+"""A sink that never blocks a request on the broker and keeps events a full client refused.
 
-The Kafka producer blocks ``send`` while it has no metadata for a topic (a broker that is
-down or restarting) or its buffer is full, for up to ``max_block_ms``. On the request path that
-is a stalled response, so the server publishes through :class:`BufferedEventSink`: ``publish``
-appends to a bounded in-memory queue and returns at once; one background thread hands the
-events to the real sink in order, retrying while it refuses them. When the queue is full the
-event is refused with :class:`EventBufferFullError` (the caller answers 503 or counts it), never
-dropped silently.
+The Kafka producer refuses an event when its own queue is full (a broker down for long), and
+encoding an event costs tens of microseconds to a few hundred on a loaded box. On the request
+path the first is a lost event and the second a slower answer, so the server publishes through
+:class:`BufferedEventSink`: ``publish`` appends to a bounded in-memory queue and returns at once;
+one background thread encodes and hands the events to the real sink in order, retrying while it
+refuses them. When the queue is full the event is refused with :class:`EventBufferFullError`
+(the caller answers 503 or counts it), never dropped silently.
 """
 
 from __future__ import annotations

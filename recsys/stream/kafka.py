@@ -1,7 +1,8 @@
 """Kafka backend for the event stream: the only module that imports a Kafka client.
 
-Producers and topic administration use kafka-python; the event source uses confluent-kafka
-(librdkafka), whose C fetcher is several times faster at reading a backlog.
+The event sink and source use confluent-kafka (librdkafka): its C threads batch, send and fetch
+outside the GIL, and its fetcher reads a backlog several times faster than kafka-python's.
+Topic administration and the dead-letter producer use kafka-python.
 
 The source never joins a consumer group: it assigns itself every partition of its topics and
 positions itself from offsets the caller supplies (the online updater keeps them in the user
@@ -18,7 +19,14 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka import KafkaError as ConsumerError
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
@@ -79,9 +87,19 @@ class KafkaEventSink:
     """Publishes events to Kafka: impressions and feedback to their own topics.
 
     The key is the user id, so all of one user's events land on one partition and stay in
-    order. ``acks="all"`` trades a little latency for not losing acknowledged events;
-    ``settings.linger_ms`` batches events into one produce request. Delivery failures are
-    collected from the producer's callbacks and raised by the next :meth:`flush`.
+    order: librdkafka's ``murmur2_random`` partitioner picks the partition kafka-python and the
+    Java client pick for the same key, and one request in flight per broker keeps a retried
+    batch from overtaking a later one. ``acks="all"`` trades a little latency for not losing
+    acknowledged events; ``settings.linger_ms`` batches events into one produce request.
+
+    The producer is librdkafka's (confluent-kafka): batching, retries and the network run on
+    its C threads, outside the GIL. kafka-python's producer did that work in a Python thread
+    and cost about twice the CPU per event on the server (docs/serving.md), on the same GIL
+    as the request path. :meth:`publish` never waits for the broker: an event the client
+    cannot queue (its queue of ``queue_max_events`` is full, or the event is over the size
+    limit) raises :class:`EventPublishError` at once. Delivery failures (an event still
+    unacknowledged after ``delivery_timeout_ms``) are collected from the delivery reports and
+    raised by the next :meth:`flush`.
     """
 
     def __init__(
@@ -89,8 +107,9 @@ class KafkaEventSink:
         bootstrap: str,
         settings: StreamSettings,
         *,
-        max_block_ms: int = 10_000,
         create_topics: bool = True,
+        queue_max_events: int = 100_000,
+        delivery_timeout_ms: int = 300_000,
     ) -> None:
         self._settings = settings
         if create_topics:
@@ -99,54 +118,67 @@ class KafkaEventSink:
                 (settings.impressions_topic, settings.feedback_topic),
                 settings.partitions,
             )
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id="recsys-event-sink",
-            acks="all",
-            linger_ms=settings.linger_ms,
-            # Bounds how long publish() can block on metadata or a full buffer, so a broker
-            # outage surfaces as an error in the request path instead of a hang.
-            max_block_ms=max_block_ms,
-            retries=5,
-        )
-        self._errors: list[BaseException] = []
+        self.config: dict[str, str | int | bool] = {
+            "bootstrap.servers": bootstrap,
+            "client.id": "recsys-event-sink",
+            "acks": "all",
+            "linger.ms": settings.linger_ms,
+            "partitioner": "murmur2_random",
+            "max.in.flight.requests.per.connection": 1,
+            "queue.buffering.max.messages": queue_max_events,
+            "message.timeout.ms": delivery_timeout_ms,
+            # Reports only for failures: a Python callback per delivered event costs CPU.
+            "delivery.report.only.error": True,
+        }
+        self._producer = Producer(self.config, logger=_log)
+        self._errors: list[str] = []
         self._errors_lock = threading.Lock()
 
     def publish(self, event: Event) -> None:
         """Queue ``event`` on its topic, keyed by user id; failures surface in :meth:`flush`."""
         topic = topic_for(event, self._settings)
         try:
-            future = self._producer.send(
-                topic, value=encode_event(event), key=event.user_id.encode("utf-8")
+            self._producer.produce(
+                topic,
+                encode_event(event),
+                event.user_id.encode("utf-8"),
+                on_delivery=self._delivered,
             )
-        except KafkaError as exc:
+        except BufferError as exc:
+            raise EventPublishError(f"cannot publish to {topic}: the queue is full") from exc
+        except KafkaException as exc:
             raise EventPublishError(f"cannot publish to {topic}: {exc}") from exc
-        future.add_errback(self._record_error)
+        self._producer.poll(0)  # serve delivery reports and client errors, never waits
 
-    def _record_error(self, exc: BaseException) -> None:
-        _log.error("event delivery failed: %s", exc)
+    def _delivered(self, error: ConsumerError | None, message: Message) -> None:
+        if error is None:
+            return
+        _log.error("event delivery to %s failed: %s", message.topic(), error)
         with self._errors_lock:
-            self._errors.append(exc)
+            self._errors.append(f"{message.topic()}: {error.str()}")
+
+    @property
+    def pending(self) -> int:
+        """Events queued or in flight, not yet acknowledged by the broker."""
+        return len(self._producer)
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every queued event is acknowledged; raise if any failed or time ran out."""
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except KafkaError as exc:
-            raise EventPublishError(f"flush did not complete in {timeout_s}s: {exc}") from exc
+        left = self._producer.flush(timeout_s)
         with self._errors_lock:
             errors, self._errors = self._errors, []
+        if left:
+            raise EventPublishError(f"flush did not complete in {timeout_s}s: {left} events left")
         if errors:
             raise EventPublishError(
                 f"{len(errors)} event(s) were not delivered; first error: {errors[0]}"
-            ) from errors[0]
+            )
 
     def close(self) -> None:
-        """Flush what is queued (best effort) and close the producer."""
-        try:
-            self._producer.flush(timeout=10.0)
-        finally:
-            self._producer.close(timeout=10.0)
+        """Deliver what is queued (for up to 10 s, best effort) and release the producer."""
+        left = self._producer.flush(10.0)
+        if left:
+            _log.error("closing the event sink with %d undelivered events", left)
 
 
 class KafkaDeadLetterSink:

@@ -7,6 +7,7 @@ broker, Ray and uvicorn, whatever the test session is serving meanwhile.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ def test_bench_serve_measures_ray_serve_against_plain_uvicorn(tmp_path: Path) ->
     assert json.loads(proc.stdout) == result
     assert result["catalog"] == 400
     assert result["policy"] == "slateq"
+    assert result["box_speed"]["simulator_user_steps_per_s"] > 0
     for server in ("ray_serve", "plain_uvicorn"):
         runs = result["runs"][server]
         sat, fixed = runs["saturation"], runs["fixed"]
@@ -44,6 +46,10 @@ def test_bench_serve_measures_ray_serve_against_plain_uvicorn(tmp_path: Path) ->
             assert 0 < run["p50_ms"] <= run["p99_ms"]
             assert run["recommend"]["rps"] > 0
             assert Path(run["report"]).is_file()
+            box = run["box_cpu"]  # the whole machine: at least the server and Locust worked
+            assert 0 < box["busy_cores"] <= (os.cpu_count() or 1) + 1e-9, box
+            assert 0 <= box["steal_cores"] <= box["busy_cores"], box
+            assert box["cpu_ms_per_request"] > 0, box
         # closed-loop clients with no think time ask for more than the fixed open-loop rate
         assert sat["rps"] > fixed["rps"]
     ratio = (

@@ -71,7 +71,7 @@ def test_the_producer_batches_for_the_configured_linger(
     )
     sink = KafkaEventSink(kafka_broker.bootstrap, settings)
     try:
-        assert sink._producer.config["linger_ms"] == 7
+        assert sink.config["linger.ms"] == 7
     finally:
         sink.close()
     assert StreamSettings().linger_ms == 50
