@@ -85,7 +85,9 @@ class PolicySettings(BaseModel):
     reload_interval_s: float = Field(
         5.0, gt=0.0, le=3600.0, description="how often replicas look for a newer version"
     )
-    torch_threads: int = Field(1, ge=1, le=64, description="intra-op threads per replica")
+    torch_threads: int = Field(
+        1, ge=1, le=64, description="intra-op threads per replica (torch and FAISS)"
+    )
     seed: int = 0
     traffic: dict[str, float] = Field(
         default_factory=dict,

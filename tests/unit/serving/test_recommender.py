@@ -487,3 +487,28 @@ def test_client_timestamps_are_clamped_around_server_time(rec: Recommender) -> N
     assert fine.ts == now - 60.0
     assert future.server_ts == past.server_ts == now
     assert rec.metrics.clamped_ts._value.get() == 2
+
+
+def test_torch_and_faiss_get_the_replicas_thread_count(root: Path) -> None:
+    """FAISS would use every core, its OpenMP threads spinning after each search on CPU the
+    load's other processes need; the replica gives it the same thread count as torch."""
+    import faiss
+    import torch
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        for threads in (2, 1):
+            settings = _settings(root)
+            settings = settings.model_copy(
+                update={"policy": settings.policy.model_copy(update={"torch_threads": threads})}
+            )
+            rec = build_recommender(settings)
+            try:
+                assert torch.get_num_threads() == threads
+                assert faiss.omp_get_max_threads() == threads
+                assert rec.recommend("u1", 3).slate.item_ids.size == 3
+            finally:
+                rec.close()
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
