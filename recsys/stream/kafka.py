@@ -157,11 +157,6 @@ class KafkaEventSink:
         with self._errors_lock:
             self._errors.append(f"{message.topic()}: {error.str()}")
 
-    @property
-    def pending(self) -> int:
-        """Events queued or in flight, not yet acknowledged by the broker."""
-        return len(self._producer)
-
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every queued event is acknowledged; raise if any failed or time ran out."""
         left = self._producer.flush(timeout_s)
