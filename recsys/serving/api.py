@@ -20,11 +20,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recsys.config import ServingSettings
 from recsys.serving.auth import HEADER, ApiKeyGuard, ApiKeys
 from recsys.serving.batching import MicroBatcher
+from recsys.serving.fastlane import FastLane, FeedbackBody, replay
 from recsys.serving.recommender import Recommendation, Recommender, RecommendQuery
 from recsys.serving.routing import AdminError
 from recsys.serving.schemas import (
@@ -102,17 +103,7 @@ class BodySizeLimit:
                 return
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay(b"".join(chunks), receive), send)
 
 
 def _filters(body: FiltersIn | None) -> CandidateFilters | None:
@@ -155,6 +146,21 @@ def _slate_body(result: Recommendation) -> dict[str, Any]:
             )
         ],
     }  # fmt: skip
+
+
+def domain_error(exc: Exception) -> JSONResponse | None:
+    """The answer to a domain error a handler raised (``None`` for any other exception)."""
+    if isinstance(exc, InvalidRequestError):
+        return JSONResponse(error_body("invalid_request", exc.field, exc.message), 422)
+    if isinstance(exc, UnknownUserError):
+        return JSONResponse(error_body("unknown_user", "user_id", str(exc)), 404)
+    if isinstance(exc, EventPublishError):
+        return JSONResponse(
+            error_body("unavailable", "body", f"cannot take the event now: {exc}"),
+            503,
+            headers={"Retry-After": "1"},
+        )
+    return None
 
 
 def _json_response(body: dict[str, Any], status: int) -> Response:
@@ -243,6 +249,8 @@ def build_api(
     recommender: Recommender,
     serving: ServingSettings | None = None,
     batched: BatchedRecommend | None = None,
+    *,
+    fast_lane: bool = True,
 ) -> FastAPI:
     """Build the HTTP app around one recommender (no globals: each call is independent).
 
@@ -250,7 +258,8 @@ def build_api(
     off, no keys on ``/recommend`` and ``/feedback``, CORS off). ``batched`` answers one query
     as part of a batch (:meth:`Recommender.recommend_many`): a :class:`MicroBatcher`
     (default, and what the Serve replica uses unless ``serving.batcher`` picks its
-    ``@serve.batch`` method).
+    ``@serve.batch`` method). ``fast_lane`` puts :class:`FastLane` in front of the two hot
+    routes (off only to check that it answers as the routes do).
     """
     serving = serving or ServingSettings()
     keys = ApiKeys.from_settings(serving.auth)
@@ -294,21 +303,14 @@ def build_api(
         detail = [_detail_of(e) for e in exc.errors()]
         return JSONResponse({"error": "validation_error", "detail": detail}, status_code=422)
 
-    @app.exception_handler(InvalidRequestError)
-    async def _invalid(_: Request, exc: InvalidRequestError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_request", exc.field, exc.message), 422)
+    async def _domain(_: Request, exc: Exception) -> JSONResponse:
+        answer = domain_error(exc)
+        if answer is None:  # registered for the domain errors only
+            raise exc
+        return answer
 
-    @app.exception_handler(UnknownUserError)
-    async def _unknown_user(_: Request, exc: UnknownUserError) -> JSONResponse:
-        return JSONResponse(error_body("unknown_user", "user_id", str(exc)), 404)
-
-    @app.exception_handler(EventPublishError)
-    async def _backlog(_: Request, exc: EventPublishError) -> JSONResponse:
-        return JSONResponse(
-            error_body("unavailable", "body", f"cannot take the event now: {exc}"),
-            503,
-            headers={"Retry-After": "1"},
-        )
+    for domain_exc in (InvalidRequestError, UnknownUserError, EventPublishError):
+        app.add_exception_handler(domain_exc, _domain)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -345,18 +347,22 @@ def build_api(
     async def recommend(body: RecommendRequest) -> Response:
         # Async on purpose: the request only waits here for the batch it joins; no thread
         # hop per request (docs/serving.md says why the batch runs on the event loop).
+        return await answer_recommend(
+            RecommendQuery(
+                body.user_id,
+                body.slate_size,
+                body.num_candidates,
+                tuple(body.exclude),
+                _filters(body.filters),
+                body.session_id,
+            )
+        )
+
+    async def answer_recommend(query: RecommendQuery) -> Response:
+        """The ``/recommend`` answer (the route's and the fast lane's)."""
         outcome = "error"
         try:
-            result = await batched(
-                RecommendQuery(
-                    body.user_id,
-                    body.slate_size,
-                    body.num_candidates,
-                    tuple(body.exclude),
-                    _filters(body.filters),
-                    body.session_id,
-                )
-            )
+            result = await batched(query)
             if isinstance(result, InvalidRequestError):
                 raise result
             outcome = "ok"
@@ -377,6 +383,10 @@ def build_api(
     async def feedback(body: FeedbackRequest) -> Response:
         # Async: publishing only appends to the sink's bounded buffer, never waits on the
         # broker, so no thread hop is needed.
+        return await answer_feedback(body)
+
+    async def answer_feedback(body: FeedbackRequest | FeedbackBody) -> Response:
+        """The ``/feedback`` answer (the route's and the fast lane's)."""
         outcome = "error"
         try:
             rec.feedback(
@@ -460,6 +470,10 @@ def build_api(
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's way to extend the document
 
+    if fast_lane:
+        app.add_middleware(
+            FastLane, recommend=answer_recommend, feedback=answer_feedback, errors=domain_error
+        )
     app.add_middleware(BodySizeLimit, max_bytes=serving.max_body_bytes)
     if serving.cors_origins:
         app.add_middleware(

@@ -74,6 +74,16 @@ class ApiKeys:
         return found
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path within the app: without the ``root_path`` it is mounted under (a
+    Serve route prefix)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :]
+    return path
+
+
 class ApiKeyGuard:
     """Pure-ASGI guard: ``/admin/*`` always needs an admin key; the paths in ``protect``
     need a client or admin key. A missing key is 401, a wrong one 403, both with the JSON
@@ -88,10 +98,7 @@ class ApiKeyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):  # mounted under a prefix (a Serve route prefix)
-            path = path[len(root) :]
+        path = route_path(scope)
         admin = path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
         if not admin and path not in self.protect:
             await self.app(scope, receive, send)
