@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from recsys.config import ServingSettings
 from recsys.serving.auth import HEADER, ApiKeyGuard, ApiKeys
 from recsys.serving.batching import MicroBatcher
-from recsys.serving.fastlane import FastLane, FeedbackBody, replay
+from recsys.serving.fastlane import BodyTooLargeError, FastLane, FeedbackBody, read_body, replay
 from recsys.serving.recommender import Recommendation, Recommender, RecommendQuery
 from recsys.serving.routing import AdminError
 from recsys.serving.schemas import (
@@ -89,21 +89,13 @@ class BodySizeLimit:
             if int(declared) > self.max_bytes:
                 await self._reject(send, limit)
                 return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(send, limit)
-                return
-            chunks.append(chunk)
-            more = bool(message.get("more_body", False))
-        await self.app(scope, replay(b"".join(chunks), receive), send)
+        try:
+            body = await read_body(receive, self.max_bytes)
+        except BodyTooLargeError:
+            await self._reject(send, limit)
+            return
+        if body is not None:
+            await self.app(scope, replay(body, receive), send)
 
 
 def _filters(body: FiltersIn | None) -> CandidateFilters | None:

@@ -76,6 +76,32 @@ _RECOMMEND_DECODER = msgspec.json.Decoder(RecommendBody)
 _FEEDBACK_DECODER = msgspec.json.Decoder(FeedbackBody)
 
 
+class BodyTooLargeError(Exception):
+    """The request body grew past the limit :func:`read_body` was given."""
+
+
+async def read_body(receive: Receive, max_bytes: int | None = None) -> bytes | None:
+    """The whole request body, or ``None`` when the client went away first.
+
+    With ``max_bytes``, raises :class:`BodyTooLargeError` as soon as the bytes streamed so far
+    exceed it, so a huge body is never held in full.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise BodyTooLargeError(f"request body exceeds {max_bytes} bytes")
+        chunks.append(chunk)
+        more = bool(message.get("more_body", False))
+    return b"".join(chunks)
+
+
 def replay(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that yields ``body`` as one message, then defers to ``receive`` (which
     then reports the client's disconnect): for an app behind a middleware that read it."""
@@ -130,15 +156,9 @@ class FastLane:
         if route is None or not _json_content(scope):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:  # the client went away
+            return
         decoder, answer = route
         try:
             parsed = decoder.decode(body)

@@ -9,6 +9,8 @@ included (``5`` and ``5.0`` differ here). Valid plain bodies must actually take 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any, cast
 
 import numpy as np
@@ -92,48 +94,32 @@ def _answer(client: TestClient, path: str, body: bytes, content_type: str | None
     return resp.status_code, kept, payload
 
 
-class _Pair:
-    """The app with the lane and the app without, each behind a running TestClient (built
-    once: a client per example would dominate the run)."""
+Both = Callable[..., Any]
 
-    def __init__(self) -> None:
-        self.sides = []
+
+@pytest.fixture(scope="module")
+def both() -> Iterator[Both]:
+    """``both(path, body, content_type)``: the answers (and handler calls) of the app with the
+    lane and of the app without it, and how many requests the lane took. Both apps run behind
+    TestClients built once per module: a client per example would dominate the run."""
+    with ExitStack() as stack:
+        sides = []
         for fast in (True, False):
             app, fake = _app(fast)
-            client = TestClient(app, raise_server_exceptions=False).__enter__()
-            self.sides.append((app, fake, client))
-        self.lane = _lane(self.sides[0][0])
+            client = stack.enter_context(TestClient(app, raise_server_exceptions=False))
+            sides.append((fake, client))
+            if fast:
+                lane = _lane(app)
 
-    def both(self, path: str, body: bytes, content_type: str | None = "application/json") -> Any:
-        """The answers (and handler calls) with and without the lane, and whether the lane
-        answered."""
-        before = self.lane.answered
-        out = []
-        for _, fake, client in self.sides:
-            fake.calls.clear()
-            out.append((_answer(client, path, body, content_type), list(fake.calls)))
-        return out[0], out[1], self.lane.answered - before
+        def answer(path: str, body: bytes, content_type: str | None = "application/json") -> Any:
+            before = lane.answered
+            out = []
+            for fake, client in sides:
+                fake.calls.clear()
+                out.append((_answer(client, path, body, content_type), list(fake.calls)))
+            return out[0], out[1], lane.answered - before
 
-    def close(self) -> None:
-        for _, _, client in self.sides:
-            client.__exit__(None, None, None)
-
-
-_PAIR: _Pair | None = None
-
-
-def _both(path: str, body: bytes, content_type: str | None = "application/json") -> Any:
-    global _PAIR
-    if _PAIR is None:
-        _PAIR = _Pair()
-    return _PAIR.both(path, body, content_type)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_pair() -> Any:
-    yield
-    if _PAIR is not None:
-        _PAIR.close()
+        yield answer
 
 
 _ABSENT = object()
@@ -204,24 +190,26 @@ _ONE_CHANGE = [
 
 
 @pytest.mark.parametrize(("path", "field", "value"), _ONE_CHANGE)
-def test_one_changed_field_answers_as_the_route(path: str, field: str, value: Any) -> None:
+def test_one_changed_field_answers_as_the_route(
+    both: Both, path: str, field: str, value: Any
+) -> None:
     """A valid body with one field changed (or dropped, or null) gets the route's answer."""
     body = _body({**_BASE[path], field: value})
-    with_lane, without, _ = _both(path, body)
+    with_lane, without, _ = both(path, body)
     assert with_lane == without
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(recommend_bodies)
-def test_recommend_answers_match_the_route(body: bytes) -> None:
-    with_lane, without, _ = _both("/recommend", body)
+def test_recommend_answers_match_the_route(both: Both, body: bytes) -> None:
+    with_lane, without, _ = both("/recommend", body)
     assert with_lane == without
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(feedback_bodies)
-def test_feedback_answers_match_the_route(body: bytes) -> None:
-    with_lane, without, _ = _both("/feedback", body)
+def test_feedback_answers_match_the_route(both: Both, body: bytes) -> None:
+    with_lane, without, _ = both("/feedback", body)
     assert with_lane == without
 
 
@@ -250,9 +238,9 @@ _RAW_BODIES = [
 @pytest.mark.parametrize("content_type", _CONTENT_TYPES)
 @pytest.mark.parametrize("body", _RAW_BODIES)
 def test_raw_bodies_and_content_types_match_the_route(
-    content_type: str | None, body: bytes
+    both: Both, content_type: str | None, body: bytes
 ) -> None:
-    with_lane, without, _ = _both("/recommend", body, content_type)
+    with_lane, without, _ = both("/recommend", body, content_type)
     assert with_lane == without
 
 
@@ -275,8 +263,8 @@ def test_raw_bodies_and_content_types_match_the_route(
         ),
     ],
 )
-def test_valid_plain_bodies_take_the_lane(path: str, body: dict[str, Any]) -> None:
-    with_lane, without, answered = _both(path, json.dumps(body).encode())
+def test_valid_plain_bodies_take_the_lane(both: Both, path: str, body: dict[str, Any]) -> None:
+    with_lane, without, answered = both(path, json.dumps(body).encode())
     assert answered == 1
     assert with_lane == without
     assert with_lane[0][0] in (200, 202)
@@ -290,8 +278,8 @@ def test_valid_plain_bodies_take_the_lane(path: str, body: dict[str, Any]) -> No
         ("/feedback", {"request_id": "r1", "user_id": "u1", "item_id": 7.0, "event": "click"}),
     ],
 )
-def test_other_valid_bodies_take_the_route(path: str, body: dict[str, Any]) -> None:
-    with_lane, without, answered = _both(path, json.dumps(body).encode())
+def test_other_valid_bodies_take_the_route(both: Both, path: str, body: dict[str, Any]) -> None:
+    with_lane, without, answered = both(path, json.dumps(body).encode())
     assert answered == 0
     assert with_lane == without
     assert with_lane[0][0] in (200, 202)
