@@ -20,7 +20,10 @@ simulator at 0.5M and at 1.1M user-steps/s in different sessions. So the result 
 how fast the box was during the run (``box_speed``: the simulator benchmark's headline, taken
 just before the load) and how busy it was (``box_cpu``: CPU time of the whole machine, all
 processes, per answered request and in cores, from ``/proc/stat``), which is the figure to
-compare between runs when the latencies move with the box.
+compare between runs when the latencies move with the box. And it records what the server's
+batches did (``server``, from the service's own ``/metrics`` around each run: batches, mean
+batch size, time per batch by stage, and the share of the run spent inside batches), which
+says whether the event loop was the limit.
 Everything started here is stopped on every way out.
 """
 
@@ -30,11 +33,13 @@ import os
 import platform
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from recsys.config import Settings
@@ -108,12 +113,72 @@ def _box_cpu(
     }
 
 
+#: The service's batch histograms (``GET /metrics``) that :func:`_server_batches` reads.
+_BATCH_HISTOGRAMS = ("recsys_recommend_batch_size", "recsys_recommend_stage_seconds")
+
+
+def parse_batch_counters(text: str) -> dict[str, float]:
+    """The ``_sum`` and ``_count`` of the batch histograms in a Prometheus text exposition,
+    keyed by sample name (and ``{stage}`` for the stage histogram)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in _BATCH_HISTOGRAMS:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                stage = sample.labels.get("stage")
+                out[sample.name if stage is None else f"{sample.name}{{{stage}}}"] = sample.value
+    return out
+
+
+def _batch_counters(url: str) -> dict[str, float] | None:
+    """:func:`parse_batch_counters` of the service's ``/metrics`` now; ``None`` when it does
+    not answer (the figures are then left out, the run still counts)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as resp:
+            return parse_batch_counters(resp.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
+def _server_batches(
+    before: dict[str, float] | None, after: dict[str, float] | None, seconds: float
+) -> dict[str, Any] | None:
+    """What the service's batches did between two :func:`_batch_counters` readings.
+
+    ``batch_busy_share`` is the share of the wall time the server spent inside batches. A
+    batch runs on the event loop, and the next one starts as soon as it ends, so near 1 the
+    loop is never free between batches: latency is then about one and a half batch times
+    plus whatever queued, and ``batch_ms`` (mostly a fixed cost per batch) is what to cut.
+    With more than one replica the readings come from whichever replica answered.
+    """
+    if before is None or after is None or seconds <= 0:
+        return None
+    diff = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    batches = diff.get("recsys_recommend_batch_size_count", 0.0)
+    if batches <= 0:
+        return None
+    prefix = "recsys_recommend_stage_seconds_sum{"
+    stages = {k[len(prefix) : -1]: v for k, v in diff.items() if k.startswith(prefix)}
+    busy = sum(stages.values())
+    return {
+        "batches": int(batches),
+        "mean_batch_size": diff.get("recsys_recommend_batch_size_sum", 0.0) / batches,
+        "batch_ms": 1000.0 * busy / batches,
+        "stage_ms_per_batch": {k: 1000.0 * v / batches for k, v in sorted(stages.items())},
+        "batch_busy_share": busy / seconds,
+    }
+
+
 def _measured(url: str, **kwargs: Any) -> dict[str, Any]:
-    """One Locust run's summary with the machine's CPU use during it."""
-    before = _cpu_ticks()
+    """One Locust run's summary with the machine's CPU use and the server's batches during
+    it."""
+    before, counters, start = _cpu_ticks(), _batch_counters(url), time.perf_counter()
     result = run_loadtest(url, **kwargs)
+    seconds = time.perf_counter() - start
     summary = _summary(result)
     summary["box_cpu"] = _box_cpu(before, _cpu_ticks(), result.total.requests)
+    summary["server"] = _server_batches(counters, _batch_counters(url), seconds)
     return summary
 
 

@@ -50,6 +50,19 @@ def test_bench_serve_measures_ray_serve_against_plain_uvicorn(tmp_path: Path) ->
             assert 0 < box["busy_cores"] <= (os.cpu_count() or 1) + 1e-9, box
             assert 0 <= box["steal_cores"] <= box["busy_cores"], box
             assert box["cpu_ms_per_request"] > 0, box
+            batches = run["server"]  # from the server's own /metrics around the run
+            assert batches["batches"] > 0, batches
+            assert 1 <= batches["mean_batch_size"] <= 16, batches
+            stages = batches["stage_ms_per_batch"]
+            assert {"state", "retrieval", "policy", "publish"} <= set(stages), batches
+            assert stages["retrieval"] > 0, batches
+            assert stages["policy"] > 0, batches
+            assert abs(batches["batch_ms"] - sum(stages.values())) < 1e-6, batches
+            assert 0 < batches["batch_busy_share"] < 1.5, batches
+            # The server's batches hold the slates Locust counted over the 5 s it measured
+            # (and those of the ramp before, which Locust's statistics leave out).
+            served = batches["batches"] * batches["mean_batch_size"]
+            assert served >= 0.9 * run["recommend"]["rps"] * 5, (served, run)
         # closed-loop clients with no think time ask for more than the fixed open-loop rate
         assert sat["rps"] > fixed["rps"]
     ratio = (
