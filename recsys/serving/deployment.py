@@ -11,8 +11,11 @@ import asyncio
 import gc
 import logging
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -195,10 +198,15 @@ def stop_serving(shutdown_ray: bool = True) -> None:
     """Tear down Serve (and the local Ray we started), waiting for Ray's processes to exit.
 
     Safe to call whatever :func:`start_serving` got to: with ``shutdown_ray`` it also reaps a
-    local Ray whose ``ray.init`` was interrupted half-way. ``ray.shutdown`` resets SIGTERM to the
-    default action, so a caller with its own SIGTERM handler re-installs it afterwards.
+    local Ray whose ``ray.init`` was interrupted half-way, and removes the files Serve's
+    HAProxy kept for that Ray's node (:func:`haproxy_dirs`), which Ray leaves behind on every
+    start. ``ray.shutdown`` resets SIGTERM to the default action, so a caller with its own
+    SIGTERM handler re-installs it afterwards.
     """
+    node_id = None
     if ray.is_initialized():
+        if shutdown_ray:
+            node_id = ray.get_runtime_context().get_node_id()
         serve.shutdown()
         # Serve's client, the handle serve.run returned and their actor handles can sit in
         # reference cycles; freed by a later GC after ray.shutdown, their finalizers would
@@ -207,6 +215,39 @@ def stop_serving(shutdown_ray: bool = True) -> None:
         gc.collect()
     if shutdown_ray:
         ray.shutdown(wait_for_processes=True)
+        for directory in haproxy_dirs(node_id or ""):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def haproxy_dirs(node_id: str) -> list[Path]:
+    """The directories Serve's HAProxy writes for Ray node ``node_id``: its config, admin
+    socket, server state and error pages, one directory per node under
+    ``/tmp/haproxy-serve`` unless the ``RAY_SERVE_HAPROXY_*`` paths say otherwise.
+
+    Ray never removes them, so each local start left one behind (about 400 on the
+    development box). Empty when ``node_id`` is not a node id (nothing outside the node's
+    own directory can be named) or this Ray no longer has those settings.
+    """
+    if not re.fullmatch(r"[0-9a-f]{16,128}", node_id):
+        return []
+    try:
+        from ray.serve._private import constants as serve_constants
+
+        bases = {
+            serve_constants.RAY_SERVE_HAPROXY_SERVER_STATE_BASE,
+            *(
+                os.path.dirname(path)
+                for path in (
+                    serve_constants.RAY_SERVE_HAPROXY_SOCKET_PATH,
+                    serve_constants.RAY_SERVE_HAPROXY_CONFIG_FILE_LOC,
+                    serve_constants.RAY_SERVE_HAPROXY_SERVER_STATE_FILE,
+                    serve_constants.RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH,
+                )
+            ),
+        }
+    except (ImportError, AttributeError):
+        return []
+    return sorted(Path(base) / node_id for base in bases if base)
 
 
 def _ingress_name() -> str:
