@@ -203,7 +203,7 @@ def stop_serving(shutdown_ray: bool = True) -> None:
     start. ``ray.shutdown`` resets SIGTERM to the default action, so a caller with its own
     SIGTERM handler re-installs it afterwards.
     """
-    node_id = None
+    node_id = ""
     if ray.is_initialized():
         if shutdown_ray:
             node_id = ray.get_runtime_context().get_node_id()
@@ -215,7 +215,7 @@ def stop_serving(shutdown_ray: bool = True) -> None:
         gc.collect()
     if shutdown_ray:
         ray.shutdown(wait_for_processes=True)
-        for directory in haproxy_dirs(node_id or ""):
+        for directory in haproxy_dirs(node_id):
             shutil.rmtree(directory, ignore_errors=True)
 
 
